@@ -1,0 +1,123 @@
+"""Latent injection: fuse a reasoner's hidden states into a generator's input embeddings.
+
+Contract (DESIGN §1), for every batch row b and position i::
+
+    src[b, i] = h[b, i - 1]                  for i >= 1
+    src[b, 0] = prev_hidden[b]               (zero, and gate forced to 0, when prev_hidden is None)
+    r[b, i]   = src[b, i] * m̄ / max(‖src[b, i]‖₂, eps)      norm in fp32 (fp64 for fp64 inputs)
+    out[b, i] = e[b, i] + λ * gate[b, i] * pad(r[b, i])       pad: zero-fill channels d_R..d_G-1
+
+``gate[b, i]`` is the caller's injection weight for position i; the model passes
+``a[b, i-1] * 1[pos[b, i] != 0]`` so the first real token after left padding and the first token of
+every packed sequence receive nothing. In backward the norm is a constant::
+
+    d e = d out,     d src[b, i] = λ * gate[b, i] * m̄ / max(‖src[b, i]‖, eps) * d out[b, i, :d_R]
+
+Rows with ``gate == 0`` never divide by their norm, so zero reasoner states there are harmless
+even with ``eps == 0``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["latent_injection", "latent_injection_reference", "mean_embedding_norm"]
+
+
+def _stat_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+@torch.no_grad()
+def mean_embedding_norm(embedding_weight: torch.Tensor) -> torch.Tensor:
+    """m̄ = mean over all V rows of ‖E[v]‖₂, computed in fp32 (fp64 for fp64 tables), no gradient."""
+    w = embedding_weight.detach()
+    return torch.linalg.vector_norm(w.to(_stat_dtype(w.dtype)), dim=-1).mean()
+
+
+def shifted_sources(
+    reasoner_hidden: torch.Tensor, prev_hidden: torch.Tensor | None
+) -> torch.Tensor:
+    """[B, T, d_R] states one position behind: row i holds h[i-1], row 0 holds ``prev_hidden`` (or 0)."""
+    batch, _, width = reasoner_hidden.shape
+    if prev_hidden is None:
+        prev_hidden = reasoner_hidden.new_zeros(batch, width)
+    return torch.cat([prev_hidden[:, None, :].to(reasoner_hidden.dtype), reasoner_hidden[:, :-1]], dim=1)
+
+
+def latent_injection_reference(
+    inputs_embeds: torch.Tensor,
+    reasoner_hidden: torch.Tensor,
+    gate: torch.Tensor,
+    mean_norm: torch.Tensor | float,
+    fusion_lambda: float,
+    norm_eps: float = 0.0,
+    prev_hidden: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Pure-PyTorch latent injection (see the module docstring for the equations).
+
+    Args:
+        inputs_embeds: [B, T, d_G] generator input embeddings ``E_G[x]``.
+        reasoner_hidden: [B, T, d_R] reasoner last hidden states for the same positions, d_R <= d_G.
+        gate: [B, T] injection weight of each position (bool or float; typically 0/1).
+        mean_norm: m̄, a scalar (tensor or float); never differentiated.
+        fusion_lambda: λ.
+        norm_eps: lower bound on ‖h‖ (0 = exact equations).
+        prev_hidden: [B, d_R] the reasoner state of the position just before this chunk (decode).
+
+    Returns:
+        [B, T, d_G] fused embeddings in ``inputs_embeds.dtype``.
+    """
+    _check_shapes(inputs_embeds, reasoner_hidden, gate, prev_hidden)
+    d_g, d_r = inputs_embeds.shape[-1], reasoner_hidden.shape[-1]
+    acc = _stat_dtype(inputs_embeds.dtype)
+    gate = gate.to(acc)
+    if prev_hidden is None:
+        gate = torch.cat([torch.zeros_like(gate[:, :1]), gate[:, 1:]], dim=1)
+    src = shifted_sources(reasoner_hidden, prev_hidden).to(acc)
+    norm = torch.linalg.vector_norm(src.detach(), dim=-1)
+    if norm_eps > 0:
+        norm = norm.clamp_min(norm_eps)
+    norm = torch.where(gate != 0, norm, torch.ones_like(norm))
+    scale = (fusion_lambda * torch.as_tensor(mean_norm, dtype=acc, device=src.device) * gate / norm).detach()
+    injected = F.pad(src * scale[..., None], (0, d_g - d_r))
+    return (inputs_embeds.to(acc) + injected).to(inputs_embeds.dtype)
+
+
+def _check_shapes(inputs_embeds, reasoner_hidden, gate, prev_hidden) -> None:
+    if inputs_embeds.dim() != 3 or reasoner_hidden.dim() != 3:
+        raise ValueError(
+            f"latent_injection expects [B, T, d] tensors, got inputs_embeds {tuple(inputs_embeds.shape)} "
+            f"and reasoner_hidden {tuple(reasoner_hidden.shape)}"
+        )
+    if inputs_embeds.shape[:2] != reasoner_hidden.shape[:2] or tuple(gate.shape) != tuple(inputs_embeds.shape[:2]):
+        raise ValueError(
+            f"batch/sequence shapes differ: inputs_embeds {tuple(inputs_embeds.shape[:2])}, reasoner_hidden "
+            f"{tuple(reasoner_hidden.shape[:2])}, gate {tuple(gate.shape)}"
+        )
+    if reasoner_hidden.shape[-1] > inputs_embeds.shape[-1]:
+        raise ValueError(
+            f"reasoner width {reasoner_hidden.shape[-1]} exceeds generator width {inputs_embeds.shape[-1]}; "
+            "use projection='linear'"
+        )
+    if prev_hidden is not None and tuple(prev_hidden.shape) != (reasoner_hidden.shape[0], reasoner_hidden.shape[-1]):
+        raise ValueError(
+            f"prev_hidden must be [B, d_R] = {(reasoner_hidden.shape[0], reasoner_hidden.shape[-1])}, "
+            f"got {tuple(prev_hidden.shape)}"
+        )
+
+
+def latent_injection(
+    inputs_embeds: torch.Tensor,
+    reasoner_hidden: torch.Tensor,
+    gate: torch.Tensor,
+    mean_norm: torch.Tensor | float,
+    fusion_lambda: float,
+    norm_eps: float = 0.0,
+    prev_hidden: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Dispatching entry point with the signature of :func:`latent_injection_reference`."""
+    return latent_injection_reference(
+        inputs_embeds, reasoner_hidden, gate, mean_norm, fusion_lambda, norm_eps, prev_hidden
+    )
