@@ -14,7 +14,15 @@ every packed sequence receive nothing. In backward the norm is a constant::
     d e = d out,     d src[b, i] = λ * gate[b, i] * m̄ / max(‖src[b, i]‖, eps) * d out[b, i, :d_R]
 
 Rows with ``gate == 0`` never divide by their norm, so zero reasoner states there are harmless
-even with ``eps == 0``.
+even with ``eps == 0``. ``gate``, ``mean_norm``, λ and eps receive no gradient.
+
+The fused-gather variant :func:`embedding_latent_injection` takes token ids and the embedding table
+instead of ``inputs_embeds`` (``e[b, i] = E[ids[b, i]]``); its table gradient is the scatter-add of
+``d out`` rows, as ``nn.Embedding`` gives (no ``padding_idx`` masking, no ``max_norm``).
+
+Backends: :func:`latent_injection` / :func:`embedding_latent_injection` dispatch through
+:func:`flythinker.kernels.dispatch.use_triton` to the Triton kernels in ``triton_injection.py``
+(imported lazily) or to the references here.
 """
 
 from __future__ import annotations
@@ -22,7 +30,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["latent_injection", "latent_injection_reference", "mean_embedding_norm"]
+from .dispatch import use_triton
+
+__all__ = [
+    "latent_injection",
+    "latent_injection_reference",
+    "embedding_latent_injection",
+    "embedding_latent_injection_reference",
+    "mean_embedding_norm",
+]
 
 
 def _stat_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -117,7 +133,81 @@ def latent_injection(
     norm_eps: float = 0.0,
     prev_hidden: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Dispatching entry point with the signature of :func:`latent_injection_reference`."""
+    """Dispatching entry point with the signature of :func:`latent_injection_reference`.
+
+    Triton (``LatentInjectionFunction``) for CUDA tensors or when forced, the reference otherwise.
+    """
+    _check_shapes(inputs_embeds, reasoner_hidden, gate, prev_hidden)
+    if use_triton(inputs_embeds, reasoner_hidden, prev_hidden):
+        from .triton_injection import latent_injection_triton
+
+        return latent_injection_triton(
+            inputs_embeds, reasoner_hidden, gate, mean_norm, fusion_lambda, norm_eps, prev_hidden
+        )
     return latent_injection_reference(
         inputs_embeds, reasoner_hidden, gate, mean_norm, fusion_lambda, norm_eps, prev_hidden
     )
+
+
+def embedding_latent_injection_reference(
+    input_ids: torch.Tensor,
+    embedding_weight: torch.Tensor,
+    reasoner_hidden: torch.Tensor,
+    gate: torch.Tensor,
+    mean_norm: torch.Tensor | float,
+    fusion_lambda: float,
+    norm_eps: float = 0.0,
+    prev_hidden: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Reference for the fused gather: ``latent_injection_reference(F.embedding(input_ids, E), ...)``.
+
+    Args:
+        input_ids: [B, T] integer token ids, each < V.
+        embedding_weight: [V, d_G] the generator's input embedding table ``E_G``.
+        (the rest as in :func:`latent_injection_reference`)
+    """
+    _check_ids(input_ids, embedding_weight, reasoner_hidden)
+    embeds = F.embedding(input_ids, embedding_weight)
+    return latent_injection_reference(
+        embeds, reasoner_hidden, gate, mean_norm, fusion_lambda, norm_eps, prev_hidden
+    )
+
+
+def embedding_latent_injection(
+    input_ids: torch.Tensor,
+    embedding_weight: torch.Tensor,
+    reasoner_hidden: torch.Tensor,
+    gate: torch.Tensor,
+    mean_norm: torch.Tensor | float,
+    fusion_lambda: float,
+    norm_eps: float = 0.0,
+    prev_hidden: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Dispatching latent injection with the embedding gather fused in (``EmbeddingLatentInjectionFunction``).
+
+    Pass ``embedding_weight`` as obtained inside the embedding module's forward (or gathered) so that
+    FSDP / ZeRO-3 hand over the full table, not a shard.
+    """
+    _check_ids(input_ids, embedding_weight, reasoner_hidden)
+    ghost = torch.empty((*input_ids.shape, embedding_weight.shape[-1]), device="meta")  # shape only
+    _check_shapes(ghost, reasoner_hidden, gate, prev_hidden)
+    if use_triton(embedding_weight, reasoner_hidden, prev_hidden):
+        from .triton_injection import embedding_latent_injection_triton
+
+        return embedding_latent_injection_triton(
+            input_ids, embedding_weight, reasoner_hidden, gate, mean_norm, fusion_lambda, norm_eps, prev_hidden
+        )
+    return embedding_latent_injection_reference(
+        input_ids, embedding_weight, reasoner_hidden, gate, mean_norm, fusion_lambda, norm_eps, prev_hidden
+    )
+
+
+def _check_ids(input_ids: torch.Tensor, embedding_weight: torch.Tensor, reasoner_hidden: torch.Tensor) -> None:
+    if input_ids.dim() != 2 or input_ids.dtype.is_floating_point or input_ids.dtype == torch.bool:
+        raise ValueError(f"input_ids must be an integer [B, T] tensor, got {input_ids.dtype} {tuple(input_ids.shape)}")
+    if embedding_weight.dim() != 2:
+        raise ValueError(f"embedding_weight must be [V, d_G], got {tuple(embedding_weight.shape)}")
+    if tuple(input_ids.shape) != tuple(reasoner_hidden.shape[:2]):
+        raise ValueError(
+            f"input_ids {tuple(input_ids.shape)} and reasoner_hidden {tuple(reasoner_hidden.shape[:2])} differ in [B, T]"
+        )
