@@ -1,0 +1,108 @@
+"""Conversion of reference-implementation checkpoints (``Generator.*`` / ``Reasoner.*`` state dicts)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoConfig, AutoTokenizer
+
+from .configuration_flythinker import FlyThinkerConfig
+
+logger = logging.getLogger(__name__)
+
+_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def load_reference_state_dict(checkpoint_dir: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read ``model.safetensors`` or ``pytorch_model.bin`` (with ``weights_only=True``) from the directory."""
+    checkpoint_dir = Path(checkpoint_dir)
+    for name in _WEIGHT_FILES:
+        path = checkpoint_dir / name
+        if path.exists():
+            if name.endswith(".safetensors"):
+                from safetensors.torch import load_file
+
+                return load_file(str(path))
+            return torch.load(path, map_location="cpu", weights_only=True)
+    raise FileNotFoundError(f"{checkpoint_dir}: no {' or '.join(_WEIGHT_FILES)} found")
+
+
+def map_reference_keys(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``Generator.<causal-LM key>`` → ``generator.<key>``; ``Reasoner.model.<key>`` → ``reasoner.<key>``.
+
+    The reasoner's ``lm_head`` is unused by FlyThinker and dropped with a message. Any other key
+    (unknown prefix, or a reasoner key outside ``model.``) is an error naming the keys.
+    """
+    mapped: dict[str, torch.Tensor] = {}
+    unexpected: list[str] = []
+    for key, tensor in state_dict.items():
+        if key.startswith("Generator."):
+            mapped["generator." + key[len("Generator.") :]] = tensor
+        elif key.startswith("Reasoner.model."):
+            mapped["reasoner." + key[len("Reasoner.model.") :]] = tensor
+        elif key == "Reasoner.lm_head.weight":
+            logger.warning("dropping Reasoner.lm_head.weight: FlyThinker uses only the reasoner's backbone states")
+        else:
+            unexpected.append(key)
+    if unexpected:
+        raise ValueError(
+            f"unexpected keys in the reference checkpoint (expected 'Generator.*' or 'Reasoner.model.*'): {sorted(unexpected)}"
+        )
+    return mapped
+
+
+def convert_reference_checkpoint(
+    checkpoint_dir: str | os.PathLike,
+    output_dir: str | os.PathLike | None = None,
+    reasoner_config: str | os.PathLike | Any | None = None,
+    **config_kwargs: Any,
+):
+    """Convert a reference checkpoint directory into a FlyThinker model (saved to ``output_dir`` if given).
+
+    Args:
+        checkpoint_dir: holds the state dict (``Generator.`` / ``Reasoner.`` prefixes) and the generator's
+            ``config.json`` (and optionally its tokenizer).
+        output_dir: where to ``save_pretrained`` the converted model (config, safetensors, tokenizer).
+        reasoner_config: the reasoner's base checkpoint (path) or config object; default: the generator's.
+        config_kwargs: FlyThinkerConfig options (``fusion_lambda``, ``projection``, ...).
+
+    Every key is checked strictly: a missing key (other than a tied ``lm_head``) or an unexpected one
+    raises an error naming it.
+    """
+    from .modeling_flythinker import FlyThinkerForCausalLM
+
+    generator_config = AutoConfig.from_pretrained(checkpoint_dir)
+    if reasoner_config is None:
+        reasoner_config = generator_config
+    elif not hasattr(reasoner_config, "to_dict"):
+        reasoner_config = AutoConfig.from_pretrained(reasoner_config)
+    config = FlyThinkerConfig(generator_config=generator_config, reasoner_config=reasoner_config, **config_kwargs)
+    state_dict = map_reference_keys(load_reference_state_dict(checkpoint_dir))
+
+    model = FlyThinkerForCausalLM(config)
+    expected = model.state_dict()
+    tied = set(getattr(model, "all_tied_weights_keys", {}) or {})
+    missing = sorted(k for k in expected if k not in state_dict and k not in tied)
+    unexpected = sorted(k for k in state_dict if k not in expected)
+    if missing or unexpected:
+        raise ValueError(
+            f"reference checkpoint {checkpoint_dir} does not match the configs: missing keys {missing}, "
+            f"unexpected keys {unexpected}"
+        )
+    for key, tensor in state_dict.items():
+        if tuple(tensor.shape) != tuple(expected[key].shape):
+            raise ValueError(f"{key}: checkpoint shape {tuple(tensor.shape)} != model shape {tuple(expected[key].shape)}")
+    model.load_state_dict(state_dict, strict=False)
+    model.tie_weights()
+    model.refresh_mean_embedding_norm(force=True)
+    if output_dir is not None:
+        model.save_pretrained(output_dir)
+        try:
+            AutoTokenizer.from_pretrained(checkpoint_dir).save_pretrained(output_dir)
+        except (OSError, ValueError):
+            logger.info("no tokenizer in %s; converted weights and config only", checkpoint_dir)
+    return model

@@ -1,0 +1,113 @@
+"""Building a FlyThinker from two base checkpoints, and the tokenizer/vocabulary check (DESIGN §1, §3)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedModel
+
+from .configuration_flythinker import FlyThinkerConfig
+
+logger = logging.getLogger(__name__)
+
+
+def check_vocab_compatibility(
+    generator_config: PretrainedConfig, reasoner_config: PretrainedConfig, tokenizer: Any | None = None
+) -> None:
+    """Both models read the same ids: every id the tokenizer can emit must be < min(V_G, V_R).
+
+    Without a tokenizer only the vocabulary sizes are compared (a mismatch is legitimate when one
+    table is padded, e.g. Qwen2 0.5B vs 7B, so it is logged, not raised).
+    """
+    v_g = generator_config.get_text_config().vocab_size
+    v_r = reasoner_config.get_text_config().vocab_size
+    if tokenizer is not None:
+        n_ids = len(tokenizer)
+        if n_ids > min(v_g, v_r):
+            raise ValueError(
+                f"tokenizer can emit {n_ids} ids but the generator has {v_g} and the reasoner {v_r} embedding rows: "
+                "both models must read the same token ids (every id < min(V_G, V_R))"
+            )
+    elif v_g != v_r:
+        logger.warning("generator vocab %d != reasoner vocab %d; pass a tokenizer to check compatibility", v_g, v_r)
+
+
+def _load_causal_lm(source: str | os.PathLike | PreTrainedModel, **kwargs: Any) -> PreTrainedModel:
+    if isinstance(source, PreTrainedModel):
+        return source
+    return AutoModelForCausalLM.from_pretrained(source, **kwargs)
+
+
+def _backbone(model: PreTrainedModel) -> PreTrainedModel:
+    """The causal LM's backbone (the module whose ``last_hidden_state`` is h; no LM head)."""
+    backbone = model.get_decoder() if hasattr(model, "get_decoder") else None
+    if backbone is None or backbone is model:
+        backbone = model.base_model
+    if backbone is model:
+        raise ValueError(f"cannot find the backbone of {type(model).__name__}: pass a causal LM with a base model")
+    return backbone
+
+
+def _try_tokenizer(source: Any) -> Any | None:
+    if isinstance(source, (str, os.PathLike)) and os.path.isdir(source):
+        try:
+            return AutoTokenizer.from_pretrained(source)
+        except (OSError, ValueError) as error:
+            logger.warning("no tokenizer loadable from %s (%s); vocabulary check uses sizes only", source, error)
+    return None
+
+
+def build_from_components(
+    model_class: type,
+    generator: str | os.PathLike | PreTrainedModel,
+    reasoner: str | os.PathLike | PreTrainedModel,
+    *,
+    fusion_lambda: float = 0.5,
+    norm_eps: float = 0.0,
+    projection: str = "zero_pad",
+    dtype: torch.dtype | None = None,
+    attn_implementation: str = "sdpa",
+    tokenizer: Any | None = None,
+    **config_kwargs: Any,
+):
+    """Load two causal-LM checkpoints (paths, hub-style ids available offline, or model objects) and fuse them.
+
+    The reasoner's LM head is dropped: only its backbone is kept. Every new parameter (projection,
+    reward heads) is initialised by the model's ``_init_weights``.
+    """
+    load_kwargs: dict[str, Any] = {"attn_implementation": attn_implementation}
+    if dtype is not None:
+        load_kwargs["dtype"] = dtype
+    generator_lm = _load_causal_lm(generator, **load_kwargs)
+    reasoner_backbone = _backbone(_load_causal_lm(reasoner, **load_kwargs))
+    if tokenizer is None:
+        tokenizer = _try_tokenizer(generator)
+    check_vocab_compatibility(generator_lm.config, reasoner_backbone.config, tokenizer)
+
+    config = FlyThinkerConfig(
+        generator_config=generator_lm.config,
+        reasoner_config=reasoner_backbone.config,
+        fusion_lambda=fusion_lambda,
+        norm_eps=norm_eps,
+        projection=projection,
+        **config_kwargs,
+    )
+    with torch.device("meta"):
+        model = model_class(config)
+    model.generator = generator_lm
+    model.reasoner = reasoner_backbone
+    device = generator_lm.get_input_embeddings().weight.device
+    param_dtype = generator_lm.get_input_embeddings().weight.dtype
+    for name, module in list(model.named_children()):
+        if name in ("generator", "reasoner"):
+            continue
+        module = module.to_empty(device=device).to(param_dtype)
+        setattr(model, name, module)
+        model._init_weights(module)
+    model.mean_embedding_norm = torch.zeros((), dtype=torch.float32, device=device)
+    model.config._attn_implementation = attn_implementation
+    model.refresh_mean_embedding_norm(force=True)
+    return model

@@ -1,0 +1,325 @@
+"""FlyThinkerForCausalLM: a reasoner's latent fused into a generator one position later (DESIGN §1).
+
+Read top to bottom: the pretrained base class (init, m̄ bookkeeping), then the model: ``forward``
+runs the reasoner once, fuses its shifted, rescaled states into the generator's input embeddings
+through ``flythinker.kernels.latent_injection``, runs the generator once, and computes the loss.
+With a :class:`FlyThinkerCache` the same ``forward`` is the incremental decoder, so the standard
+``GenerationMixin.generate()`` loop reproduces the teacher-forced forward.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from flythinker.kernels import latent_injection, mean_embedding_norm
+from torch import nn
+from transformers import AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
+from transformers.cache_utils import Cache
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from .cache_flythinker import FlyThinkerCache
+from .configuration_flythinker import FlyThinkerConfig
+
+# Generator configs whose logits are not plain ``lm_head(hidden)``: the fused loss would be wrong.
+_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
+
+
+def default_position_ids(attention_mask: torch.Tensor | None, past_length: int, length: int, device) -> torch.Tensor:
+    """``cumsum(a) - 1`` clipped at 0 over the full mask, sliced to the new positions (DESIGN §1)."""
+    if attention_mask is None:
+        return torch.arange(past_length, past_length + length, device=device)[None]
+    positions = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+    return positions[:, -length:]
+
+
+def injection_gate(
+    attention_mask: torch.Tensor | None, position_ids: torch.Tensor, past_length: int
+) -> torch.Tensor:
+    """Weight of the injection into each new position: ``a_{i-1} · 1[pos_i != 0]``.
+
+    ``a_{i-1} = 0`` for the first real token after left padding; ``pos_i = 0`` at the start of every
+    packed sequence (and at position 0, which has no predecessor at all).
+    """
+    length = position_ids.shape[-1]
+    gate = position_ids != 0
+    if attention_mask is not None:
+        full = attention_mask.bool()
+        start = full.shape[-1] - length  # index of the first new position in the full mask
+        previous = full[:, max(start - 1, 0) : full.shape[-1] - 1]
+        if start == 0:  # the very first position has no predecessor
+            previous = torch.cat([torch.zeros_like(full[:, :1]), previous], dim=-1)
+        gate = gate & previous
+    elif past_length == 0:
+        gate = gate.clone()
+        gate[:, 0] = False
+    return gate
+
+
+class FlyThinkerPreTrainedModel(PreTrainedModel):
+    config_class = FlyThinkerConfig
+    base_model_prefix = "flythinker"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _can_compile_fullgraph = False
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """Covers every parameter FlyThinker adds (projection, reward heads); sub-models init themselves."""
+        std = getattr(self.config.get_text_config(), "initializer_range", 0.02)
+        if module is getattr(self, "projection", None):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif module is getattr(self, "reward_heads", None):
+            from .heads import init_reward_head_weights
+
+            init_reward_head_weights(module, std)
+
+
+class FlyThinkerForCausalLM(FlyThinkerPreTrainedModel, GenerationMixin):
+    """Generator G + reasoner R. ``.generator`` is a standard causal LM, ``.reasoner`` a standard
+    backbone (no LM head). See DESIGN §1 for the equations this forward implements."""
+
+    def __init__(self, config: FlyThinkerConfig):
+        super().__init__(config)
+        if config.generator_config is None or config.reasoner_config is None:
+            raise ValueError("FlyThinkerConfig needs both generator_config and reasoner_config")
+        config.validate_fusion()
+        self.generator = AutoModelForCausalLM.from_config(config.generator_config)
+        self.reasoner = AutoModel.from_config(config.reasoner_config)
+        d_r, d_g = config.reasoner_hidden_size, config.generator_hidden_size
+        self.projection = nn.Linear(d_r, d_g, bias=False) if config.projection == "linear" else None
+        if config.reward_heads:
+            from .heads import build_reward_heads
+
+            self.reward_heads = build_reward_heads(config.reward_heads, d_g)
+        # m̄ (DESIGN §1): fp32, no gradient, refreshed whenever the embedding table changes.
+        self.register_buffer("mean_embedding_norm", torch.zeros((), dtype=torch.float32), persistent=False)
+        self._mean_norm_key: tuple | None = None
+        self.post_init()
+
+    @classmethod
+    def from_components(cls, generator, reasoner, **kwargs: Any) -> FlyThinkerForCausalLM:
+        """Fuse two base causal-LM checkpoints (paths or model objects; same or different widths).
+
+        Keyword args: ``fusion_lambda``, ``norm_eps``, ``projection``, ``dtype``, ``attn_implementation``
+        (default ``"sdpa"``), ``tokenizer`` (for the vocabulary check) and other FlyThinkerConfig fields.
+        """
+        from .loading import build_from_components
+
+        return build_from_components(cls, generator, reasoner, **kwargs)
+
+    # ----------------------------------------------------------------------------------------- m̄
+    def refresh_mean_embedding_norm(self, force: bool = False) -> torch.Tensor:
+        """Recompute m̄ = mean_v ‖E_G[v]‖₂ under ``no_grad`` if the embedding table changed.
+
+        The table's version counter moves on every in-place update (optimizer steps,
+        ``load_state_dict``), so m̄ is refreshed after each optimizer step and after loading without a
+        callback; ``force=True`` recomputes unconditionally.
+        """
+        weight = self.generator.get_input_embeddings().weight
+        key = (weight.data_ptr(), weight._version, weight.device, weight.dtype)
+        if force or key != self._mean_norm_key or self.mean_embedding_norm.device != weight.device:
+            value = mean_embedding_norm(weight)
+            if self.mean_embedding_norm.device != weight.device or self.mean_embedding_norm.dtype != value.dtype:
+                self.mean_embedding_norm = value.clone()
+            else:
+                self.mean_embedding_norm.copy_(value)
+            self._mean_norm_key = key
+        return self.mean_embedding_norm
+
+    # ------------------------------------------------------------------------ standard accessors
+    def get_input_embeddings(self) -> nn.Module:
+        return self.generator.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.generator.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.generator.get_output_embeddings()
+
+    def set_output_embeddings(self, value: nn.Module) -> None:
+        self.generator.set_output_embeddings(value)
+
+    def get_decoder(self) -> nn.Module:
+        return self.generator.get_decoder()
+
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:
+        # generate() must not build a plain DynamicCache: prepare_inputs_for_generation builds ours.
+        return False
+
+    # ------------------------------------------------------------------------------------ fusion
+    def reasoner_states(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None,
+        position_ids: torch.Tensor,
+        reasoner_cache: Cache | None = None,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        """h = R.backbone(x).last_hidden_state (post-final-norm), projected to d_G when configured."""
+        outputs = self.reasoner(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=reasoner_cache,
+            use_cache=reasoner_cache is not None,
+            **kwargs,
+        )
+        hidden = outputs.last_hidden_state
+        return self.projection(hidden) if self.projection is not None else hidden
+
+    def fuse(
+        self,
+        input_ids: torch.LongTensor,
+        reasoner_hidden: torch.Tensor,
+        gate: torch.Tensor,
+        prev_hidden: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """x̃ = E_G[x] + λ·gate·pad(shift(h)·m̄/‖shift(h)‖) through ``flythinker.kernels``."""
+        inputs_embeds = self.generator.get_input_embeddings()(input_ids)
+        return latent_injection(
+            inputs_embeds,
+            reasoner_hidden.to(inputs_embeds.dtype),
+            gate,
+            self.refresh_mean_embedding_norm(),
+            self.config.fusion_lambda,
+            self.config.norm_eps,
+            prev_hidden=None if prev_hidden is None else prev_hidden.to(inputs_embeds.dtype),
+        )
+
+    # ----------------------------------------------------------------------------------- forward
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        return_logits: bool | None = None,
+        cache: Cache | None = None,
+        **kwargs: Any,
+    ) -> CausalLMOutputWithPast:
+        """Training forward (no cache) or one incremental step (with a :class:`FlyThinkerCache`).
+
+        Args:
+            input_ids: [B, L] token ids, read by both models (``inputs_embeds`` is not supported: the
+                reasoner needs the tokens).
+            attention_mask: [B, past + L] 2-D mask over the whole sequence so far (1 = real token).
+                Omit it with packed rows: ``position_ids`` restarting at 0 then delimit sequences.
+            position_ids: [B, L]; default ``cumsum(a) - 1`` clipped at 0.
+            past_key_values / cache: a :class:`FlyThinkerCache` (``cache`` is the transformers ≥ 5.x name).
+            labels: [B, L] next-token targets (shifted inside, ignore_index −100).
+            logits_to_keep: as in transformers: keep the last k positions' logits (0 = all).
+            return_logits: with the fused loss, also compute logits (default: only when no labels).
+            kwargs: ``num_items_in_batch`` for gradient accumulation; attention kwargs for the sub-models.
+        """
+        if inputs_embeds is not None:
+            raise ValueError("FlyThinker needs input_ids: the reasoner reads the same tokens as the generator")
+        if input_ids is None:
+            raise ValueError("input_ids is required")
+        past_key_values = past_key_values if past_key_values is not None else cache
+        if past_key_values is not None and not isinstance(past_key_values, FlyThinkerCache):
+            raise TypeError(
+                f"FlyThinker needs a FlyThinkerCache (generator + reasoner caches), got {type(past_key_values).__name__}; "
+                "create one with model.new_cache()"
+            )
+        if use_cache and past_key_values is None:
+            past_key_values = self.new_cache()
+        num_items_in_batch = kwargs.pop("num_items_in_batch", None)
+        past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
+        length = input_ids.shape[1]
+        if position_ids is None:
+            position_ids = default_position_ids(attention_mask, past_length, length, input_ids.device)
+            position_ids = position_ids.expand(input_ids.shape[0], -1)
+        gate = injection_gate(attention_mask, position_ids, past_length)
+
+        reasoner_cache = past_key_values.reasoner_cache if past_key_values is not None else None
+        hidden = self.reasoner_states(input_ids, attention_mask, position_ids, reasoner_cache, **kwargs)
+        prev_hidden = past_key_values.last_reasoner_state if past_length > 0 else None
+        fused = self.fuse(input_ids, hidden, gate, prev_hidden)
+        if past_key_values is not None:
+            past_key_values.last_reasoner_state = hidden[:, -1]
+
+        decoder_outputs = self.generator.get_decoder()(
+            inputs_embeds=fused,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            use_cache=past_key_values is not None,
+            **kwargs,
+        )
+        hidden_states = decoder_outputs.last_hidden_state
+        loss, logits = self._loss_and_logits(hidden_states, labels, logits_to_keep, return_logits, num_items_in_batch)
+        return CausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            past_key_values=past_key_values,
+            hidden_states=decoder_outputs.hidden_states,
+            attentions=decoder_outputs.attentions,
+        )
+
+    def _uses_fused_loss(self) -> bool:
+        if not self.config.use_fused_loss:
+            return False
+        generator_config = self.config.get_text_config()
+        return not any(getattr(generator_config, name, None) for name in _LOGIT_TRANSFORMS)
+
+    def _loss_and_logits(self, hidden_states, labels, logits_to_keep, return_logits, num_items_in_batch):
+        """Next-token CE on label positions (fused, chunked when configured) and the requested logits."""
+        lm_head = self.generator.get_output_embeddings()
+        loss = None
+        if labels is not None and self._uses_fused_loss():
+            from flythinker.kernels import fused_linear_cross_entropy
+
+            shifted = nn.functional.pad(labels, (0, 1), value=-100)[:, 1:].to(hidden_states.device)
+            loss = fused_linear_cross_entropy(
+                hidden_states.flatten(0, 1),
+                lm_head.weight,
+                shifted.flatten(),
+                getattr(lm_head, "bias", None),
+                num_items_in_batch=num_items_in_batch,
+            )
+            if not return_logits:
+                return loss, None
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.generator_logits(hidden_states[:, keep, :])
+        if labels is not None and loss is None:
+            loss = self.loss_function(
+                logits=logits,
+                labels=labels,
+                vocab_size=self.config.get_text_config().vocab_size,
+                num_items_in_batch=num_items_in_batch,
+            )
+        return loss, logits
+
+    def generator_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """The generator's logits for final hidden states, including any softcapping/scaling it applies."""
+        logits = self.generator.get_output_embeddings()(hidden_states)
+        generator_config = self.config.get_text_config()
+        if scale := getattr(generator_config, "logit_scale", None):
+            logits = logits * scale
+        if cap := getattr(generator_config, "final_logit_softcapping", None):
+            logits = torch.tanh(logits / cap) * cap
+        return logits
+
+    # -------------------------------------------------------------------------------- generation
+    def new_cache(self) -> FlyThinkerCache:
+        """An empty cache for incremental decoding (generator KV + reasoner KV + last reasoner state)."""
+        return FlyThinkerCache(self.config.generator_config, self.config.reasoner_config)
+
+    def prepare_inputs_for_generation(self, input_ids, past_key_values=None, **kwargs):
+        kwargs.pop("inputs_embeds", None)
+        if past_key_values is None and kwargs.get("use_cache", True):
+            past_key_values = self.new_cache()
+        model_inputs = super().prepare_inputs_for_generation(input_ids, past_key_values=past_key_values, **kwargs)
+        model_inputs.pop("inputs_embeds", None)
+        return model_inputs
