@@ -1,0 +1,73 @@
+"""Tiny random models built from configs (no hub): shared by every test folder."""
+
+from __future__ import annotations
+
+import torch
+from transformers import LlamaConfig, Qwen2Config
+
+from flythinker import FlyThinkerConfig, FlyThinkerForCausalLM
+
+VOCAB = 96
+
+
+def tiny_qwen2_config(hidden: int = 32, layers: int = 2, vocab: int = VOCAB, tie: bool = True) -> Qwen2Config:
+    return Qwen2Config(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=tie,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=None,
+    )
+
+
+def tiny_llama_config(hidden: int = 16, layers: int = 2, vocab: int = VOCAB, tie: bool = False) -> LlamaConfig:
+    return LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=hidden // 2,
+        max_position_embeddings=256,
+        tie_word_embeddings=tie,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=None,
+    )
+
+
+def tiny_flythinker(
+    reasoner_hidden: int = 16,
+    generator_hidden: int = 32,
+    dtype: torch.dtype = torch.float64,
+    seed: int = 0,
+    **config_kwargs,
+) -> FlyThinkerForCausalLM:
+    """Qwen2 generator (tied embeddings) + Llama reasoner, random weights, eval mode."""
+    torch.manual_seed(seed)
+    config = FlyThinkerConfig(
+        generator_config=tiny_qwen2_config(hidden=generator_hidden),
+        reasoner_config=tiny_llama_config(hidden=reasoner_hidden),
+        **config_kwargs,
+    )
+    return FlyThinkerForCausalLM(config).to(dtype).eval()
+
+
+def left_padded_batch(lengths: list[int], seed: int = 0, vocab: int = VOCAB, pad_id: int = 0):
+    """Random rows of the given lengths, left-padded with ``pad_id``: (input_ids, attention_mask, rows)."""
+    generator = torch.Generator().manual_seed(seed)
+    rows = [torch.randint(3, vocab, (n,), generator=generator) for n in lengths]
+    width = max(lengths)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for b, row in enumerate(rows):
+        input_ids[b, width - len(row) :] = row
+        attention_mask[b, width - len(row) :] = 1
+    return input_ids, attention_mask, rows
