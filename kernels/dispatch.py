@@ -21,7 +21,7 @@ import os
 
 import torch
 
-__all__ = ["triton_available", "use_triton", "interpreting"]
+__all__ = ["triton_available", "use_triton", "interpreting", "check_kernel_device"]
 
 _TRUE = {"1", "true", "yes", "on"}
 
@@ -65,3 +65,16 @@ def use_triton(*tensors: torch.Tensor | None) -> bool:
             )
         return True
     return on_cuda and triton_available()
+
+
+def check_kernel_device(kernel: object, tensor: torch.Tensor) -> None:
+    """Fail clearly when a compiled (non-interpreted) Triton kernel is about to receive CPU tensors.
+
+    Happens when the kernel module was first imported before ``TRITON_INTERPRET=1`` was set.
+    """
+    if not tensor.is_cuda and type(kernel).__name__ != "InterpretedFunction":
+        raise RuntimeError(
+            f"Triton kernel {getattr(kernel, '__name__', kernel)!r} got {tensor.device} tensors but was compiled "
+            "for the GPU: set TRITON_INTERPRET=1 before flythinker's Triton kernels are first used (they are "
+            "decorated on first import), or use CUDA tensors"
+        )

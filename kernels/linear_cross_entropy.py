@@ -58,6 +58,11 @@ __all__ = [
 ]
 
 
+def _empty(*size: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Allocation hook for buffers the chunk steps write (tests replace it to poison them with NaN)."""
+    return torch.empty(*size, dtype=dtype, device=device)
+
+
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
@@ -160,8 +165,8 @@ def chunked_loss_and_grads(
     if chunk < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk}")
 
-    loss_rows = torch.empty(n_tokens, dtype=acc, device=device)
-    grad_h = torch.empty_like(hidden) if need_h else None
+    loss_rows = _empty(n_tokens, dtype=acc, device=device)
+    grad_h = _empty(n_tokens, width, dtype=hidden.dtype, device=device) if need_h else None
     w_acc = acc if weight.dtype in (torch.float16, torch.bfloat16) else weight.dtype
     grad_w = torch.zeros(vocab, width, dtype=w_acc, device=device) if need_w else None
     grad_b = torch.zeros(vocab, dtype=acc, device=device) if need_b else None

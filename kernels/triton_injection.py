@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .dispatch import interpreting
+from .dispatch import check_kernel_device, interpreting
 
 __all__ = [
     "LatentInjectionFunction",
@@ -128,6 +128,11 @@ def _latent_injection_bwd_kernel(
             tl.store(dprev_ptr + b * d_r + cols, dsrc.to(dprev_ptr.dtype.element_ty), mask=r_mask)
 
 
+def _empty(*size: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Allocation hook for every kernel-written buffer (tests replace it to poison outputs with NaN)."""
+    return torch.empty(*size, dtype=dtype, device=device)
+
+
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
@@ -180,11 +185,12 @@ def latent_injection_forward(
             torch.tensor(float(norm_eps), dtype=acc, device=device),
         ]
     )
-    out = torch.empty(batch, seq, d_g, dtype=out_dtype, device=device)
-    scale = torch.empty(batch * seq, dtype=acc, device=device)
+    out = _empty(batch, seq, d_g, dtype=out_dtype, device=device)
+    scale = _empty(batch * seq, dtype=acc, device=device)
     if batch * seq == 0:
         return out, scale
     block, num_warps = _launch_config(d_g)
+    check_kernel_device(_latent_injection_fwd_kernel, out)
     _latent_injection_fwd_kernel[(batch * seq,)](
         out, emb, ids, table, hid, prev, gate_f, params, scale, seq, d_g, d_r,
         GATHER=gather, HAS_PREV=prev_hidden is not None, ACC=_tl_dtype(out_dtype), BLOCK=block,
@@ -207,8 +213,8 @@ def latent_injection_backward(
     batch, seq, d_g = dout.shape
     device = dout.device
     gather = input_ids is not None
-    d_hidden = torch.empty(batch, seq, d_r, dtype=hidden_dtype, device=device)
-    d_prev = torch.empty(batch, d_r, dtype=prev_dtype, device=device) if prev_dtype is not None else None
+    d_hidden = _empty(batch, seq, d_r, dtype=hidden_dtype, device=device)
+    d_prev = _empty(batch, d_r, dtype=prev_dtype, device=device) if prev_dtype is not None else None
     table_acc = torch.float64 if dout.dtype == torch.float64 else torch.float32
     d_table = torch.zeros(num_embeddings, d_g, dtype=table_acc, device=device) if gather else None
     if batch * seq == 0:
@@ -217,6 +223,7 @@ def latent_injection_backward(
         return d_hidden, d_prev, d_table
     ids = input_ids.contiguous() if gather else dout
     block, num_warps = _launch_config(d_g)
+    check_kernel_device(_latent_injection_bwd_kernel, dout)
     _latent_injection_bwd_kernel[(batch * seq,)](
         dout, scale, d_hidden, d_prev if d_prev is not None else d_hidden, ids,
         d_table if gather else dout, seq, d_g, d_r,

@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .dispatch import interpreting
+from .dispatch import check_kernel_device, interpreting
 from .linear_cross_entropy import chunked_backward, chunked_forward
 
 __all__ = ["FusedLinearCrossEntropyFunction", "fused_linear_cross_entropy_triton", "ce_chunk_step_triton"]
@@ -101,6 +101,7 @@ def ce_chunk_step_triton(
     if logits.stride(1) != 1:
         raise ValueError("logits chunk must be row-contiguous")
     block, num_warps = _block_v(vocab, block_v)
+    check_kernel_device(_ce_chunk_kernel, logits)
     _ce_chunk_kernel[(rows,)](
         logits, logits.stride(0), labels.contiguous(), loss_out, inv_denominator, vocab, ignore_index,
         COMPUTE_GRAD=compute_grad, ACC=tl.float64 if loss_out.dtype == torch.float64 else tl.float32,
