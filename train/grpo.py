@@ -37,22 +37,34 @@ Answer in exactly this format:
 <your reply to the user>"""
 
 
-def policy_prompt(sample: EmpathySample, conversational: bool = True):
-    """The PERM-format prompt for one sample (chat messages, or one string)."""
+ANALYSIS_PREFILL = "# Analysis\n"
+
+
+def policy_prompt(sample: EmpathySample, conversational: bool = True, prefill_analysis: bool = False):
+    """The PERM-format prompt for one sample (chat messages, or one string).
+
+    ``prefill_analysis`` starts the answer with the ``# Analysis`` heading (a final assistant message,
+    or the end of the string prompt), so every completion is at least half in format.
+    """
     memories = f"What you remember about the user:\n{format_memories(sample.memories)}\n" if sample.memories else ""
     user = POLICY_USER.format(persona=sample.persona or "(unknown)", scenario=sample.scenario or "(none)",
                               memories=memories, query=sample.query)
     if conversational:
-        return [{"role": "system", "content": POLICY_SYSTEM}, {"role": "user", "content": user}]
-    return f"{POLICY_SYSTEM}\n\n{user}\n\n"
+        messages = [{"role": "system", "content": POLICY_SYSTEM}, {"role": "user", "content": user}]
+        return messages + [{"role": "assistant", "content": ANALYSIS_PREFILL}] if prefill_analysis else messages
+    return f"{POLICY_SYSTEM}\n\n{user}\n\n" + (ANALYSIS_PREFILL if prefill_analysis else "")
 
 
-def build_grpo_dataset(samples: Sequence[EmpathySample], *, variant: str = "perm", conversational: bool = True):
-    """A ``datasets.Dataset`` with ``prompt`` and the context columns the reward functions read."""
+def build_grpo_dataset(samples: Sequence[EmpathySample], *, variant: str = "perm", conversational: bool = True,
+                       prefill_analysis: bool = False):
+    """A ``datasets.Dataset`` with ``prompt`` and the context columns the reward functions read.
+
+    With string prompts and ``prefill_analysis``, pass ``completion_prefix=ANALYSIS_PREFILL`` to
+    :func:`make_grpo_trainer` (chat prompts carry their pre-fill themselves)."""
     from datasets import Dataset
 
     rows = {
-        "prompt": [policy_prompt(s, conversational) for s in samples],
+        "prompt": [policy_prompt(s, conversational, prefill_analysis) for s in samples],
         "query": [s.query for s in samples],
         "persona": [s.persona for s in samples],
         "scenario": [s.scenario for s in samples],
@@ -65,7 +77,7 @@ def build_grpo_dataset(samples: Sequence[EmpathySample], *, variant: str = "perm
 
 def make_grpo_trainer(policy, tokenizer, train_dataset, scorer, *, variant: str = "perm", combine: str = "harmonic",
                       weights=None, bystander_coef: float = 0.5, length_coef: float = 0.001,
-                      length_limit: int = 768, args=None, **config_kwargs):
+                      length_limit: int = 768, completion_prefix: str = "", args=None, **config_kwargs):
     """(``GRPOTrainer``, ``PermRewardFunctions``) wired with PERM's three reward components.
 
     ``args`` is a ``GRPOConfig`` (else one is built from ``config_kwargs``); its ``reward_weights``
@@ -75,7 +87,8 @@ def make_grpo_trainer(policy, tokenizer, train_dataset, scorer, *, variant: str 
 
     rewards = PermRewardFunctions(scorer, variant=variant, combine=combine, weights=weights,
                                   bystander_coef=bystander_coef, length_coef=length_coef,
-                                  length_limit=length_limit, tokenizer=tokenizer)
+                                  length_limit=length_limit, tokenizer=tokenizer,
+                                  completion_prefix=completion_prefix)
     if args is None:
         args = GRPOConfig(**{"reward_weights": rewards.reward_weights, **config_kwargs})
     elif config_kwargs:

@@ -10,8 +10,8 @@ PERM's policy answers in the format::
 
 Resonation is judged on the analysis, expression and reception on the response.  A missing
 section parses as the empty string (and is then scored as an empty text, as in PERM).  Headings
-match ``#`` (any number of them) followed by ``Analysis`` / ``Response``, case-insensitive, at the
-start of a line.  The analysis runs from its heading to the response heading (or to the end); the
+match ``#`` (any number of them) followed by ``Analysis`` / ``Response`` and an optional colon,
+case-insensitive, at the start of a line; text after the heading on its line belongs to the section.  The analysis runs from its heading to the response heading (or to the end); the
 response runs from its heading to the end.  PERM's own parser needs *both* headings and returns
 two empty strings otherwise; ``strict_pair=True`` reproduces that.
 
@@ -26,8 +26,8 @@ from dataclasses import dataclass
 
 import torch
 
-_ANALYSIS = re.compile(r"^[ \t]*#+[ \t]*analysis\b[^\n]*", re.IGNORECASE | re.MULTILINE)
-_RESPONSE = re.compile(r"^[ \t]*#+[ \t]*response\b[^\n]*", re.IGNORECASE | re.MULTILINE)
+_ANALYSIS = re.compile(r"^[ \t]*#+[ \t]*analysis\b[ \t]*:?", re.IGNORECASE | re.MULTILINE)
+_RESPONSE = re.compile(r"^[ \t]*#+[ \t]*response\b[ \t]*:?", re.IGNORECASE | re.MULTILINE)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,62 @@
+"""Fixtures for the reward-head tests: a tiny word-level fast tokenizer and tiny random LMs."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+from flythinker.train import grpo
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from flythinker.rewards import prompts
+
+SPECIALS = ["[PAD]", "[UNK]", "[BOS]", "[EOS]"]
+CHAT_TEMPLATE = (
+    "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}assistant:{% endif %}"
+)
+EXTRA_TEXT = """
+I feel sad lonely angry tired happy worried because my friend dog job exam mother left failed moved away.
+You are not alone that sounds really hard I am here for you it makes sense to feel this way.
+Whatever just get over it stop complaining nobody cares figure it out yourself.
+assistant user system good bad kind cold warm reply
+"""
+
+
+def _corpus() -> str:
+    parts = [prompts.SCORE_PREFIX, prompts.JUDGE_SYSTEM, prompts.BYSTANDER_SYSTEM, prompts.CRITERIA_SYSTEM, grpo.POLICY_SYSTEM,
+             grpo.POLICY_USER, EXTRA_TEXT, *prompts.RUBRICS.values(), *prompts.BYSTANDER_ITEMS.values()]
+    return "\n".join(parts)
+
+
+def build_word_tokenizer() -> PreTrainedTokenizerFast:
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    words = sorted(set(re.findall(r"\w+|[^\w\s]", _corpus())) | {str(d) for d in range(10)} | {"#", "-", ":"})
+    vocab = {tok: i for i, tok in enumerate(SPECIALS + words)}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]",
+                                   bos_token="[BOS]", eos_token="[EOS]")
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+@pytest.fixture(scope="session")
+def word_tokenizer() -> PreTrainedTokenizerFast:
+    return build_word_tokenizer()
+
+
+def tiny_llama(vocab_size: int, hidden: int = 32, layers: int = 2, seed: int = 0) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden,
+                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=4096, pad_token_id=0, bos_token_id=2, eos_token_id=3,
+                         tie_word_embeddings=False)
+    return LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture()
+def tiny_lm(word_tokenizer) -> LlamaForCausalLM:
+    return tiny_llama(len(word_tokenizer))
