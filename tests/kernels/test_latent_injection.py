@@ -19,7 +19,7 @@ from flythinker.kernels import (
     mean_embedding_norm,
 )
 
-from ._compare import TOL, assert_close, mismatch_report
+from tests.kernels._compare import TOL, assert_close, mismatch_report
 
 LAMBDA = 0.37  # not exactly representable: catches λ rounded to fp32 in an fp64 path
 SHAPES = [  # (B, T, d_G, d_R)

@@ -10,7 +10,6 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-
 from flythinker.kernels import (
     chunked_linear_cross_entropy,
     default_chunk_size,
@@ -18,7 +17,7 @@ from flythinker.kernels import (
     linear_cross_entropy_reference,
 )
 
-from ._compare import assert_close
+from tests.kernels._compare import assert_close
 
 # (loss, gradients) tolerance against the float64 reference on the same upcast inputs, relative to the
 # largest magnitude of the expected tensor (atol = rtol = tol * max|expected|). Half-precision logits are
