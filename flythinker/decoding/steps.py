@@ -1,0 +1,112 @@
+"""The two halves of a decode step and their preallocated caches (DESIGN §1, decoding schedule).
+
+* :class:`ReasonerSide` — ``h = R.backbone(x).last_hidden_state`` (post-final-norm, projected to d_G
+  when the model has a projection). No LM head is ever computed on the reasoner.
+* :class:`GeneratorSide` — ``x̃ = E_G[x] + λ·gate·m̄·pad(h_{i-1})/‖h_{i-1}‖`` through
+  ``flythinker.kernels.latent_injection``, the generator's decoder, and the LM head on the last
+  position only.
+
+Both run on transformers ``StaticCache`` objects allocated once per call at ``prompt + max_new``
+tokens, and always receive the full preallocated ``[B, max_len]`` attention mask (future columns are
+excluded by causality), so the one-token step has fixed shapes.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import StaticCache
+
+from flythinker.kernels import latent_injection, mean_embedding_norm
+from flythinker.modeling.modeling_flythinker import injection_gate
+
+
+def new_static_cache(config, max_len: int) -> StaticCache:
+    """An empty transformers ``StaticCache`` of ``max_len`` tokens (allocated on the first update)."""
+    return StaticCache(config=config, max_cache_len=max_len)
+
+
+def select_cache_rows(cache: StaticCache, rows: torch.Tensor) -> None:
+    """Keep only batch ``rows`` of every layer (a copy into smaller static tensors)."""
+    for layer in cache.layers:
+        if getattr(layer, "is_initialized", False):
+            layer.keys = layer.keys.index_select(0, rows.to(layer.keys.device))
+            layer.values = layer.values.index_select(0, rows.to(layer.values.device))
+            layer.batch_size = layer.keys.shape[0]
+            if not torch.compiler.is_compiling():
+                torch._dynamo.mark_static_address(layer.keys)
+                torch._dynamo.mark_static_address(layer.values)
+
+
+class ReasonerSide(nn.Module):
+    """The reasoner backbone (+ optional projection): tokens → latent states, width d_R (or d_G)."""
+
+    def __init__(self, reasoner: nn.Module, projection: nn.Module | None):
+        super().__init__()
+        self.reasoner = reasoner
+        self.projection = projection
+
+    @property
+    def config(self):
+        return self.reasoner.config
+
+    def forward(self, input_ids, attention_mask, position_ids, cache) -> torch.Tensor:
+        hidden = self.reasoner(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=cache,
+            use_cache=True,
+        ).last_hidden_state
+        return self.projection(hidden) if self.projection is not None else hidden
+
+
+class GeneratorSide:
+    """Fusion + generator decoder + last-position LM head for one FlyThinker model."""
+
+    def __init__(self, model):
+        self.model = model
+        self.embed = model.generator.get_input_embeddings()
+        self.decoder = model.generator.get_decoder()
+        self.fusion_lambda = float(model.config.fusion_lambda)
+        self.norm_eps = float(model.config.norm_eps)
+        self.mean_norm = mean_embedding_norm(self.embed.weight)  # m̄, once per call (weights are frozen here)
+
+    def forward_chunk(self, input_ids, reasoner_hidden, gate, prev_hidden, attention_mask, position_ids, cache):
+        """Generator over a chunk: ``reasoner_hidden`` [B, L, d] holds h for the chunk's own positions,
+        ``prev_hidden`` [B, d] (or None at the prompt start) the state just before it. Returns the
+        last position's hidden state [B, d_G]."""
+        embeds = self.embed(input_ids)
+        fused = latent_injection(
+            embeds,
+            reasoner_hidden.to(embeds.dtype),
+            gate,
+            self.mean_norm,
+            self.fusion_lambda,
+            self.norm_eps,
+            prev_hidden=None if prev_hidden is None else prev_hidden.to(embeds.dtype),
+        )
+        hidden = self.decoder(
+            inputs_embeds=fused,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=cache,
+            use_cache=True,
+        ).last_hidden_state
+        return hidden[:, -1]
+
+    def logits(self, last_hidden: torch.Tensor) -> torch.Tensor:
+        return self.model.generator_logits(last_hidden)
+
+    def step(self, tokens, prev_hidden, attention_mask, position_ids, cache) -> torch.Tensor:
+        """One token per row: x̃_t = E_G[x_t] + λ·r_{t-1}; returns logits [B, V]."""
+        gate = position_ids != 0  # a_{t-1} = 1 for every generated position (prompts are non-empty)
+        # Only prev_hidden is read for a one-token chunk (row 0 of the shifted sources).
+        last = self.forward_chunk(tokens, prev_hidden[:, None], gate, prev_hidden, attention_mask, position_ids, cache)
+        return self.logits(last)
+
+
+def prefill_gate(attention_mask: torch.Tensor, position_ids: torch.Tensor, start: int) -> torch.Tensor:
+    """Injection gate of prompt positions [start, start + L): ``a_{i-1} · 1[pos_i != 0]``."""
+    end = start + position_ids.shape[1]
+    return injection_gate(attention_mask[:, :end], position_ids, start)
