@@ -265,6 +265,16 @@ class PromptBuilder:
         body = _ITEM_SEP.join(([header] if header else []) + items) if items else ""
         return f"{body}{_ITEM_SEP}{request}" if body else request
 
+    def render_content(self, record: PersonalizedRecord, keep: Iterable[int] | None = None) -> str:
+        """The user-message text with the profile items ``keep`` (indices; default all), untruncated."""
+        idx = range(len(record.profile)) if keep is None else sorted(keep)
+        items = [render_profile_item(record.profile[i], record.task) for i in idx]
+        return self._content(self.config.profile_header, items, record.request)
+
+    def count_tokens(self, text: str) -> int:
+        """Number of tokens of user ``text`` as the builder tokenizes it."""
+        return len(self._tok(text))
+
     def build_content(self, record: PersonalizedRecord, budget: int | None = None) -> tuple[str, dict[str, Any]]:
         """The user-message text for ``record`` fitted into ``budget`` content tokens.
 
@@ -278,9 +288,9 @@ class PromptBuilder:
         info = {"num_profile_items": len(rendered), "num_profile_items_kept": 0,
                 "profile_item_truncated": False, "request_truncated": False}
 
-        def assemble(kept: Sequence[int], cut: tuple[int, str] | None = None, request: str = record.request) -> str:
+        def assemble(kept: Sequence[int], cut: tuple[int, str] | None = None) -> str:
             texts = [cut[1] if cut is not None and i == cut[0] else rendered[i] for i in sorted(kept)]
-            return self._content(cfg.profile_header, texts, request)
+            return self._content(cfg.profile_header, texts, record.request)
 
         if budget is None:
             info["num_profile_items_kept"] = len(rendered)
