@@ -249,3 +249,24 @@ def test_mismatch_report_flags_nan_inf_and_values():
     assert "3/5 elements mismatch" in report and "1 NaN" in report and "1 inf" in report and "1 values" in report
     assert mismatch_report(e, e.clone(), 0.0, 0.0) == ""
     assert mismatch_report(torch.tensor([math.nan]), torch.tensor([math.nan]), 0, 0) == ""
+
+
+# ---------------------------------------------------------------- GPU only: compiled kernels, large shapes
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
+@pytest.mark.parametrize("shape", [(4, 2048, 3584, 3584), (2, 4096, 4096, 896)], ids=["3584", "pad896"])
+def test_gpu_large_shapes(shape, dtype, force_triton, poison):
+    batch, seq, d_g, d_r = shape
+    e, h, prev, gate, dout = _inputs(batch, seq, d_g, d_r, dtype, "cuda", True, seed=21)
+    ins = [_leaf(e), _leaf(h), _leaf(prev)]
+    out = latent_injection(ins[0], ins[1], gate, 1.9, LAMBDA, 0.0, ins[2])
+    grads = _grads(out, ins, dout)
+    ref_ins = [_leaf(x, torch.float64) for x in (e, h, prev)]
+    ref = latent_injection_reference(ref_ins[0], ref_ins[1], gate, 1.9, LAMBDA, 0.0, ref_ins[2])
+    ref_grads = _grads(ref, ref_ins, dout.double())
+    atol, rtol = TOL[dtype]
+    assert_close(out, ref, atol, rtol, "out")
+    for name, g, rg in zip(["d_embeds", "d_hidden", "d_prev"], grads, ref_grads):
+        assert_close(g, rg, atol, rtol, name)

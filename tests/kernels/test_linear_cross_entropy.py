@@ -225,3 +225,22 @@ def test_default_chunk_size_rule():
     assert default_chunk_size(100, 10, 64) == 100  # never larger than N
     with pytest.raises(ValueError, match="labels"):
         linear_cross_entropy_reference(torch.randn(3, 4), torch.randn(5, 4), torch.zeros(2, dtype=torch.long))
+
+
+# ---------------------------------------------------------------- GPU only: compiled kernel, large shapes
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
+def test_gpu_large_vocab(dtype, force_triton, poison):
+    """4k tokens x 1024 x 32k vocab (several 32k-wide column blocks per row with the default block)."""
+    hidden, weight, b, labels = _problem(4096, 1024, 32003, dtype, "cuda", True, seed=31)
+    loss, grads = _run(fused_linear_cross_entropy, hidden, weight, b, labels, 1.0)
+    ref_loss, ref_grads = _run(
+        linear_cross_entropy_reference, *_leaves(hidden, weight, dtype=torch.float64), b.double(), labels, 1.0
+    )
+    loss_tol, grad_tol = TOL[dtype]
+    _close_rel(loss, ref_loss, loss_tol, "loss")
+    for name, g, rg in zip(["d_hidden", "d_weight", "d_bias"], grads, ref_grads):
+        _close_rel(g, rg, grad_tol, name)
+
