@@ -152,11 +152,28 @@ def chunked_loss_and_grads(
     step: CeStep,
     need_grads: tuple[bool, bool, bool],
 ):
-    """The shared chunk loop. Returns ``(loss, dH [N, d] | None, dW | None, db | None)`` for upstream 1."""
+    """The shared chunk loop. Returns ``(loss, dH [N, d] | None, dW | None, db | None)`` for upstream 1.
+
+    Gradients come back in the dtypes of ``hidden`` / ``weight`` / ``bias``.
+    """
+    device = hidden.device
+    # Mixed precision: under autocast the lm_head matmuls run in the autocast dtype (as they would in
+    # eager); otherwise in the promoted dtype of hidden and weight. Autocast is switched off inside.
+    if torch.is_autocast_enabled(device.type):
+        cdt = torch.get_autocast_dtype(device.type)
+    else:
+        cdt = torch.promote_types(hidden.dtype, weight.dtype)
+    with torch.autocast(device.type, enabled=False):
+        return _chunk_loop(
+            hidden, weight, labels, bias, ignore_index, num_items_in_batch, chunk_size, step, need_grads, cdt
+        )
+
+
+def _chunk_loop(hidden, weight, labels, bias, ignore_index, num_items_in_batch, chunk_size, step, need_grads, cdt):
     n_tokens, width = hidden.shape
     vocab = weight.shape[0]
     device = hidden.device
-    acc = _acc_dtype(hidden.dtype)
+    acc = _acc_dtype(cdt)
     need_h, need_w, need_b = need_grads
     compute_grad = need_h or need_w or need_b
     labels = labels.to(device)
@@ -164,21 +181,26 @@ def chunked_loss_and_grads(
     chunk = chunk_size or default_chunk_size(n_tokens, vocab, width)
     if chunk < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk}")
+    w = weight.to(cdt)
+    b = None if bias is None else bias.to(cdt)
 
     loss_rows = _empty(n_tokens, dtype=acc, device=device)
     grad_h = _empty(n_tokens, width, dtype=hidden.dtype, device=device) if need_h else None
-    w_acc = acc if weight.dtype in (torch.float16, torch.bfloat16) else weight.dtype
+    w_acc = acc if torch.float16 in (cdt, weight.dtype) or torch.bfloat16 in (cdt, weight.dtype) else cdt
     grad_w = torch.zeros(vocab, width, dtype=w_acc, device=device) if need_w else None
     grad_b = torch.zeros(vocab, dtype=acc, device=device) if need_b else None
     for start in range(0, n_tokens, chunk):
         end = min(start + chunk, n_tokens)
-        h_c = hidden[start:end]
-        z = F.linear(h_c, weight, bias)  # [C, V] in the input dtype; becomes dz in place
+        h_c = hidden[start:end].to(cdt)
+        z = F.linear(h_c, w, b)  # [C, V] in the compute dtype; becomes dz in place
         step(z, labels[start:end], loss_rows[start:end], inv_d, ignore_index, compute_grad)
         if need_h:
-            torch.mm(z, weight, out=grad_h[start:end])
+            if grad_h.dtype == cdt:
+                torch.mm(z, w, out=grad_h[start:end])
+            else:
+                grad_h[start:end] = torch.mm(z, w)
         if need_w:
-            if w_acc == z.dtype:
+            if w_acc == cdt:
                 grad_w.addmm_(z.t(), h_c)
             else:
                 grad_w += torch.mm(z.t(), h_c).to(w_acc)

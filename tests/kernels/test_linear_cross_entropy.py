@@ -244,3 +244,20 @@ def test_gpu_large_vocab(dtype, force_triton, poison):
     for name, g, rg in zip(["d_hidden", "d_weight", "d_bias"], grads, ref_grads):
         _close_rel(g, rg, grad_tol, name)
 
+
+
+@pytest.mark.parametrize("path", ["triton", "chunked"])
+def test_under_cpu_autocast(path, force_triton, poison):
+    """fp32 master weights under bf16 autocast: matmuls in bf16 like eager, grads in fp32."""
+    if torch.cuda.is_available():
+        pytest.skip("CPU autocast case")
+    hidden, weight, b, labels = _problem(33, 64, 257, torch.float32, "cpu", True, seed=40)
+    fn = _triton_fn(128) if path == "triton" else chunked_linear_cross_entropy
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, grads = _run(fn, hidden, weight, b, labels, 1.0, chunk_size=8)
+        ref_loss, ref_grads = _run(linear_cross_entropy_reference, hidden, weight, b, labels, 1.0)
+    assert loss.dtype == torch.float32
+    _close_rel(loss, ref_loss, TOL[torch.bfloat16][0], "loss")
+    for g, rg in zip(grads, ref_grads):
+        assert g.dtype == torch.float32
+        _close_rel(g, rg, TOL[torch.bfloat16][1], "grad")
