@@ -32,8 +32,8 @@ scheme): for a chunk of C tokens, ``z = H_c W.T + b`` ([C, V], input dtype) is o
 weights (fp64 for fp64) and are cast to the weight dtype at the end. Backward only multiplies the
 stored gradients by the upstream scalar. Peak extra memory is therefore one [C, V] logits chunk plus
 the gradients themselves, never [N, V]; the price is that gradients are computed even when backward is
-never called (use the reference under ``torch.no_grad`` evaluation — the chunked functions skip
-gradient work automatically when no input requires grad).
+never called; the chunked functions skip all gradient work under ``torch.no_grad()`` and for inputs
+that do not require grad.
 
 The default chunk size (Liger's rule) makes a logits chunk about as large as ``hidden``:
 ``C = next_power_of_2(ceil(N / ceil(V / d)))``.
@@ -266,6 +266,11 @@ def chunked_linear_cross_entropy(
 ) -> torch.Tensor:
     """Chunked pure-PyTorch loss (never [N, V] logits); same contract as the reference. Any device."""
     hidden2, labels2 = _flatten(hidden, weight, labels, bias)
+    if not torch.is_grad_enabled():  # evaluation: loss only, no gradient work
+        return chunked_loss_and_grads(
+            hidden2, weight, labels2, bias, ignore_index, num_items_in_batch, chunk_size,
+            ce_chunk_step_torch, (False, False, False),
+        )[0]  # fmt: skip
     return ChunkedLinearCrossEntropyFunction.apply(
         hidden2, weight, labels2, bias, ignore_index, num_items_in_batch, chunk_size
     )

@@ -19,7 +19,7 @@ import triton
 import triton.language as tl
 
 from .dispatch import check_kernel_device, interpreting
-from .linear_cross_entropy import chunked_backward, chunked_forward
+from .linear_cross_entropy import chunked_backward, chunked_forward, chunked_loss_and_grads
 
 __all__ = ["FusedLinearCrossEntropyFunction", "fused_linear_cross_entropy_triton", "ce_chunk_step_triton"]
 
@@ -139,6 +139,11 @@ def fused_linear_cross_entropy_triton(
     chunk_size: int | None = None,
 ) -> torch.Tensor:
     """Triton chunked loss on flattened inputs ([N, d], [N]); see ``fused_linear_cross_entropy``."""
+    if not torch.is_grad_enabled():  # evaluation: loss only, no gradient work
+        return chunked_loss_and_grads(
+            hidden, weight, labels, bias, ignore_index, num_items_in_batch, chunk_size,
+            ce_chunk_step_triton, (False, False, False),
+        )[0]  # fmt: skip
     return FusedLinearCrossEntropyFunction.apply(
         hidden, weight, labels, bias, ignore_index, num_items_in_batch, chunk_size
     )

@@ -261,3 +261,15 @@ def test_under_cpu_autocast(path, force_triton, poison):
     for g, rg in zip(grads, ref_grads):
         assert g.dtype == torch.float32
         _close_rel(g, rg, TOL[torch.bfloat16][1], "grad")
+
+
+@pytest.mark.parametrize("path", ["triton", "chunked"])
+def test_no_grad_forward_matches(path, device, force_triton, poison):
+    from flythinker.kernels.triton_linear_cross_entropy import fused_linear_cross_entropy_triton
+
+    hidden, weight, b, labels = _problem(33, 64, 257, torch.float64, device, True, seed=41)
+    fn = fused_linear_cross_entropy_triton if path == "triton" else chunked_linear_cross_entropy
+    with torch.no_grad():
+        loss = fn(*_leaves(hidden, weight), labels, b, chunk_size=5)
+    assert not loss.requires_grad
+    assert_close(loss, linear_cross_entropy_reference(hidden, weight, labels, b), 1e-12, 1e-12, "loss")
