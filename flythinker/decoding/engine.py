@@ -269,7 +269,8 @@ class _Decoding:
         self.runner.setup(self.reasoner_side, batch, max_len, s.prefill_chunk, self.mask)
         try:
             self.step = 0
-            self.current = self.record(self.select(self.prefill()))
+            self.prefill_logits = self.prefill()  # [B, V], kept for inspection (one tensor)
+            self.current = self.record(self.select(self.prefill_logits))
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             first = time.perf_counter()

@@ -83,7 +83,7 @@ def resolve_sampling(generation_config=None, logits_processor=None, **explicit) 
         top_p=float(values.get("top_p", 1.0)),
         min_p=float(values.get("min_p", 0.0) or 0.0),
         repetition_penalty=repetition_penalty,
-        seed=seed if do_sample else explicit.get("seed"),
+        seed=seed if do_sample else None,
         custom_logits_processor=bool(logits_processor),
     ).validate()
 
