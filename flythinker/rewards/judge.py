@@ -1,7 +1,8 @@
 """A local LM judge for PERM / PereGRM: scores read from next-token probabilities, no parsing.
 
 For a judge prompt (``flythinker.rewards.prompts``) rendered with the tokenizer's chat template and
-the assistant turn pre-filled with ``"Score:"``, one forward pass gives the next-token distribution
+the assistant turn pre-filled with ``"Score:"`` (``"Score: "`` for tokenizers that encode " 3" as a
+space token followed by "3", such as SmolLM2's), one forward pass gives the next-token distribution
 p(·).  For each digit k ∈ {1..5} the probabilities of every single-token spelling of k that the
 tokenizer has (``"k"``, ``" k"``, ``"▁k"``, ``"Ġk"``) are summed, renormalised over the five digits,
 and the score is the expectation
@@ -97,6 +98,10 @@ class LocalJudge:
         self.show_progress = show_progress
         self.criteria_max_new_tokens = int(criteria_max_new_tokens)
         self.digit_ids = digit_token_ids(tokenizer)
+        # Tokenizers that split " 3" into a space token and "3" (SmolLM2's "Ġ" + "3") would spend the
+        # next token on the space: end the pre-fill with that space so the next token is the digit.
+        if len(tokenizer.encode(" 3", add_special_tokens=False)) > 1 and not score_prefix.endswith(" "):
+            self.score_prefix = score_prefix + " "
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.pad_id = int(pad) if pad is not None else 0
         self._criteria_cache: dict[tuple, str] = {}
