@@ -16,7 +16,7 @@ from flythinker.kernels import latent_injection, mean_embedding_norm
 from torch import nn
 from transformers import AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
 from transformers.cache_utils import Cache
-from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 from .cache_flythinker import FlyThinkerCache
 from .configuration_flythinker import FlyThinkerConfig
@@ -54,6 +54,26 @@ def injection_gate(
         gate = gate.clone()
         gate[:, 0] = False
     return gate
+
+
+class FusedBackboneView(nn.Module):
+    """``model.base_model``: no parameters of its own; calling it runs ``owner.backbone`` (fused hidden states)."""
+
+    _tp_plan = None
+    _pp_plan = None
+
+    def __init__(self, owner: FlyThinkerForCausalLM):
+        super().__init__()
+        object.__setattr__(self, "_owner", owner)  # not registered: no parameters, no state-dict keys
+
+    def forward(self, *args: Any, **kwargs: Any) -> BaseModelOutputWithPast:
+        return self._owner.backbone(*args, **kwargs)
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self._owner.get_input_embeddings()
+
+    def get_decoder(self) -> nn.Module:
+        return self._owner.generator.get_decoder()
 
 
 class FlyThinkerPreTrainedModel(PreTrainedModel):
@@ -194,6 +214,59 @@ class FlyThinkerForCausalLM(FlyThinkerPreTrainedModel, GenerationMixin):
         )
 
     # ----------------------------------------------------------------------------------- forward
+    def backbone(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        cache: Cache | None = None,
+        **kwargs: Any,
+    ) -> BaseModelOutputWithPast:
+        """One reasoner pass, the shifted injection, one generator-decoder pass: the generator's final
+        hidden states (what ``model.base_model(...)`` returns, for TRL and reward heads)."""
+        if inputs_embeds is not None:
+            raise ValueError("FlyThinker needs input_ids: the reasoner reads the same tokens as the generator")
+        if input_ids is None:
+            raise ValueError("input_ids is required")
+        kwargs.pop("logits_to_keep", None)
+        past_key_values = past_key_values if past_key_values is not None else cache
+        if past_key_values is not None and not isinstance(past_key_values, FlyThinkerCache):
+            raise TypeError(
+                f"FlyThinker needs a FlyThinkerCache (generator + reasoner caches), got {type(past_key_values).__name__}; "
+                "create one with model.new_cache()"
+            )
+        if use_cache and past_key_values is None:
+            past_key_values = self.new_cache()
+        past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
+        if position_ids is None:
+            position_ids = default_position_ids(attention_mask, past_length, input_ids.shape[1], input_ids.device)
+            position_ids = position_ids.expand(input_ids.shape[0], -1)
+        gate = injection_gate(attention_mask, position_ids, past_length)
+
+        reasoner_cache = past_key_values.reasoner_cache if past_key_values is not None else None
+        hidden = self.reasoner_states(input_ids, attention_mask, position_ids, reasoner_cache, **kwargs)
+        prev_hidden = past_key_values.last_reasoner_state if past_length > 0 else None
+        fused = self.fuse(input_ids, hidden, gate, prev_hidden)
+        if past_key_values is not None:
+            past_key_values.last_reasoner_state = hidden[:, -1]
+        return self.generator.get_decoder()(
+            inputs_embeds=fused,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            use_cache=past_key_values is not None,
+            **kwargs,
+        )
+
+    @property
+    def base_model(self) -> nn.Module:
+        """A parameterless view whose call is :meth:`backbone` (TRL's fused log-probs call
+        ``model.base_model(...)``). Built per access so deep copies never point at another model."""
+        return FusedBackboneView(self)
+
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -222,50 +295,35 @@ class FlyThinkerForCausalLM(FlyThinkerPreTrainedModel, GenerationMixin):
             return_logits: with the fused loss, also compute logits (default: only when no labels).
             kwargs: ``num_items_in_batch`` for gradient accumulation; attention kwargs for the sub-models.
         """
-        if inputs_embeds is not None:
-            raise ValueError("FlyThinker needs input_ids: the reasoner reads the same tokens as the generator")
-        if input_ids is None:
-            raise ValueError("input_ids is required")
-        past_key_values = past_key_values if past_key_values is not None else cache
-        if past_key_values is not None and not isinstance(past_key_values, FlyThinkerCache):
-            raise TypeError(
-                f"FlyThinker needs a FlyThinkerCache (generator + reasoner caches), got {type(past_key_values).__name__}; "
-                "create one with model.new_cache()"
-            )
-        if use_cache and past_key_values is None:
-            past_key_values = self.new_cache()
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
-        past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
-        length = input_ids.shape[1]
-        if position_ids is None:
-            position_ids = default_position_ids(attention_mask, past_length, length, input_ids.device)
-            position_ids = position_ids.expand(input_ids.shape[0], -1)
-        gate = injection_gate(attention_mask, position_ids, past_length)
-
-        reasoner_cache = past_key_values.reasoner_cache if past_key_values is not None else None
-        hidden = self.reasoner_states(input_ids, attention_mask, position_ids, reasoner_cache, **kwargs)
-        prev_hidden = past_key_values.last_reasoner_state if past_length > 0 else None
-        fused = self.fuse(input_ids, hidden, gate, prev_hidden)
-        if past_key_values is not None:
-            past_key_values.last_reasoner_state = hidden[:, -1]
-
-        decoder_outputs = self.generator.get_decoder()(
-            inputs_embeds=fused,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            past_key_values=past_key_values,
-            use_cache=past_key_values is not None,
-            **kwargs,
+        outputs = self.backbone(
+            input_ids, attention_mask, position_ids, past_key_values, inputs_embeds, use_cache, cache, **kwargs
         )
-        hidden_states = decoder_outputs.last_hidden_state
-        loss, logits = self._loss_and_logits(hidden_states, labels, logits_to_keep, return_logits, num_items_in_batch)
+        loss, logits = self._loss_and_logits(
+            outputs.last_hidden_state, labels, logits_to_keep, return_logits, num_items_in_batch
+        )
         return CausalLMOutputWithPast(
             loss=loss,
             logits=logits,
-            past_key_values=past_key_values,
-            hidden_states=decoder_outputs.hidden_states,
-            attentions=decoder_outputs.attentions,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
         )
+
+    def score_rewards(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        analysis_mask: torch.Tensor | None = None,
+        num_tokens: torch.Tensor | None = None,
+    ) -> dict[str, dict[str, torch.Tensor]]:
+        """Every configured reward head on the fused generator's final hidden states:
+        ``{head name: {dimension: [B] scores, "reward": [B], ...}}`` (see ``flythinker.modeling.heads``)."""
+        heads = getattr(self, "reward_heads", None)
+        if heads is None:
+            raise ValueError("this model has no reward heads: set FlyThinkerConfig(reward_heads={...})")
+        hidden = self.backbone(input_ids, attention_mask=attention_mask).last_hidden_state
+        return {name: head(hidden, attention_mask, analysis_mask, num_tokens) for name, head in heads.items()}
 
     def _uses_fused_loss(self) -> bool:
         if not self.config.use_fused_loss:

@@ -56,13 +56,9 @@ def test_two_grpo_steps_update_policy_and_log_components(tmp_path, word_tokenize
     trainer, rewards = make_grpo_trainer(policy, word_tokenizer, build_grpo_dataset(SAMPLES, variant=variant, prefill_analysis=True),
                                          judge, variant=variant, args=args)
     assert trainer.reward_weights.tolist() == pytest.approx([1.0, 0.5, 0.001])
-    try:
-        trainer.train()
-    except AttributeError as e:
-        if policy_kind == "flythinker" and "last_hidden_state" in str(e):
-            # TRL >= 1.16 scores log-probs through `model.base_model(...).last_hidden_state` + the LM head.
-            pytest.xfail(f"FlyThinkerForCausalLM lacks the backbone path TRL's fused log-probs need: {e}")
-        raise
+    # TRL >= 1.16 scores log-probs through `model.base_model(...).last_hidden_state` + the LM head;
+    # FlyThinker's base_model view runs the fused backbone.
+    trainer.train()
     changed = [n for n, p in policy.named_parameters() if not torch.equal(p.detach(), before[n])]
     assert changed, "GRPO did not change any policy parameter"
     logs = {k for entry in trainer.state.log_history for k in entry}

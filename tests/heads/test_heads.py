@@ -141,14 +141,12 @@ def test_flythinker_heads_round_trip(tmp_path):
     loaded = FlyThinkerForCausalLM.from_pretrained(tmp_path)
     sd, sd2 = model.reward_heads.state_dict(), loaded.reward_heads.state_dict()
     assert sd.keys() == sd2.keys() and all(torch.equal(sd[k], sd2[k]) for k in sd)
-    if not hasattr(model, "score_rewards"):
-        pytest.skip("FlyThinkerForCausalLM.score_rewards not wired yet (state-dict round trip checked)")
     ids = torch.randint(3, 96, (2, 7))
     mask = torch.ones_like(ids)
     mask[0, :2] = 0
     a, b = model.eval().score_rewards(ids, mask), loaded.eval().score_rewards(ids, mask)
     for name in SPEC:
-        assert torch.equal(a[name]["reward"], b[name]["reward"])
+        assert (a[name]["reward"] - b[name]["reward"]).abs().max().item() <= 1e-6
 
 
 def test_losses_hand_computed():

@@ -1,0 +1,164 @@
+"""Generating predictions for personalized records, batch by batch, with explicit decoding settings.
+
+Prompts are the same ones training used (``PromptBuilder.encode_prompt``), left-padded per batch.
+Every setting is explicit and written next to the predictions: nothing is inherited silently from
+a checkpoint's generation config.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+@dataclass
+class DecodingSettings:
+    """Decoding options; greedy unless ``do_sample``."""
+
+    max_new_tokens: int = 256
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+    seed: int = 0
+    batch_size: int = 8
+    schedule: str = "sequential"
+
+    def generate_kwargs(self, tokenizer) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": self.max_new_tokens,
+            "do_sample": self.do_sample,
+            "repetition_penalty": self.repetition_penalty,
+            "pad_token_id": tokenizer.pad_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+        }
+        if self.do_sample:
+            kwargs.update(temperature=self.temperature, top_k=self.top_k or None, top_p=self.top_p)
+        else:
+            kwargs.update(temperature=None, top_k=None, top_p=None)
+        return kwargs
+
+
+def _left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        ids[row, width - len(prompt) :] = torch.tensor(list(prompt), dtype=torch.long)
+        mask[row, width - len(prompt) :] = 1
+    return ids, mask
+
+
+def _decode_batch(model, input_ids, attention_mask, settings: DecodingSettings, tokenizer) -> torch.Tensor:
+    """New tokens [B, n] (EOS-padded rows) from the fast engine when the model is a FlyThinker."""
+    from flythinker.modeling import FlyThinkerForCausalLM
+
+    if isinstance(model, FlyThinkerForCausalLM) and settings.schedule != "hf":
+        try:
+            from flythinker import decoding
+        except ImportError:
+            decoding = None
+        if decoding is not None and hasattr(decoding, "generate"):
+            out = decoding.generate(
+                model,
+                input_ids,
+                attention_mask=attention_mask,
+                schedule=settings.schedule,
+                max_new_tokens=settings.max_new_tokens,
+                do_sample=settings.do_sample,
+                temperature=settings.temperature,
+                top_k=settings.top_k,
+                top_p=settings.top_p,
+                repetition_penalty=settings.repetition_penalty,
+                seed=settings.seed,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+            sequences = out.sequences if hasattr(out, "sequences") else out
+            return sequences[:, input_ids.shape[1] :]
+    torch.manual_seed(settings.seed)
+    sequences = model.generate(input_ids, attention_mask=attention_mask, **settings.generate_kwargs(tokenizer))
+    return sequences[:, input_ids.shape[1] :]
+
+
+@torch.no_grad()
+def generate_predictions(model, tokenizer, records, builder, settings: DecodingSettings, progress: bool = True):
+    """Generate for every record; returns (rows, stats).
+
+    Each row: ``{"id", "user_id", "request", "prediction", "reference", "prompt_tokens", "new_tokens"}``.
+    ``stats``: generated tokens, seconds, tokens/s and the settings.
+    """
+    from tqdm.auto import tqdm
+
+    model.eval()
+    records = list(records)
+    prompts = [builder.encode_prompt(record) for record in records]
+    rows, generated, seconds = [], 0, 0.0
+    bar = tqdm(total=len(records), desc="generating", unit="rec", disable=not progress)
+    for start in range(0, len(records), settings.batch_size):
+        batch = prompts[start : start + settings.batch_size]
+        input_ids, attention_mask = _left_pad([p["input_ids"] for p in batch], tokenizer.pad_token_id)
+        begin = time.perf_counter()
+        new_tokens = _decode_batch(model, input_ids, attention_mask, settings, tokenizer)
+        seconds += time.perf_counter() - begin
+        for offset, tokens in enumerate(new_tokens.tolist()):
+            record = records[start + offset]
+            if tokenizer.eos_token_id in tokens:
+                tokens = tokens[: tokens.index(tokenizer.eos_token_id)]
+            generated += len(tokens)
+            rows.append(
+                {
+                    "id": record.id,
+                    "user_id": record.user_id,
+                    "request": record.request,
+                    "prediction": tokenizer.decode(tokens, skip_special_tokens=True).strip(),
+                    "reference": record.target,
+                    "prompt_tokens": len(batch[offset]["input_ids"]),
+                    "new_tokens": len(tokens),
+                }
+            )
+        bar.update(len(batch))
+    bar.close()
+    stats = {
+        "generated_tokens": generated,
+        "seconds": round(seconds, 3),
+        "tokens_per_second": round(generated / seconds, 3) if seconds else None,
+        "settings": asdict(settings),
+    }
+    return rows, stats
+
+
+def write_jsonl(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return path
+
+
+def read_predictions(path: str | Path) -> list[dict[str, Any]]:
+    """Rows with ``prediction`` and ``reference`` strings; errors name the file, line and field."""
+    rows = []
+    with Path(path).open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path} line {number}: not valid JSON ({error.msg})") from None
+            for field in ("prediction", "reference"):
+                if not isinstance(row.get(field), str):
+                    raise ValueError(
+                        f"{path} line {number}: field {field!r} must be a string, got {type(row.get(field)).__name__}"
+                    )
+            rows.append(row)
+    return rows
