@@ -37,9 +37,10 @@ def _say(step: int, total: int, message: str) -> None:
 
 
 def run_demo(options: DemoOptions) -> dict:
+    from flythinker.evaluation import write_predictions_jsonl
     from flythinker.evaluation.metrics import compute_metrics
     from flythinker.modeling.smollm import smollm2_path
-    from flythinker.predict import DecodingSettings, generate_predictions, write_jsonl
+    from flythinker.predict import DecodingSettings, generate_predictions
     from flythinker.train.finetune import FinetuneConfig, load_tokenizer, run_finetune
     from flythinker.train.prompts import PromptBuilder
     from flythinker.train.readers import read_records
@@ -88,9 +89,9 @@ def run_demo(options: DemoOptions) -> dict:
         model = _load_trained(run_dir / "model", method)
         settings = DecodingSettings(max_new_tokens=options.max_new_tokens, batch_size=len(held_out))
         rows, stats = generate_predictions(model, tokenizer, held_out, builder, settings)
-        write_jsonl(rows, run_dir / "predictions.jsonl")
-        metrics = compute_metrics([r["prediction"] for r in rows], [r["reference"] for r in rows],
-                                  metrics=("rouge1", "rougeL", "meteor"))
+        predictions = [row.pop("prediction") for row in rows]
+        write_predictions_jsonl(run_dir / "predictions.jsonl", predictions, records=held_out, extra=rows)
+        metrics = compute_metrics(predictions, [r.target for r in held_out], metrics=("rouge1", "rougeL", "meteor"))
         metrics.update(tokens_per_second=stats["tokens_per_second"], train_loss=train_metrics.get("train_loss"),
                        train_seconds=train_metrics.get("train_runtime"))
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))

@@ -7,11 +7,9 @@ a checkpoint's generation config.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -92,7 +90,8 @@ def _decode_batch(model, input_ids, attention_mask, settings: DecodingSettings, 
 def generate_predictions(model, tokenizer, records, builder, settings: DecodingSettings, progress: bool = True):
     """Generate for every record; returns (rows, stats).
 
-    Each row: ``{"id", "user_id", "request", "prediction", "reference", "prompt_tokens", "new_tokens"}``.
+    Each row: ``{"prediction", "prompt_tokens", "new_tokens"}``; write them with
+    :func:`flythinker.evaluation.write_predictions_jsonl` (``records=`` adds ids, users and references).
     ``stats``: generated tokens, seconds, tokens/s and the settings.
     """
     from tqdm.auto import tqdm
@@ -109,17 +108,12 @@ def generate_predictions(model, tokenizer, records, builder, settings: DecodingS
         new_tokens = _decode_batch(model, input_ids, attention_mask, settings, tokenizer)
         seconds += time.perf_counter() - begin
         for offset, tokens in enumerate(new_tokens.tolist()):
-            record = records[start + offset]
             if tokenizer.eos_token_id in tokens:
                 tokens = tokens[: tokens.index(tokenizer.eos_token_id)]
             generated += len(tokens)
             rows.append(
                 {
-                    "id": record.id,
-                    "user_id": record.user_id,
-                    "request": record.request,
                     "prediction": tokenizer.decode(tokens, skip_special_tokens=True).strip(),
-                    "reference": record.target,
                     "prompt_tokens": len(batch[offset]["input_ids"]),
                     "new_tokens": len(tokens),
                 }
@@ -133,32 +127,3 @@ def generate_predictions(model, tokenizer, records, builder, settings: DecodingS
         "settings": asdict(settings),
     }
     return rows, stats
-
-
-def write_jsonl(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as handle:
-        for row in rows:
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-    return path
-
-
-def read_predictions(path: str | Path) -> list[dict[str, Any]]:
-    """Rows with ``prediction`` and ``reference`` strings; errors name the file, line and field."""
-    rows = []
-    with Path(path).open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path} line {number}: not valid JSON ({error.msg})") from None
-            for field in ("prediction", "reference"):
-                if not isinstance(row.get(field), str):
-                    raise ValueError(
-                        f"{path} line {number}: field {field!r} must be a string, got {type(row.get(field)).__name__}"
-                    )
-            rows.append(row)
-    return rows

@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 
 METHODS = ("flythinker", "sft")
 REASONER_MODES = ("full", "freeze", "lora")
-LORA_TARGETS = r"(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+LORA_TARGETS = r".*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"  # peft full-matches names
 
 
 @dataclass
@@ -216,7 +216,9 @@ def training_arguments(config: FinetuneConfig, world_size: int):
 
     per_step = config.per_device_batch_size * world_size
     accumulation = max(1, math.ceil(config.global_batch_size / per_step))
+    optional = {"gradient_checkpointing": True} if config.gradient_checkpointing else {}
     return TrainingArguments(
+        **optional,
         output_dir=str(Path(config.output_dir) / "checkpoints"),
         per_device_train_batch_size=config.per_device_batch_size,
         gradient_accumulation_steps=accumulation,
@@ -227,7 +229,6 @@ def training_arguments(config: FinetuneConfig, world_size: int):
         num_train_epochs=config.num_train_epochs,
         max_steps=config.max_steps,
         max_grad_norm=config.max_grad_norm,
-        gradient_checkpointing=config.gradient_checkpointing,
         bf16=config.bf16,
         seed=config.seed,
         data_seed=config.seed,
@@ -282,6 +283,7 @@ def run_finetune(config: FinetuneConfig, callbacks: list[TrainerCallback] | None
     result = trainer.train(resume_from_checkpoint=resume)
     metrics = dict(result.metrics)
     metrics["global_step"] = trainer.state.global_step
+    metrics["world_size"] = trainer.args.world_size
     metrics["real_tokens"] = counter.real_tokens
     metrics["trainable_parameters"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if trainer.is_world_process_zero():

@@ -1,0 +1,265 @@
+"""``flythinker train | generate | evaluate | demo | convert``.
+
+Every command writes a run directory (default ``runs/<command>-<timestamp>``) holding the options
+it ran with (``options.json``), and its metrics and predictions where it has them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+FINETUNE_HELP = {
+    "train_file": "LongLaMP-style training data: .jsonl, .json or .parquet (LongLaMP records or the reference "
+    "implementation's {inp, profile, target} records)",
+    "output_dir": "run directory: checkpoints/, model/ (loads with from_pretrained), metrics and logs",
+    "generator": "generator checkpoint directory (any transformers causal LM), or a saved FlyThinker to continue",
+    "reasoner": "reasoner checkpoint directory (default: the generator checkpoint)",
+    "method": "'flythinker' (generator + reasoner) or 'sft' (the generator alone: the baseline, same prompts)",
+    "task": "LongLaMP task (abstract_generation, product_review, topic_writing, reference); default: detected",
+    "max_length": "maximum tokens of one training example; the profile is truncated first",
+    "max_target_tokens": "the target is cut to this many tokens (plus the end-of-turn token)",
+    "profile_drop": "which profile items go first when the prompt is too long: 'oldest' or 'least_relevant'",
+    "packing": "pack several examples per row (position ids restart; the injection is zeroed at each start)",
+    "fusion_lambda": "λ, the weight of the injected reasoner state (paper: 0.5)",
+    "reasoner_mode": "'full' (train the reasoner), 'freeze', or 'lora' (peft LoRA adapters on the reasoner)",
+    "lora_generator": "also train the generator through LoRA adapters instead of fully",
+    "lora_rank": "LoRA rank r",
+    "lora_alpha": "LoRA alpha",
+    "learning_rate": "peak learning rate (paper: 5e-6)",
+    "weight_decay": "AdamW weight decay (paper: 0.025)",
+    "warmup_ratio": "fraction of steps with linear warm-up (paper: 0.01)",
+    "num_train_epochs": "epochs (paper: 5); ignored when --max-steps > 0",
+    "max_steps": "stop after this many optimizer steps (-1: run the epochs)",
+    "global_batch_size": "examples per optimizer step over all processes (paper: 64); gradient accumulation fills it",
+    "per_device_batch_size": "examples per forward pass on one process",
+    "max_grad_norm": "gradient clipping norm (paper: 1.0)",
+    "gradient_checkpointing": "recompute activations in backward to save memory",
+    "bf16": "train in bfloat16 mixed precision",
+    "seed": "random seed (data order, initialisation of new parameters)",
+    "logging_steps": "log loss, learning rate and real tokens/s every this many steps",
+    "save_steps": "write a resumable checkpoint every this many steps",
+    "save_total_limit": "keep at most this many checkpoints",
+    "resume_from_checkpoint": "checkpoint directory to resume from, or 'last' for the newest in output_dir",
+    "max_records": "use only the first N training records",
+    "attn_implementation": "'sdpa' (default), 'eager' or 'flash_attention_2' (needs flash-attn installed)",
+    "use_fused_loss": "compute the loss with the chunked fused linear cross-entropy (never builds [tokens, vocab])",
+}
+
+
+def _timestamped(command: str) -> str:
+    return str(Path("runs") / f"{command}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def _write_options(run_dir: Path, options: dict[str, Any]) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "options.json").write_text(json.dumps(options, indent=2, default=str))
+
+
+def _bool(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+
+
+def _add_dataclass_options(parser: argparse.ArgumentParser, cls, helps: dict[str, str], skip=()) -> None:
+    """One ``--option`` per dataclass field, with its default and help text."""
+    for item in dataclasses.fields(cls):
+        if item.name in skip or item.name == "extra":
+            continue
+        flag = "--" + item.name.replace("_", "-")
+        default = item.default if item.default is not dataclasses.MISSING else None
+        required = item.default is dataclasses.MISSING and item.default_factory is dataclasses.MISSING
+        kind = {"int": int, "float": float, "bool": _bool}.get(str(item.type).split(" ")[0].replace("|", "").strip())
+        if kind is None:
+            kind = int if isinstance(default, int) and not isinstance(default, bool) else (
+                float if isinstance(default, float) else (_bool if isinstance(default, bool) else str)
+            )
+        parser.add_argument(
+            flag, dest=item.name, type=kind, default=default, required=required,
+            help=f"{helps.get(item.name, item.name)} (default: {default})",
+        )
+
+
+# ------------------------------------------------------------------------------------------ train
+def _cmd_train(args: argparse.Namespace) -> int:
+    from flythinker.train.finetune import FinetuneConfig, run_finetune
+
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(FinetuneConfig) if f.name != "extra"}
+    config = FinetuneConfig(**values)
+    _write_options(Path(config.output_dir), values)
+    metrics = run_finetune(config)
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
+# --------------------------------------------------------------------------------------- generate
+def _cmd_generate(args: argparse.Namespace) -> int:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    import flythinker.modeling  # noqa: F401  (registers the architecture)
+    from flythinker.evaluation import write_predictions_jsonl
+    from flythinker.predict import DecodingSettings, generate_predictions
+    from flythinker.train.finetune import load_tokenizer
+    from flythinker.train.prompts import PromptBuilder
+    from flythinker.train.readers import read_records
+
+    run_dir = Path(args.run_dir or _timestamped("generate"))
+    _write_options(run_dir, vars(args))
+    tokenizer = load_tokenizer(args.model)
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=getattr(torch, args.dtype)).eval()
+    records = read_records(args.data, task=args.task, require_target=False)[: args.max_records]
+    builder = PromptBuilder(tokenizer, max_length=args.max_length, max_target_tokens=args.max_target_tokens)
+    settings = DecodingSettings(
+        max_new_tokens=args.max_new_tokens, do_sample=args.do_sample, temperature=args.temperature,
+        top_k=args.top_k, top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed,
+        batch_size=args.batch_size, schedule=args.schedule,
+    )
+    rows, stats = generate_predictions(model, tokenizer, records, builder, settings)
+    predictions = [row.pop("prediction") for row in rows]
+    write_predictions_jsonl(run_dir / "predictions.jsonl", predictions, records=records, extra=rows)
+    (run_dir / "generation_stats.json").write_text(json.dumps(stats, indent=2))
+    print(f"wrote {len(predictions)} predictions to {run_dir / 'predictions.jsonl'} ({stats['tokens_per_second']} tokens/s)")
+    return 0
+
+
+# --------------------------------------------------------------------------------------- evaluate
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from flythinker.evaluation import (
+        compute_metrics,
+        metrics_by_position,
+        read_predictions_jsonl,
+        write_metrics_json,
+    )
+
+    rows = read_predictions_jsonl(args.predictions)
+    for number, row in enumerate(rows, 1):
+        for field in ("prediction", "reference"):
+            if not isinstance(row.get(field), str):
+                raise ValueError(f"{args.predictions} record {number}: field {field!r} must be a string, "
+                                 f"got {type(row.get(field)).__name__}")
+    predictions = [row["prediction"] for row in rows]
+    references = [row["reference"] for row in rows]
+    metrics = compute_metrics(predictions, references, metrics=tuple(args.metrics))
+    metrics["by_position"] = metrics_by_position(predictions, references, window_words=args.window_words)
+    output = Path(args.output or Path(args.predictions).with_name("metrics.json"))
+    write_metrics_json(output, metrics)
+    print(json.dumps({k: v for k, v in metrics.items() if k != "by_position"}, indent=2))
+    print(f"metrics written to {output}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------- demo
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from flythinker.demo import DemoOptions, run_demo
+
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(DemoOptions)}
+    run_demo(DemoOptions(**values))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------- convert
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from flythinker.modeling import convert_reference_checkpoint
+
+    convert_reference_checkpoint(
+        args.checkpoint, args.output, reasoner_config=args.reasoner_config,
+        fusion_lambda=args.fusion_lambda, projection=args.projection,
+    )
+    print(f"converted {args.checkpoint} -> {args.output}")
+    return 0
+
+
+DEMO_HELP = {
+    "output_dir": "run directory for data, checkpoints, predictions and metrics",
+    "steps": "optimizer steps for each of FlyThinker and the SFT baseline",
+    "batch_size": "examples per optimizer step",
+    "learning_rate": "peak learning rate (higher than the paper's 5e-6 because the demo is short)",
+    "max_length": "maximum tokens per training example",
+    "max_target_tokens": "target tokens kept per example",
+    "max_new_tokens": "tokens generated per held-out request",
+    "n_users": "number of synthetic users (each writes in one personal style)",
+    "reasoner_mode": "'full', 'freeze' or 'lora' (see `flythinker train --help`)",
+    "seed": "random seed",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from flythinker.demo import DemoOptions
+    from flythinker.train.finetune import FinetuneConfig
+
+    parser = argparse.ArgumentParser(prog="flythinker", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="fine-tune FlyThinker or the SFT baseline (transformers Trainer; "
+                           "run under `accelerate launch` for DDP/FSDP/DeepSpeed)")
+    _add_dataclass_options(train, FinetuneConfig, FINETUNE_HELP)
+    train.set_defaults(func=_cmd_train)
+
+    gen = sub.add_parser("generate", help="generate predictions for LongLaMP-style records")
+    gen.add_argument("--model", required=True, help="saved model directory (FlyThinker or any causal LM)")
+    gen.add_argument("--data", required=True, help="records to generate for (.jsonl/.json/.parquet)")
+    gen.add_argument("--task", default=None, help="LongLaMP task; default: detected from the profile fields")
+    gen.add_argument("--run-dir", default=None, help="output directory (default: runs/generate-<time>)")
+    gen.add_argument("--max-records", type=int, default=None, help="generate for the first N records only")
+    gen.add_argument("--max-length", type=int, default=2048, help="prompt budget as in training (default: 2048)")
+    gen.add_argument("--max-target-tokens", type=int, default=512,
+                     help="target budget reserved as in training, so prompts match (default: 512)")
+    gen.add_argument("--max-new-tokens", type=int, default=256, help="tokens to generate (default: 256)")
+    gen.add_argument("--batch-size", type=int, default=8, help="prompts decoded together (default: 8)")
+    gen.add_argument("--do-sample", type=_bool, default=False, help="sample instead of greedy (default: false)")
+    gen.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default: 1.0)")
+    gen.add_argument("--top-k", type=int, default=0, help="top-k sampling, 0 = off (default: 0)")
+    gen.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default: 1.0 = off)")
+    gen.add_argument("--repetition-penalty", type=float, default=1.0, help="repetition penalty (default: 1.0)")
+    gen.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    gen.add_argument("--schedule", default="sequential",
+                     help="FlyThinker decoding schedule: 'sequential', 'concurrent' or 'hf' (transformers generate)")
+    gen.add_argument("--dtype", default="float32", help="float32 or bfloat16 (default: float32)")
+    gen.set_defaults(func=_cmd_generate)
+
+    ev = sub.add_parser("evaluate", help="ROUGE-1/L, METEOR, BLEU and metrics by output position")
+    ev.add_argument("--predictions", required=True, help="predictions.jsonl with 'prediction' and 'reference'")
+    ev.add_argument("--output", default=None, help="metrics JSON (default: metrics.json next to the predictions)")
+    ev.add_argument("--metrics", nargs="+", default=["rouge1", "rougeL", "meteor", "bleu"],
+                    help="metrics to compute (default: rouge1 rougeL meteor bleu)")
+    ev.add_argument("--window-words", type=int, default=50,
+                    help="window size in words for the by-position (context drift) analysis (default: 50)")
+    ev.set_defaults(func=_cmd_evaluate)
+
+    demo = sub.add_parser("demo", help="the embedded default: FlyThinker vs SFT on SmolLM2-135M and synthetic "
+                          "personalized data (~10 minutes on 2 CPU cores)")
+    _add_dataclass_options(demo, DemoOptions, DEMO_HELP)
+    demo.set_defaults(func=_cmd_demo)
+
+    conv = sub.add_parser("convert", help="convert a reference-implementation checkpoint (Generator./Reasoner.)")
+    conv.add_argument("--checkpoint", required=True, help="directory with the state dict and generator config.json")
+    conv.add_argument("--output", required=True, help="output directory (config.json + model.safetensors)")
+    conv.add_argument("--reasoner-config", default=None,
+                      help="the reasoner's base checkpoint directory (default: the generator's config)")
+    conv.add_argument("--fusion-lambda", type=float, default=0.5, help="λ of the converted model (default: 0.5)")
+    conv.add_argument("--projection", default="zero_pad", help="'zero_pad' (default) or 'linear'")
+    conv.set_defaults(func=_cmd_convert)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"flythinker {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
