@@ -12,11 +12,12 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from flythinker.kernels import latent_injection, mean_embedding_norm
 from torch import nn
 from transformers import AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+
+from flythinker.kernels import latent_injection, mean_embedding_norm
 
 from .cache_flythinker import FlyThinkerCache
 from .configuration_flythinker import FlyThinkerConfig

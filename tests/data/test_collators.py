@@ -7,6 +7,7 @@ import random
 
 import pytest
 import torch
+
 from flythinker.train.collators import IGNORE_INDEX, PackingCollator, PaddingCollator, pack_indices
 
 

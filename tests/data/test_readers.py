@@ -7,6 +7,7 @@ import os
 import re
 
 import pytest
+
 from flythinker.train.readers import detect_task, read_records, read_splits, write_jsonl
 
 # record counts stated in /work/shared/data/peps/README.md (val splits after de-duplication)

@@ -7,6 +7,7 @@ import json
 import re
 
 import pytest
+
 from flythinker.train.readers import read_records
 from flythinker.train.synthetic import STYLES, make_synthetic_dataset, write_synthetic_dataset
 

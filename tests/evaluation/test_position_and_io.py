@@ -6,7 +6,6 @@ import json
 import math
 
 import pytest
-from flythinker.train.records import PersonalizedRecord
 
 from flythinker.evaluation import (
     metrics_by_position,
@@ -15,6 +14,7 @@ from flythinker.evaluation import (
     write_metrics_json,
     write_predictions_jsonl,
 )
+from flythinker.train.records import PersonalizedRecord
 
 WORDS = [f"w{i}" for i in range(120)]
 

@@ -6,10 +6,10 @@ import re
 
 import pytest
 import torch
-from flythinker.train import grpo
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from flythinker.rewards import prompts
+from flythinker.train import grpo
 
 SPECIALS = ["[PAD]", "[UNK]", "[BOS]", "[EOS]"]
 CHAT_TEMPLATE = (

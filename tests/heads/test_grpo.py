@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from flythinker.train.grpo import build_grpo_dataset, make_grpo_trainer
 
 from flythinker.rewards.judge import LocalJudge
 from flythinker.rewards.samples import EmpathySample
 from flythinker.rewards.trl_rewards import PermRewardFunctions
+from flythinker.train.grpo import build_grpo_dataset, make_grpo_trainer
 
 from .conftest import tiny_llama
 

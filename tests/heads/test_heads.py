@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from transformers import AutoModel, LlamaConfig, LlamaForCausalLM
+
 from flythinker.modeling.heads import (
     EmpathyRewardModel,
     RewardHead,
@@ -12,6 +14,9 @@ from flythinker.modeling.heads import (
     pool_last_token,
     pool_span,
 )
+from flythinker.rewards.encoding import encode_samples
+from flythinker.rewards.formula import perm_reward
+from flythinker.rewards.samples import EmpathySample
 from flythinker.train.reward_training import (
     RewardCollator,
     bradley_terry_loss,
@@ -19,11 +24,6 @@ from flythinker.train.reward_training import (
     pairwise_accuracy,
     regression_loss,
 )
-from transformers import AutoModel, LlamaConfig, LlamaForCausalLM
-
-from flythinker.rewards.encoding import encode_samples
-from flythinker.rewards.formula import perm_reward
-from flythinker.rewards.samples import EmpathySample
 
 SPEC = {"perm": {"kind": "perm"}, "peregrm": {"kind": "peregrm", "dropout": 0.1, "combine": "geometric"}}
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from flythinker.train.rewards_data import (
     RewardDataError,
     read_perm_records,

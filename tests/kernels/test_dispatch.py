@@ -7,9 +7,10 @@ import subprocess
 import sys
 import textwrap
 
-import flythinker.kernels as K
 import pytest
 import torch
+
+import flythinker.kernels as K
 from flythinker.kernels import dispatch, injection, linear_cross_entropy
 
 _ENV = ("FLYTHINKER_FORCE_TRITON", "FLYTHINKER_DISABLE_TRITON", "TRITON_INTERPRET")

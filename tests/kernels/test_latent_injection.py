@@ -11,6 +11,7 @@ import math
 
 import pytest
 import torch
+
 from flythinker.kernels import (
     embedding_latent_injection,
     embedding_latent_injection_reference,
@@ -18,7 +19,6 @@ from flythinker.kernels import (
     latent_injection_reference,
     mean_embedding_norm,
 )
-
 from tests.kernels._compare import TOL, assert_close, mismatch_report
 
 LAMBDA = 0.37  # not exactly representable: catches λ rounded to fp32 in an fp64 path

@@ -10,13 +10,13 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+
 from flythinker.kernels import (
     chunked_linear_cross_entropy,
     default_chunk_size,
     fused_linear_cross_entropy,
     linear_cross_entropy_reference,
 )
-
 from tests.kernels._compare import assert_close
 
 # (loss, gradients) tolerance against the float64 reference on the same upcast inputs, relative to the
