@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
@@ -87,10 +88,21 @@ def flythinker_run(model, schedule, input_ids, attention_mask, max_new_tokens, t
             "prefill_chunk": out.settings.prefill_chunk}
 
 
+BASELINE_THREADS: int | None = None  # --baseline-threads (None = torch's default, all cores)
+
+
 def run_config(name, model, input_ids, attention_mask, max_new_tokens, threads) -> dict:
-    if name == "generator":
-        return generator_alone(model, input_ids, attention_mask, max_new_tokens)
-    return flythinker_run(model, name, input_ids, attention_mask, max_new_tokens, threads)
+    if name not in ("generator", "sequential"):  # the engine splits the cores itself
+        return flythinker_run(model, name, input_ids, attention_mask, max_new_tokens, threads)
+    saved = torch.get_num_threads()
+    if BASELINE_THREADS is not None:
+        torch.set_num_threads(BASELINE_THREADS)
+    try:
+        if name == "generator":
+            return generator_alone(model, input_ids, attention_mask, max_new_tokens)
+        return flythinker_run(model, name, input_ids, attention_mask, max_new_tokens, threads)
+    finally:
+        torch.set_num_threads(saved)
 
 
 def paired(model, input_ids, attention_mask, max_new_tokens, repeats, threads, configs, label) -> dict:
@@ -122,8 +134,21 @@ def markdown(report: dict) -> str:
     lines = [f"# Decode benchmark (CPU) — {report['device']}", "",
              f"torch {report['versions']['torch']}, transformers {report['versions']['transformers']}, "
              f"{report['settings']['threads_available']} cores; SmolLM2-135M-Instruct as generator and reasoner (fp32); "
-             f"greedy, EOS off; medians of {report['settings']['repeats']} paired interleaved repeats.", ""]
+             f"greedy, EOS off; medians of {report['settings']['repeats']} paired interleaved repeats "
+             f"(TTFT: {report['settings']['ttft_repeats']}). Baselines (generator, sequential) ran with "
+             f"{report['settings']['baseline_threads']} thread(s); threads/processes split the cores "
+             f"{report['settings']['thread_split_generator_reasoner']} (generator, reasoner). Load average "
+             f"(1/5/15 min) at start {report['settings']['load_average_at_start']}, at end "
+             f"{report['settings']['load_average_at_end']} (other jobs shared the machine).", ""]
     for section, rows in report["results"].items():
+        if section.startswith("TTFT"):
+            lines += [f"## {section}", "", "| config | TTFT s | TTFT / generator alone | TTFT / sequential |",
+                      "|---|---|---|---|"]
+            for name, row in rows.items():
+                lines.append(f"| {name} | {row['ttft_s']:.2f} | {row.get('ttft_ratio_vs_generator', 1.0):.2f} | "
+                             f"{row.get('ttft_ratio_vs_sequential', 1.0 if name == 'sequential' else float('nan')):.2f} |")
+            lines.append("")
+            continue
         lines += [f"## {section}", "", "| config | TTFT s | ms/token | tokens/s | × generator alone | × sequential |",
                   "|---|---|---|---|---|---|"]
         for name, row in rows.items():
@@ -131,7 +156,8 @@ def markdown(report: dict) -> str:
                 f"| {name} | {row['ttft_s']:.2f} | {row['per_token_s'] * 1e3:.1f} | {row['tokens_per_s']:.2f} | "
                 f"{row.get('speed_vs_generator', 1.0):.2f} | {row.get('speed_vs_sequential', 1.0 if name == 'sequential' else float('nan')):.2f} |")
         lines.append("")
-    lines.append("Ratios are tokens/s ratios, medians of same-repeat pairs. TTFT for batch 1 uses the long prompt.")
+    lines.append("Decode ratios are tokens/s ratios (higher is faster), TTFT ratios are time ratios (lower is "
+                 "faster); both are medians of same-repeat pairs. ms/token is the median decode step.")
     return "\n".join(lines) + "\n"
 
 
@@ -144,6 +170,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--ttft-repeats", type=int, default=2)
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=CONFIGS)
+    parser.add_argument("--baseline-threads", type=int, default=None,
+                        help="threads for 'generator' and 'sequential' (default: all cores; 1 helps on a loaded machine)")
     parser.add_argument("--quick", action="store_true", help="tiny settings for a smoke run")
     parser.add_argument("--out", type=Path, default=RESULTS / "decode_cpu.json")
     args = parser.parse_args()
@@ -152,17 +180,20 @@ def main() -> None:
         args.repeats, args.ttft_repeats = 1, 1
 
     import transformers
-    from flythinker.modeling.smollm import fix_end_of_turn, smollm2_path
     from transformers import AutoTokenizer
 
     from flythinker import FlyThinkerForCausalLM
     from flythinker.decoding import CPU_CONCURRENT_DEFAULT, shutdown_workers
     from flythinker.decoding.workers import default_cpu_threads
+    from flythinker.modeling.smollm import fix_end_of_turn, smollm2_path
 
     path = smollm2_path()
     tokenizer = AutoTokenizer.from_pretrained(path)
     fix_end_of_turn(tokenizer)
     model = FlyThinkerForCausalLM.from_components(generator=str(path), reasoner=str(path), dtype=torch.float32).eval()
+    global BASELINE_THREADS
+    BASELINE_THREADS = args.baseline_threads
+    load_at_start = list(os.getloadavg())
     cores = default_cpu_threads()
     threads = (max(1, cores - cores // 2), max(1, cores // 2))
     configs = list(args.configs)
@@ -192,7 +223,8 @@ def main() -> None:
                      "threads_available": cores, "thread_split_generator_reasoner": threads,
                      "cpu_concurrent_default": CPU_CONCURRENT_DEFAULT, "dtype": "float32",
                      "model": "SmolLM2-135M-Instruct (generator and reasoner)",
-                     "load_average_at_end": list(__import__("os").getloadavg())},
+                     "baseline_threads": args.baseline_threads or torch.get_num_threads(),
+                     "load_average_at_start": load_at_start, "load_average_at_end": list(os.getloadavg())},
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "results": results,
     }

@@ -245,6 +245,7 @@ class ProcessRunner:
             raise ValueError("the processes schedule runs on CPU tensors only")
         self.threads = threads
         self.worker: _WorkerProcess | None = None
+        self._in_flight = False
 
     def setup(self, side, batch, max_len, chunk, attention_mask) -> None:
         if _device_of(side).type != "cpu":
@@ -279,8 +280,10 @@ class ProcessRunner:
         self.buffers["pos"][:batch, :length].copy_(positions)
         self._shape = (batch, length)
         self.worker.command(_FORWARD, batch=batch, length=length, wait=False)
+        self._in_flight = True
 
     def finish(self) -> torch.Tensor:
+        self._in_flight = False
         self.worker.wait()
         batch, length = self._shape
         return self.buffers["out"][:batch, :length].clone()
@@ -290,7 +293,13 @@ class ProcessRunner:
         self.worker.command(_SELECT, batch=rows.numel())
 
     def end(self) -> None:
+        """Release the call's cache in the worker; first collect a forward left in flight (after an
+        error or an abandoned stream), so that commands and replies stay paired."""
         if self.worker is not None and self.worker.process.is_alive():
+            if self._in_flight:
+                self._in_flight = False
+                with contextlib.suppress(RuntimeError):
+                    self.worker.wait()
             self.worker.command(_END)
         self.worker = None
 

@@ -116,3 +116,16 @@ def test_transformers_streamer_receives_prompt_then_each_token(setup):
     assert torch.equal(streamer.puts[0], input_ids[:1])
     assert torch.equal(torch.stack(streamer.puts[1:], dim=1), out.new_tokens)
     assert streamer.ended == 1
+
+
+@pytest.mark.slow
+def test_abandoned_stream_leaves_the_worker_process_usable(setup):
+    """Closing a stream mid-way (a reasoner step in flight) keeps the worker's commands paired."""
+    model, input_ids, mask, free = setup
+    pieces = stream(model, input_ids[:1], mask[:1], tokenizer=CharTokenizer(), max_new_tokens=STEPS,
+                    schedule="processes", pad_token_id=0)
+    iterator = iter(pieces)
+    next(iterator), next(iterator)
+    iterator.close()
+    out = generate(model, input_ids, mask, schedule="processes", max_new_tokens=STEPS, pad_token_id=0)
+    assert torch.equal(out.new_tokens, free)
