@@ -119,12 +119,26 @@ def test_transformers_streamer_receives_prompt_then_each_token(setup):
 
 
 @pytest.mark.slow
-def test_abandoned_stream_leaves_the_worker_process_usable(setup):
-    """Closing a stream mid-way (a reasoner step in flight) keeps the worker's commands paired."""
+def test_worker_process_survives_an_error_with_a_step_in_flight(setup, monkeypatch):
+    """The generator fails while the reasoner worker computes: the error surfaces, and the next call
+    (and an abandoned stream) still get correct tokens, so commands and replies stay paired."""
+    from flythinker.decoding.steps import GeneratorSide
+
     model, input_ids, mask, free = setup
-    pieces = stream(model, input_ids[:1], mask[:1], tokenizer=CharTokenizer(), max_new_tokens=STEPS,
-                    schedule="processes", pad_token_id=0)
-    iterator = iter(pieces)
+    original, calls = GeneratorSide.step, []
+
+    def failing_step(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("injected generator failure")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(GeneratorSide, "step", failing_step)
+    with pytest.raises(RuntimeError, match="injected"):
+        generate(model, input_ids, mask, schedule="processes", max_new_tokens=STEPS, pad_token_id=0)
+    monkeypatch.setattr(GeneratorSide, "step", original)
+    iterator = iter(stream(model, input_ids[:1], mask[:1], tokenizer=CharTokenizer(), max_new_tokens=STEPS,
+                           schedule="processes", pad_token_id=0))
     next(iterator), next(iterator)
     iterator.close()
     out = generate(model, input_ids, mask, schedule="processes", max_new_tokens=STEPS, pad_token_id=0)
