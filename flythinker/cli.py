@@ -108,7 +108,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
     import flythinker.modeling  # noqa: F401  (registers the architecture)
     from flythinker.evaluation import write_predictions_jsonl
-    from flythinker.predict import DecodingSettings, generate_predictions
+    from flythinker.predict import PredictionSettings, generate_predictions
     from flythinker.train.finetune import load_tokenizer
     from flythinker.train.prompts import PromptBuilder
     from flythinker.train.readers import read_records
@@ -119,7 +119,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=getattr(torch, args.dtype)).eval()
     records = read_records(args.data, task=args.task, require_target=False)[: args.max_records]
     builder = PromptBuilder(tokenizer, max_length=args.max_length, max_target_tokens=args.max_target_tokens)
-    settings = DecodingSettings(
+    settings = PredictionSettings(
         max_new_tokens=args.max_new_tokens, do_sample=args.do_sample, temperature=args.temperature,
         top_k=args.top_k, top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed,
         batch_size=args.batch_size, schedule=args.schedule,

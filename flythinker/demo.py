@@ -40,7 +40,7 @@ def run_demo(options: DemoOptions) -> dict:
     from flythinker.evaluation import write_predictions_jsonl
     from flythinker.evaluation.metrics import compute_metrics
     from flythinker.modeling.smollm import smollm2_path
-    from flythinker.predict import DecodingSettings, generate_predictions
+    from flythinker.predict import PredictionSettings, generate_predictions
     from flythinker.train.finetune import FinetuneConfig, load_tokenizer, run_finetune
     from flythinker.train.prompts import PromptBuilder
     from flythinker.train.readers import read_records
@@ -87,7 +87,7 @@ def run_demo(options: DemoOptions) -> dict:
         )
         train_metrics = run_finetune(config)
         model = _load_trained(run_dir / "model", method)
-        settings = DecodingSettings(max_new_tokens=options.max_new_tokens, batch_size=len(held_out))
+        settings = PredictionSettings(max_new_tokens=options.max_new_tokens, batch_size=len(held_out))
         rows, stats = generate_predictions(model, tokenizer, held_out, builder, settings)
         predictions = [row.pop("prediction") for row in rows]
         write_predictions_jsonl(run_dir / "predictions.jsonl", predictions, records=held_out, extra=rows)

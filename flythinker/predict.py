@@ -16,7 +16,7 @@ import torch
 
 
 @dataclass
-class DecodingSettings:
+class PredictionSettings:
     """Decoding options; greedy unless ``do_sample``."""
 
     max_new_tokens: int = 256
@@ -54,40 +54,36 @@ def _left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tens
     return ids, mask
 
 
-def _decode_batch(model, input_ids, attention_mask, settings: DecodingSettings, tokenizer) -> torch.Tensor:
+def _decode_batch(model, input_ids, attention_mask, settings: PredictionSettings, tokenizer) -> torch.Tensor:
     """New tokens [B, n] (EOS-padded rows) from the fast engine when the model is a FlyThinker."""
     from flythinker.modeling import FlyThinkerForCausalLM
 
     if isinstance(model, FlyThinkerForCausalLM) and settings.schedule != "hf":
-        try:
-            from flythinker import decoding
-        except ImportError:
-            decoding = None
-        if decoding is not None and hasattr(decoding, "generate"):
-            out = decoding.generate(
-                model,
-                input_ids,
-                attention_mask=attention_mask,
-                schedule=settings.schedule,
-                max_new_tokens=settings.max_new_tokens,
-                do_sample=settings.do_sample,
-                temperature=settings.temperature,
-                top_k=settings.top_k,
-                top_p=settings.top_p,
-                repetition_penalty=settings.repetition_penalty,
-                seed=settings.seed,
-                eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id,
-            )
-            sequences = out.sequences if hasattr(out, "sequences") else out
-            return sequences[:, input_ids.shape[1] :]
+        from flythinker import decoding
+
+        out = decoding.generate(
+            model,
+            input_ids,
+            attention_mask=attention_mask,
+            schedule=settings.schedule,
+            max_new_tokens=settings.max_new_tokens,
+            do_sample=settings.do_sample,
+            temperature=settings.temperature if settings.do_sample else None,
+            top_k=settings.top_k or None,
+            top_p=settings.top_p if settings.do_sample else None,
+            repetition_penalty=settings.repetition_penalty,
+            seed=settings.seed,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        return out.sequences[:, input_ids.shape[1] :]
     torch.manual_seed(settings.seed)
     sequences = model.generate(input_ids, attention_mask=attention_mask, **settings.generate_kwargs(tokenizer))
     return sequences[:, input_ids.shape[1] :]
 
 
 @torch.no_grad()
-def generate_predictions(model, tokenizer, records, builder, settings: DecodingSettings, progress: bool = True):
+def generate_predictions(model, tokenizer, records, builder, settings: PredictionSettings, progress: bool = True):
     """Generate for every record; returns (rows, stats).
 
     Each row: ``{"prediction", "prompt_tokens", "new_tokens"}``; write them with
