@@ -21,12 +21,12 @@ import torch
 @dataclass
 class DemoOptions:
     output_dir: str = "runs/demo"
-    steps: int = 24
-    batch_size: int = 8
+    steps: int = 6
+    batch_size: int = 4
     learning_rate: float = 1e-4
-    max_length: int = 384
-    max_target_tokens: int = 96
-    max_new_tokens: int = 96
+    max_length: int = 288
+    max_target_tokens: int = 80
+    max_new_tokens: int = 64
     n_users: int = 8
     reasoner_mode: str = "full"
     seed: int = 0
