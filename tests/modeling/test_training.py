@@ -72,3 +72,14 @@ def test_get_text_config_is_the_generator_config():
     model = tiny_flythinker()
     assert model.config.get_text_config() is model.config.generator_config
     assert model.config.get_text_config().vocab_size == model.generator.config.vocab_size
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    reference = tiny_flythinker(dtype=torch.float64).train()
+    checkpointed = tiny_flythinker(dtype=torch.float64).train()
+    checkpointed.gradient_checkpointing_enable()
+    assert checkpointed.generator.model.gradient_checkpointing and checkpointed.reasoner.gradient_checkpointing
+    _loss(reference).backward()
+    _loss(checkpointed).backward()
+    for (name, a), (_, b) in zip(reference.named_parameters(), checkpointed.named_parameters()):
+        assert (a.grad - b.grad).abs().max().item() <= 1e-10, name
