@@ -28,7 +28,9 @@ from .stopping import find_stop
 from .workers import DeviceRunner, ProcessRunner, ThreadRunner, default_cpu_threads
 
 SCHEDULES = ("sequential", "concurrent", "threads", "processes", "cuda-streams", "two-device")
-# Measured on the 2-core CPU with the SmolLM2-135M pair (bench/results/decode_cpu.md).
+# Measured on the 2-core CPU with the SmolLM2-135M pair (bench/results/decode_cpu*.md): processes 62.9 vs
+# threads 66.1 ms/token (sequential 108.9, generator alone 61.9) in a quieter window; equal within noise
+# when other jobs held the cores. "threads" stays selectable (no worker start-up, no shared-memory weights).
 CPU_CONCURRENT_DEFAULT = "processes"
 
 
