@@ -5,6 +5,7 @@ i−1 is fused into the generator's input embedding at position i (DESIGN §1). 
 package needs only torch and transformers: triton, flash-attn, peft and trl stay optional.
 """
 
+from flythinker.decoding import generate, stream
 from flythinker.modeling import (
     FlyThinkerCache,
     FlyThinkerConfig,
@@ -21,4 +22,6 @@ __all__ = [
     "FlyThinkerForCausalLM",
     "check_vocab_compatibility",
     "convert_reference_checkpoint",
+    "generate",
+    "stream",
 ]
