@@ -1,21 +1,18 @@
 """Fixtures for the kernel tests.
 
-Without CUDA, Triton kernels run in Triton's CPU interpreter: ``TRITON_INTERPRET=1`` is set here,
-before any flythinker Triton module is imported (they decorate their kernels on first import). With
-CUDA the same tests run the compiled kernels on the GPU instead.
+Without CUDA, Triton kernels run in Triton's CPU interpreter: ``TRITON_INTERPRET=1`` is set by
+``tests/conftest.py`` before anything imports triton. With CUDA the same tests run the compiled
+kernels on the GPU instead.
 """
 
 from __future__ import annotations
 
 import math
-import os
 
 import pytest
 import torch
 
 HAS_CUDA = torch.cuda.is_available()
-if not HAS_CUDA:
-    os.environ["TRITON_INTERPRET"] = "1"
 
 DEVICE = "cuda" if HAS_CUDA else "cpu"
 
