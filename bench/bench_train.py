@@ -28,8 +28,10 @@ Peak memory is measured on each variant's warm-up step (see ``train_memory.py``)
 bytes already live (parameters, optimizer state). ``--memory-subprocess`` additionally runs each
 variant once in a fresh child process and reports its peak RSS (``VmHWM``) and RSS increase.
 
-    python bench/bench_train.py --out bench/results/          # CPU defaults: ~10-20 min on 2 busy cores
+    python bench/bench_train.py --out bench/results/          # CPU defaults: ~15-25 min on 2 busy cores
     python bench/bench_train.py --records 1 --repeats 1 --reference-repeats 1   # quicker
+    python bench/bench_train.py --variants flythinker_padded,sft,reasoner_fwd_bwd --repeats 8 \
+        --stem train_cpu_sft                                  # FlyThinker vs SFT only, more repeats
 
 Writes ``train_<device>.json`` and ``train_<device>.md`` into ``--out``.
 """
@@ -66,7 +68,7 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "peps" / "user_
 VARIANTS = ("flythinker_padded", "flythinker_packed", "reference", "sft", "reasoner_fwd_bwd")
 PIPELINE_VARIANTS = ("flythinker_padded", "flythinker_packed", "reference")
 DEVICE_DEFAULTS = {
-    "cpu": {"records": 1, "max_length": 1024, "repeats": 3, "reference_repeats": 2},
+    "cpu": {"records": 1, "max_length": 1024, "repeats": 3, "reference_repeats": 1},
     "cuda": {"records": 8, "max_length": 2048, "repeats": 5, "reference_repeats": 5},
 }
 
@@ -295,6 +297,7 @@ def summarize(variants: Mapping[str, Variant], result: Mapping[str, Any]) -> dic
             "real_tokens_per_s": _ratio(variant.real_tokens, med["step_s"]),
             "memory": memory.get(name), "losses": [s["loss"] for s in rows],
             "warmup_loss": result["warmup"][name][0]["loss"] if result["warmup"].get(name) else None,
+            "warmup_step_s": [s["step_s"] for s in result["warmup"].get(name, [])],
             "step_s_samples": [s["step_s"] for s in rows],
         }
 
@@ -439,11 +442,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--reference-row-length", type=int, default=REFERENCE_ROW_LENGTH,
                         help="the reference recipe's fixed left-padded row length")
     parser.add_argument("--repeats", type=int, help="measured steps per variant (default: 3 CPU, 5 CUDA)")
-    parser.add_argument("--reference-repeats", type=int, help="measured reference steps (default: 2 CPU, 5 CUDA)")
+    parser.add_argument("--reference-repeats", type=int, help="measured reference steps (default: 1 CPU, 5 CUDA)")
     parser.add_argument("--warmup", type=int, default=1, help="warm-up rounds (the first also measures memory)")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of " + ",".join(VARIANTS))
     parser.add_argument("--memory-subprocess", action="store_true",
                         help="also measure each pipeline variant's peak RSS in a fresh child process (CPU)")
+    parser.add_argument("--stem", help="result file name without extension (default: train_cpu / train_cuda)")
     parser.add_argument("--child-variant", help=argparse.SUPPRESS)
     parser.add_argument("--model", default=None, help="checkpoint for both models (default: SmolLM2-135M-Instruct)")
     return parser.parse_args(argv)
@@ -545,7 +549,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "the chunked/Triton loss only runs on CUDA, so CPU memory does not show the fused loss's saving.",
         "t_reasoner_fwd_bwd excludes the reasoner's AdamW update; the ratio including it is reported too.",
     ]
-    stem = f"train_{'cuda' if device.type == 'cuda' else 'cpu'}"
+    stem = args.stem or f"train_{'cuda' if device.type == 'cuda' else 'cpu'}"
     json_path, md_path = write_results(report, args.out, stem)
     print(md_path.read_text())
     print(f"wrote {json_path} and {md_path}")
