@@ -29,6 +29,7 @@ class DemoOptions:
     max_new_tokens: int = 64
     n_users: int = 8
     reasoner_mode: str = "full"
+    fusion_lambda: float = 0.5
     seed: int = 0
 
 
@@ -80,6 +81,7 @@ def run_demo(options: DemoOptions) -> dict:
             global_batch_size=options.batch_size,
             per_device_batch_size=options.batch_size,
             reasoner_mode=options.reasoner_mode,
+            fusion_lambda=options.fusion_lambda,
             save_steps=options.steps,
             save_total_limit=1,
             seed=options.seed,
