@@ -362,6 +362,25 @@ def _fmt(value: float | None, spec: str = ".2f") -> str:
     return "–" if value is None else format(value, spec)
 
 
+def _spread(samples: Sequence[float]) -> str:
+    return f"{min(samples):.2f}–{max(samples):.2f}" if samples else "–"
+
+
+def _noise_notes(per: Mapping[str, Mapping[str, Any]], ratios: Mapping[str, Any]) -> list[str]:
+    """Plain-language warnings derived from the numbers themselves (no thresholds tuned to a run)."""
+    notes = []
+    over_sft = ratios.get("flythinker_over_sft")
+    if over_sft is not None and over_sft < 1:
+        notes.append(f"t_flythinker < t_sft ({over_sft:.2f}×) is impossible for equal work (FlyThinker runs SFT's "
+                     "generator plus a reasoner): the step times are dominated by other processes' load, so the "
+                     "FlyThinker/(SFT+reasoner) ratio of this run does not resolve the ≤ 1.03 target.")
+    for name, v in per.items():
+        samples = v.get("step_s_samples") or []
+        if len(samples) >= 2 and max(samples) > 1.5 * min(samples):
+            notes.append(f"{name}: step times vary {min(samples):.1f}–{max(samples):.1f} s across rounds.")
+    return notes
+
+
 def markdown(report: Mapping[str, Any]) -> str:
     """A short markdown summary of ``report`` (the JSON written next to it)."""
     env, settings, summary = report["environment"], report["settings"], report["summary"]
@@ -381,7 +400,7 @@ def markdown(report: Mapping[str, Any]) -> str:
         load = report["load_average"]
         lines += [f"Load average (1/5/15 min) before {load['before']}, after {load['after']}: "
                   f"{report.get('note', '')}", ""]
-    lines += ["| variant | rows × width | pad % | step s | fwd+bwd s | optimizer s | real tok/s | peak MiB | "
+    lines += ["| variant | rows × width | pad % | step s (min–max) | fwd+bwd s | optimizer s | real tok/s | peak MiB | "
               "step MiB | loss |", "|---|---|---|---|---|---|---|---|---|---|"]
     for name, v in per.items():
         m = v["memory"] or {}
@@ -389,7 +408,8 @@ def markdown(report: Mapping[str, Any]) -> str:
         step = m.get("peak_above_start_bytes")
         loss = v["losses"][0] if v["losses"] else v["warmup_loss"]
         lines.append(
-            f"| {name} | {v['rows']} × {v['width']} | {100 * v['pad_fraction']:.0f} | {_fmt(v['median_step_s'])} | "
+            f"| {name} | {v['rows']} × {v['width']} | {100 * v['pad_fraction']:.0f} | {_fmt(v['median_step_s'])} "
+            f"({_spread(v.get('step_s_samples', []))}) | "
             f"{_fmt(v['median_fwd_bwd_s'])} | {_fmt(v['median_optimizer_s'])} | {_fmt(v['real_tokens_per_s'], '.1f')} | "
             f"{_fmt(None if peak is None else peak / 2**20, ',.0f')} | "
             f"{_fmt(None if step is None else step / 2**20, ',.0f')} | {_fmt(loss, '.4f')} |")
@@ -409,6 +429,9 @@ def markdown(report: Mapping[str, Any]) -> str:
         f"update {_fmt(ratios['flythinker_over_sft_plus_reasoner_incl_its_optimizer'], '.3f')}) | ≤ 1.03 |",
         f"| t_flythinker / t_sft | {_fmt(ratios['flythinker_over_sft'])} | – |",
     ]
+    noise = _noise_notes(per, ratios)
+    if noise:
+        lines += [""] + [f"* **Caveat:** {n}" for n in noise]
     if report.get("subprocess_memory"):
         lines += ["", "Fresh-process peak RSS (one step per child after loading and AdamW state allocation):", "",
                   "| variant | peak RSS MiB | RSS increase during the step MiB |", "|---|---|---|"]
