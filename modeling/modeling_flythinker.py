@@ -17,7 +17,13 @@ from transformers import AutoModel, AutoModelForCausalLM, GenerationMixin, PreTr
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
-from flythinker.kernels import latent_injection, mean_embedding_norm
+from flythinker.kernels import (
+    chunked_linear_cross_entropy,
+    fused_linear_cross_entropy,
+    latent_injection,
+    mean_embedding_norm,
+    use_triton,
+)
 
 from .cache_flythinker import FlyThinkerCache
 from .configuration_flythinker import FlyThinkerConfig
@@ -337,10 +343,10 @@ class FlyThinkerForCausalLM(FlyThinkerPreTrainedModel, GenerationMixin):
         lm_head = self.generator.get_output_embeddings()
         loss = None
         if labels is not None and self._uses_fused_loss():
-            from flythinker.kernels import fused_linear_cross_entropy
-
+            # Triton kernel where it runs; elsewhere the chunked PyTorch path (same numbers, no [N, V] logits).
+            loss_fn = fused_linear_cross_entropy if use_triton(hidden_states, lm_head.weight) else chunked_linear_cross_entropy
             shifted = nn.functional.pad(labels, (0, 1), value=-100)[:, 1:].to(hidden_states.device)
-            loss = fused_linear_cross_entropy(
+            loss = loss_fn(
                 hidden_states.flatten(0, 1),
                 lm_head.weight,
                 shifted.flatten(),
