@@ -21,7 +21,7 @@ import torch
 @dataclass
 class DemoOptions:
     output_dir: str = "runs/demo"
-    steps: int = 6
+    steps: int = 12
     batch_size: int = 4
     learning_rate: float = 1e-4
     max_length: int = 288
