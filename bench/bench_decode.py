@@ -173,8 +173,11 @@ def main() -> None:
     parser.add_argument("--baseline-threads", type=int, default=None,
                         help="threads for 'generator' and 'sequential' (default: all cores; 1 helps on a loaded machine)")
     parser.add_argument("--quick", action="store_true", help="tiny settings for a smoke run")
-    parser.add_argument("--out", type=Path, default=RESULTS / "decode_cpu.json")
+    parser.add_argument("--out", type=Path, default=RESULTS / "decode_cpu.json",
+                        help="results file (.json; a .md table is written beside it) or a folder")
     args = parser.parse_args()
+    if args.out.is_dir():  # a results folder: use the default file name inside it
+        args.out = args.out / "decode_cpu.json"
     if args.quick:
         args.long_prompt, args.short_prompt, args.new_tokens, args.batches = 256, 32, 8, [1, 2]
         args.repeats, args.ttft_repeats = 1, 1
