@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 from transformers import AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
+from transformers import initialization as init
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
@@ -98,9 +99,9 @@ class FlyThinkerPreTrainedModel(PreTrainedModel):
         """Covers every parameter FlyThinker adds (projection, reward heads); sub-models init themselves."""
         std = getattr(self.config.get_text_config(), "initializer_range", 0.02)
         if module is getattr(self, "projection", None):
-            nn.init.normal_(module.weight, mean=0.0, std=std)
+            init.normal_(module.weight, mean=0.0, std=std)  # guarded: never overwrites loaded weights
             if module.bias is not None:
-                nn.init.zeros_(module.bias)
+                init.zeros_(module.bias)
         elif module is getattr(self, "reward_heads", None):
             from .heads import init_reward_head_weights
 
