@@ -111,3 +111,65 @@ def build_from_components(
     model.config._attn_implementation = attn_implementation
     model.refresh_mean_embedding_norm(force=True)
     return model
+
+
+# ------------------------------------------------------------------------------- strict loading
+class CheckpointMismatchError(ValueError):
+    """A checkpoint's weights do not match the model its config describes (missing / unexpected keys)."""
+
+
+def _preview(keys: list[str], limit: int = 8) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def check_loading_info(
+    info: dict[str, Any], source: Any, *, allow_missing: tuple[str, ...] = (), allow_unexpected: tuple[str, ...] = ()
+) -> None:
+    """Raise :class:`CheckpointMismatchError` unless the checkpoint filled exactly the model's state dict.
+
+    ``info`` is transformers' loading info (``output_loading_info=True``): its ``missing_keys`` are the
+    model's own expected state-dict keys (persistent parameters and buffers; tied weights and
+    non-persistent buffers such as m̄ excluded) that the file lacks, so new persistent parameters need
+    no list here. Keys starting with a prefix in ``allow_missing`` (e.g. ``"reward_heads."`` when
+    adding heads to a trained model) may be missing: they keep their fresh initialisation.
+    """
+    missing = sorted(k for k in info.get("missing_keys", ()) if not k.startswith(tuple(allow_missing)))
+    unexpected = sorted(k for k in info.get("unexpected_keys", ()) if not k.startswith(tuple(allow_unexpected)))
+    mismatched = sorted(str(item[0] if isinstance(item, tuple) else item) for item in info.get("mismatched_keys", ()))
+    if not (missing or unexpected or mismatched):
+        return
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing keys ({_preview(missing)})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected keys ({_preview(unexpected)})")
+    if mismatched:
+        parts.append(f"{len(mismatched)} keys with other shapes ({_preview(mismatched)})")
+    hint = ""
+    if unexpected and not any(k.startswith(("generator.", "reasoner.")) for k in unexpected) and missing:
+        hint = " (the file looks like a plain causal LM, not a FlyThinker: build one with from_components)"
+    raise CheckpointMismatchError(
+        f"{source}: the weights do not match the FlyThinker config: {'; '.join(parts)}{hint}. Loading would leave "
+        "those parameters randomly initialised. Use the directory the model was saved to, or pass "
+        "allow_missing=('<prefix>',) for parameters you add on purpose (e.g. 'reward_heads.'), or strict=False "
+        "to load anyway"
+    )
+
+
+def strict_from_pretrained(
+    load: Any, source: Any, *args: Any, strict: bool = True, allow_missing: tuple[str, ...] = (), **kwargs: Any
+):
+    """``load(source, *args, **kwargs)`` (a ``from_pretrained``) followed by :func:`check_loading_info`.
+
+    ``strict=False`` keeps transformers' behaviour (a logged report, fresh weights for missing keys).
+    A caller's own ``output_loading_info=True`` still gets ``(model, info)``.
+    """
+    wants_info = bool(kwargs.pop("output_loading_info", False))
+    model, info = load(source, *args, output_loading_info=True, **kwargs)
+    if strict:
+        check_loading_info(info, source, allow_missing=tuple(allow_missing))
+    elif any(info.get(k) for k in ("missing_keys", "unexpected_keys", "mismatched_keys")):
+        logger.warning("%s loaded with strict=False: missing %s, unexpected %s", source,
+                       sorted(info.get("missing_keys", ())), sorted(info.get("unexpected_keys", ())))
+    return (model, info) if wants_info else model

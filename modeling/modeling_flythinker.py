@@ -141,6 +141,17 @@ class FlyThinkerForCausalLM(FlyThinkerPreTrainedModel, GenerationMixin):
 
         return build_from_components(cls, generator, reasoner, **kwargs)
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args: Any, strict: bool = True,
+                        allow_missing: tuple[str, ...] = (), **kwargs: Any):
+        """``PreTrainedModel.from_pretrained``, strict by default: missing, unexpected or reshaped keys raise
+        (named). ``allow_missing`` key prefixes (e.g. ``("reward_heads.",)``) keep a fresh init;
+        ``strict=False`` restores transformers' warn-and-initialise behaviour."""
+        from .loading import strict_from_pretrained
+
+        return strict_from_pretrained(super().from_pretrained, pretrained_model_name_or_path, *args,
+                                      strict=strict, allow_missing=allow_missing, **kwargs)
+
     # ----------------------------------------------------------------------------------------- m̄
     def refresh_mean_embedding_norm(self, force: bool = False) -> torch.Tensor:
         """Recompute m̄ = mean_v ‖E_G[v]‖₂ under ``no_grad`` if the embedding table changed.
@@ -249,6 +260,9 @@ class FlyThinkerForCausalLM(FlyThinkerPreTrainedModel, GenerationMixin):
         if use_cache and past_key_values is None:
             past_key_values = self.new_cache()
         past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
+        from .input_checks import validate_model_inputs  # cheap: one host sync on prefill, none per decode token
+
+        validate_model_inputs(self.config, input_ids, attention_mask, past_length, position_ids)
         if position_ids is None:
             position_ids = default_position_ids(attention_mask, past_length, input_ids.shape[1], input_ids.device)
             position_ids = position_ids.expand(input_ids.shape[0], -1)
