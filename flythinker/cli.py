@@ -1,7 +1,9 @@
 """``flythinker train | generate | evaluate | demo | convert``.
 
 Every command writes a run directory (default ``runs/<command>-<timestamp>``) holding the options
-it ran with (``options.json``), and its metrics and predictions where it has them.
+it ran with (``options.json``), and its metrics and predictions where it has them. Options and inputs
+are validated before anything is written. Every failure prints one line (what, where, what to do)
+and exits non-zero; ``--debug`` adds the traceback.
 """
 
 from __future__ import annotations
@@ -9,8 +11,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +31,9 @@ FINETUNE_HELP = {
     "profile_drop": "which profile items go first when the prompt is too long: 'oldest' or 'least_relevant'",
     "packing": "pack several examples per row (position ids restart; the injection is zeroed at each start)",
     "fusion_lambda": "λ, the weight of the injected reasoner state (paper: 0.5)",
+    "projection": "'zero_pad' (h fills the first d_R channels; needs d_R <= d_G) or 'linear' (a learned "
+    "Linear(d_R, d_G); required when the reasoner is wider than the generator)",
+    "norm_eps": "lower bound on the reasoner-state norm ‖h‖ (0 reproduces the paper's equations)",
     "reasoner_mode": "'full' (train the reasoner), 'freeze', or 'lora' (peft LoRA adapters on the reasoner)",
     "lora_generator": "also train the generator through LoRA adapters instead of fully",
     "lora_rank": "LoRA rank r",
@@ -49,6 +56,7 @@ FINETUNE_HELP = {
     "max_records": "use only the first N training records",
     "attn_implementation": "'sdpa' (default), 'eager' or 'flash_attention_2' (needs flash-attn installed)",
     "use_fused_loss": "compute the loss with the chunked fused linear cross-entropy (never builds [tokens, vocab])",
+    "overwrite": "replace a run directory that already holds a run (default: refuse, so no run is lost)",
 }
 
 
@@ -57,8 +65,33 @@ def _timestamped(command: str) -> str:
 
 
 def _write_options(run_dir: Path, options: dict[str, Any]) -> None:
+    from flythinker.train.finetune import atomic_write_text
+
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "options.json").write_text(json.dumps(options, indent=2, default=str))
+    atomic_write_text(run_dir / "options.json", json.dumps(options, indent=2, default=str))
+
+
+def _int_at_least(low: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {value}")
+        return value
+
+    return parse
+
+
+def _finite_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
 
 
 def _bool(text: str) -> bool:
@@ -83,8 +116,9 @@ def _add_dataclass_options(parser: argparse.ArgumentParser, cls, helps: dict[str
             kind = int if isinstance(default, int) and not isinstance(default, bool) else (
                 float if isinstance(default, float) else (_bool if isinstance(default, bool) else str)
             )
+        flag_kwargs = {"nargs": "?", "const": True} if kind is _bool else {}  # `--packing` alone means true
         parser.add_argument(
-            flag, dest=item.name, type=kind, default=default, required=required,
+            flag, dest=item.name, type=kind, default=default, required=required, **flag_kwargs,
             help=f"{helps.get(item.name, item.name)} (default: {default})",
         )
 
@@ -95,8 +129,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(FinetuneConfig) if f.name != "extra"}
     config = FinetuneConfig(**values)
-    _write_options(Path(config.output_dir), values)
-    metrics = run_finetune(config)
+    metrics = run_finetune(config, options=values)  # writes options.json once everything is validated
     print(json.dumps(metrics, indent=2))
     return 0
 
@@ -107,29 +140,97 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     from transformers import AutoModelForCausalLM
 
     import flythinker.modeling  # noqa: F401  (registers the architecture)
-    from flythinker.evaluation import write_predictions_jsonl
-    from flythinker.predict import PredictionSettings, generate_predictions
-    from flythinker.train.finetune import load_tokenizer
+    from flythinker.modeling.loading import check_model_source
+    from flythinker.predict import PredictionLog, PredictionSettings, generate_predictions
+    from flythinker.train.finetune import atomic_write_text, load_tokenizer, non_finite_parameter
     from flythinker.train.prompts import PromptBuilder
     from flythinker.train.readers import read_records
 
-    run_dir = Path(args.run_dir or _timestamped("generate"))
-    _write_options(run_dir, vars(args))
-    tokenizer = load_tokenizer(args.model)
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=getattr(torch, args.dtype)).eval()
-    records = read_records(args.data, task=args.task, require_target=False)[: args.max_records]
-    builder = PromptBuilder(tokenizer, max_length=args.max_length, max_target_tokens=args.max_target_tokens)
     settings = PredictionSettings(
         max_new_tokens=args.max_new_tokens, do_sample=args.do_sample, temperature=args.temperature,
         top_k=args.top_k, top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed,
         batch_size=args.batch_size, schedule=args.schedule,
     )
-    rows, stats = generate_predictions(model, tokenizer, records, builder, settings)
-    predictions = [row.pop("prediction") for row in rows]
-    write_predictions_jsonl(run_dir / "predictions.jsonl", predictions, records=records, extra=rows)
-    (run_dir / "generation_stats.json").write_text(json.dumps(stats, indent=2))
-    print(f"wrote {len(predictions)} predictions to {run_dir / 'predictions.jsonl'} ({stats['tokens_per_second']} tokens/s)")
+    settings.validate()
+    if args.max_target_tokens >= args.max_length:
+        raise ValueError(f"--max-target-tokens ({args.max_target_tokens}) must be < --max-length ({args.max_length})")
+    check_model_source(args.model, "--model")
+    run_dir = Path(args.run_dir or _timestamped("generate"))
+    if run_dir.exists() and not run_dir.is_dir():
+        raise NotADirectoryError(f"--run-dir {run_dir}: is a file; expected a (new) run directory")
+    records = read_records(args.data, task=args.task, require_target=False)[: args.max_records]
+    if not records:
+        raise ValueError(f"--data {args.data}: holds no records; nothing to generate for")
+    options = {k: v for k, v in vars(args).items() if k not in ("func", "debug", "overwrite", "run_dir")}
+    log = PredictionLog(run_dir / "predictions.jsonl", records)
+    done = _resume_point(run_dir, options, log, overwrite=args.overwrite)
+    tokenizer = _loading("--model", args.model, lambda: load_tokenizer(args.model))
+    model = _loading("--model", args.model,
+                     lambda: AutoModelForCausalLM.from_pretrained(args.model, dtype=getattr(torch, args.dtype)).eval())
+    bad = non_finite_parameter(model)
+    if bad is not None:
+        raise ValueError(f"--model {args.model}: weight {bad} holds NaN/inf (a diverged training run); use an earlier "
+                         "checkpoint")
+    builder = PromptBuilder(tokenizer, max_length=args.max_length, max_target_tokens=args.max_target_tokens)
+
+    # ---- nothing was written before this line
+    _write_options(run_dir, {**options, "run_dir": str(run_dir)})
+    if done:
+        print(f"resuming {run_dir}: {done} of {len(records)} predictions were already written", file=sys.stderr)
+    rows, stats = generate_predictions(model, tokenizer, records, builder, settings, done=done, on_batch=log.append)
+    stats["records"] = len(records)
+    atomic_write_text(run_dir / "generation_stats.json", json.dumps(stats, indent=2))  # written last: finished
+    print(f"wrote {len(rows)} predictions to {run_dir / 'predictions.jsonl'} ({len(records)} in all; "
+          f"{stats['tokens_per_second']} tokens/s)")
     return 0
+
+
+def _resume_point(run_dir: Path, options: dict[str, Any], log, overwrite: bool) -> int:
+    """How many predictions an interrupted run with the same options already wrote (0 for a new run).
+
+    A finished run (``generation_stats.json``) or one with other options is refused unless ``overwrite``.
+    """
+    if overwrite:
+        for name in ("predictions.jsonl", "generation_stats.json", "options.json"):
+            (run_dir / name).unlink(missing_ok=True)
+        return 0
+    if not (run_dir / "predictions.jsonl").exists():
+        return 0
+    if (run_dir / "generation_stats.json").exists():
+        raise FileExistsError(f"--run-dir {run_dir}: already holds a finished generation run; choose a new directory "
+                              "or pass --overwrite to replace it")
+    try:
+        previous = json.loads((run_dir / "options.json").read_text())
+    except (OSError, ValueError):
+        previous = None
+    if previous is not None:
+        previous.pop("run_dir", None)
+        changed = sorted(k for k in set(previous) | set(options) if previous.get(k) != options.get(k))
+        if changed:
+            raise ValueError(f"--run-dir {run_dir}: holds an interrupted run with other options ({', '.join(changed)}); "
+                             "rerun with the same options to resume it, or pass --overwrite to start again")
+    return log.resume()
+
+
+def _loading(option: str, value: str, load):
+    """Run ``load()``; any failure becomes one line naming the option, the path and the cause."""
+    from flythinker.modeling.loading import CheckpointMismatchError
+
+    try:
+        return load()
+    except CheckpointMismatchError:
+        raise
+    except Exception as error:  # noqa: BLE001 - transformers/safetensors raise many types
+        raise ValueError(f"{option} {value}: cannot load it: {_one_line(error)}{_hint(error)}") from error
+
+
+def _hint(error: BaseException) -> str:
+    text = f"{type(error).__name__} {error}".lower()
+    if "safetensor" in text or "deserializ" in text or "header" in text:
+        return " (the weights file is truncated or corrupt: save or copy it again)"
+    if "json" in text:
+        return " (a JSON file of the model directory is corrupt: restore it from the original model)"
+    return ""
 
 
 # --------------------------------------------------------------------------------------- evaluate
@@ -142,6 +243,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     )
 
     rows = read_predictions_jsonl(args.predictions)
+    if not rows:
+        raise ValueError(f"--predictions {args.predictions}: holds no predictions (an empty file); run "
+                         "`flythinker generate` first, or check the path")
     for number, row in enumerate(rows, 1):
         for field in ("prediction", "reference"):
             if not isinstance(row.get(field), str):
@@ -171,9 +275,16 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_convert(args: argparse.Namespace) -> int:
     from flythinker.modeling import convert_reference_checkpoint
 
+    for option, value in (("--checkpoint", args.checkpoint), ("--reasoner-config", args.reasoner_config),
+                          ("--tokenizer", args.tokenizer)):
+        if value is not None and not Path(value).is_dir():
+            state = "is a file" if Path(value).exists() else "no such directory"
+            raise FileNotFoundError(f"{option} {value}: {state}; expected a directory")
+    if Path(args.output).exists() and not Path(args.output).is_dir():
+        raise NotADirectoryError(f"--output {args.output}: is a file; expected a (new) directory")
     convert_reference_checkpoint(
         args.checkpoint, args.output, reasoner_config=args.reasoner_config,
-        fusion_lambda=args.fusion_lambda, projection=args.projection,
+        fusion_lambda=args.fusion_lambda, projection=args.projection, tokenizer=args.tokenizer,
     )
     print(f"converted {args.checkpoint} -> {args.output}")
     return 0
@@ -211,23 +322,29 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--data", required=True, help="records to generate for (.jsonl/.json/.parquet)")
     gen.add_argument("--task", default=None, help="LongLaMP task; default: detected from the profile fields")
     gen.add_argument("--run-dir", default=None, help="output directory (default: runs/generate-<time>)")
-    gen.add_argument("--max-records", type=int, default=None, help="generate for the first N records only")
-    gen.add_argument("--max-length", type=int, default=2048, help="prompt budget as in training (default: 2048)")
-    gen.add_argument("--max-target-tokens", type=int, default=512,
+    gen.add_argument("--max-records", type=_int_at_least(1), default=None, help="generate for the first N records only")
+    gen.add_argument("--max-length", type=_int_at_least(8), default=2048,
+                     help="prompt budget as in training (default: 2048)")
+    gen.add_argument("--max-target-tokens", type=_int_at_least(1), default=512,
                      help="target budget reserved as in training, so prompts match (default: 512)")
-    gen.add_argument("--max-new-tokens", type=int, default=256, help="tokens to generate (default: 256)")
-    gen.add_argument("--batch-size", type=int, default=8, help="prompts decoded together (default: 8)")
-    gen.add_argument("--do-sample", type=_bool, default=False, help="sample instead of greedy (default: false)")
-    gen.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default: 1.0)")
-    gen.add_argument("--top-k", type=int, default=0, help="top-k sampling, 0 = off (default: 0)")
-    gen.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default: 1.0 = off)")
-    gen.add_argument("--repetition-penalty", type=float, default=1.0, help="repetition penalty (default: 1.0)")
-    gen.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    gen.add_argument("--max-new-tokens", type=_int_at_least(1), default=256, help="tokens to generate (default: 256)")
+    gen.add_argument("--batch-size", type=_int_at_least(1), default=8, help="prompts decoded together (default: 8)")
+    gen.add_argument("--do-sample", type=_bool, nargs="?", const=True, default=False,
+                     help="sample instead of greedy (default: false)")
+    gen.add_argument("--temperature", type=_finite_float, default=1.0, help="sampling temperature (default: 1.0)")
+    gen.add_argument("--top-k", type=_int_at_least(0), default=0, help="top-k sampling, 0 = off (default: 0)")
+    gen.add_argument("--top-p", type=_finite_float, default=1.0, help="nucleus sampling mass (default: 1.0 = off)")
+    gen.add_argument("--repetition-penalty", type=_finite_float, default=1.0, help="repetition penalty (default: 1.0)")
+    gen.add_argument("--seed", type=_int_at_least(0), default=0, help="sampling seed (default: 0)")
     gen.add_argument("--schedule", default="sequential",
                      help="FlyThinker decoding schedule: 'sequential' (default; best batched throughput on a 2-core CPU), "
                      "'concurrent' (lower per-token latency at small batch), 'threads', 'processes' or 'hf' "
                      "(transformers generate)")
-    gen.add_argument("--dtype", default="float32", help="float32 or bfloat16 (default: float32)")
+    gen.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
+                     help="float32, bfloat16 or float16 (default: float32)")
+    gen.add_argument("--overwrite", action="store_true",
+                     help="replace the predictions of a finished or different run in --run-dir (default: an "
+                     "interrupted run with the same options resumes; anything else is refused)")
     gen.set_defaults(func=_cmd_generate)
 
     ev = sub.add_parser("evaluate", help="ROUGE-1/L, METEOR, BLEU and metrics by output position")
@@ -235,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--output", default=None, help="metrics JSON (default: metrics.json next to the predictions)")
     ev.add_argument("--metrics", nargs="+", default=["rouge1", "rougeL", "meteor", "bleu"],
                     help="metrics to compute (default: rouge1 rougeL meteor bleu)")
-    ev.add_argument("--window-words", type=int, default=50,
+    ev.add_argument("--window-words", type=_int_at_least(1), default=50,
                     help="window size in words for the by-position (context drift) analysis (default: 50)")
     ev.set_defaults(func=_cmd_evaluate)
 
@@ -249,19 +366,54 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--output", required=True, help="output directory (config.json + model.safetensors)")
     conv.add_argument("--reasoner-config", default=None,
                       help="the reasoner's base checkpoint directory (default: the generator's config)")
-    conv.add_argument("--fusion-lambda", type=float, default=0.5, help="λ of the converted model (default: 0.5)")
-    conv.add_argument("--projection", default="zero_pad", help="'zero_pad' (default) or 'linear'")
+    conv.add_argument("--tokenizer", default=None,
+                      help="directory of the tokenizer to save with the model (default: the first of --checkpoint and "
+                      "--reasoner-config whose tokenizer encodes text)")
+    conv.add_argument("--fusion-lambda", type=_finite_float, default=0.5, help="λ of the converted model (default: 0.5)")
+    conv.add_argument("--projection", default="zero_pad", choices=("zero_pad", "linear"),
+                      help="'zero_pad' (default) or 'linear'")
     conv.set_defaults(func=_cmd_convert)
+    from flythinker.evaluation.alpsbench.cli import add_subparser as add_alpsbench_subparser
+    add_alpsbench_subparser(sub)  # `flythinker alpsbench run | score`
     return parser
 
 
+def _add_debug_flags(parser: argparse.ArgumentParser) -> None:
+    """``--debug`` before or after the command name."""
+    text = "on an error, also print the Python traceback"
+    parser.add_argument("--debug", action="store_true", help=text)
+    for sub in parser._subparsers._group_actions[0].choices.values():
+        if not any("--debug" in action.option_strings for action in sub._actions):
+            sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=text)
+
+
+def _one_line(error: BaseException, limit: int = 800) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# Errors about the user's inputs (exit 2); anything else is reported the same way with its type (exit 1).
+_INPUT_ERRORS = (ValueError, TypeError, OSError, KeyError, ImportError)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    _add_debug_flags(parser)
+    args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"flythinker {args.command}: error: {error}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        print(f"flythinker {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # noqa: BLE001 - every failure becomes one readable line
+        if getattr(args, "debug", False):
+            traceback.print_exc()
+        known = isinstance(error, _INPUT_ERRORS)
+        kind = "" if known and type(error).__module__ == "builtins" else f"{type(error).__name__}: "
+        tail = "" if getattr(args, "debug", False) else " (rerun with --debug for the traceback)"
+        tail = tail if not known or kind else ""
+        print(f"flythinker {args.command}: error: {kind}{_one_line(error)}{tail}", file=sys.stderr)
+        return 2 if known else 1
 
 
 if __name__ == "__main__":

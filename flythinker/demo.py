@@ -86,6 +86,7 @@ def run_demo(options: DemoOptions) -> dict:
             save_total_limit=1,
             seed=options.seed,
             logging_steps=max(1, options.steps // 4),
+            overwrite=True,  # the demo's run directory is rebuilt on every run
         )
         train_metrics = run_finetune(config)
         model = _load_trained(run_dir / "model", method)

@@ -55,10 +55,52 @@ def map_reference_keys(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.T
     return mapped
 
 
+PROBE_TEXT = "Hello world"
+
+
+def tokenizer_encodes_text(tokenizer: Any) -> bool:
+    """True when the tokenizer turns ``"Hello world"`` into some ids (none unknown) that decode back to it."""
+    try:
+        ids = tokenizer(PROBE_TEXT, add_special_tokens=False)["input_ids"]
+        unk = getattr(tokenizer, "unk_token_id", None)
+        return bool(ids) and unk not in ids and tokenizer.decode(ids).strip() == PROBE_TEXT
+    except Exception:  # noqa: BLE001 - a broken tokenizer may raise anything
+        return False
+
+
+def find_tokenizer(explicit: Any | None, candidates: list[Any]) -> tuple[Any | None, str | None]:
+    """(tokenizer, where it came from): ``explicit`` (a path or tokenizer; must work, else ``ValueError``) or
+    the first candidate directory whose tokenizer encodes text; ``(None, None)`` when none does."""
+    if explicit is not None:
+        tokenizer = explicit
+        if isinstance(explicit, (str, os.PathLike)):
+            try:
+                tokenizer = AutoTokenizer.from_pretrained(explicit)
+            except (OSError, ValueError) as error:
+                raise ValueError(f"tokenizer {explicit}: cannot load it ({error})") from error
+        if not tokenizer_encodes_text(tokenizer):
+            raise ValueError(f"tokenizer {explicit}: it cannot encode text ({PROBE_TEXT!r} gives no ids or does not "
+                             "decode back); pass the tokenizer directory of the generator's base model")
+        return tokenizer, str(explicit)
+    for candidate in candidates:
+        if not isinstance(candidate, (str, os.PathLike)) or not Path(candidate).is_dir():
+            continue
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(candidate)
+        except (OSError, ValueError, TypeError):
+            continue
+        if tokenizer_encodes_text(tokenizer):
+            return tokenizer, str(candidate)
+        logger.warning("%s: its tokenizer cannot encode text (e.g. built from config.json alone); not using it",
+                       candidate)
+    return None, None
+
+
 def convert_reference_checkpoint(
     checkpoint_dir: str | os.PathLike,
     output_dir: str | os.PathLike | None = None,
     reasoner_config: str | os.PathLike | Any | None = None,
+    tokenizer: str | os.PathLike | Any | None = None,
     **config_kwargs: Any,
 ):
     """Convert a reference checkpoint directory into a FlyThinker model (saved to ``output_dir`` if given).
@@ -68,20 +110,32 @@ def convert_reference_checkpoint(
             ``config.json`` (and optionally its tokenizer).
         output_dir: where to ``save_pretrained`` the converted model (config, safetensors, tokenizer).
         reasoner_config: the reasoner's base checkpoint (path) or config object; default: the generator's.
-        config_kwargs: FlyThinkerConfig options (``fusion_lambda``, ``projection``, ...).
+        tokenizer: the tokenizer to save with the model (a directory or a tokenizer object). Default: the
+            first of ``checkpoint_dir`` and the ``reasoner_config`` directory whose tokenizer encodes text
+            (the reference trainer saves no tokenizer files, and transformers then builds a one-token
+            tokenizer from ``config.json`` alone, which is never written). Without one, only weights and
+            config are written (a warning says so).
+        config_kwargs: FlyThinkerConfig options (``fusion_lambda``, ``projection``, ...), validated by the config.
 
     Every key is checked strictly: a missing key (other than a tied ``lm_head``) or an unexpected one
-    raises an error naming it.
+    raises an error naming it. Everything is checked before ``output_dir`` is written.
     """
+    from .loading import check_vocab_compatibility
     from .modeling_flythinker import FlyThinkerForCausalLM
 
     generator_config = AutoConfig.from_pretrained(checkpoint_dir)
+    reasoner_source = reasoner_config
     if reasoner_config is None:
         reasoner_config = generator_config
     elif not hasattr(reasoner_config, "to_dict"):
         reasoner_config = AutoConfig.from_pretrained(reasoner_config)
     config = FlyThinkerConfig(generator_config=generator_config, reasoner_config=reasoner_config, **config_kwargs)
     state_dict = map_reference_keys(load_reference_state_dict(checkpoint_dir))
+    found_tokenizer, tokenizer_source = (None, None)
+    if output_dir is not None:
+        found_tokenizer, tokenizer_source = find_tokenizer(tokenizer, [checkpoint_dir, reasoner_source])
+        if found_tokenizer is not None:
+            check_vocab_compatibility(generator_config, reasoner_config, found_tokenizer)
 
     model = FlyThinkerForCausalLM(config)
     expected = model.state_dict()
@@ -101,8 +155,10 @@ def convert_reference_checkpoint(
     model.refresh_mean_embedding_norm(force=True)
     if output_dir is not None:
         model.save_pretrained(output_dir)
-        try:
-            AutoTokenizer.from_pretrained(checkpoint_dir).save_pretrained(output_dir)
-        except (OSError, ValueError):
-            logger.info("no tokenizer in %s; converted weights and config only", checkpoint_dir)
+        if found_tokenizer is not None:
+            found_tokenizer.save_pretrained(output_dir)
+            logger.info("saved the tokenizer of %s with the converted model", tokenizer_source)
+        else:
+            logger.warning("no tokenizer that encodes text in %s or the reasoner directory: wrote weights and config "
+                           "only; pass tokenizer= (CLI: --tokenizer) to add one", checkpoint_dir)
     return model

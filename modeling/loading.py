@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from typing import Any
 
 import torch
@@ -107,7 +108,6 @@ def build_from_components(
         module = module.to_empty(device=device).to(param_dtype)
         setattr(model, name, module)
         model._init_weights(module)
-    model.mean_embedding_norm = torch.zeros((), dtype=torch.float32, device=device)
     model.config._attn_implementation = attn_implementation
     model.refresh_mean_embedding_norm(force=True)
     return model
@@ -173,3 +173,37 @@ def strict_from_pretrained(
         logger.warning("%s loaded with strict=False: missing %s, unexpected %s", source,
                        sorted(info.get("missing_keys", ())), sorted(info.get("unexpected_keys", ())))
     return (model, info) if wants_info else model
+
+
+# ------------------------------------------------------------------------------- model sources
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def looks_like_hub_id(value: str) -> bool:
+    """``owner/name`` that is not a local path: no leading ``.``, ``/`` or ``~``, exactly one ``/``, and an
+    ``owner`` that is not an existing local directory (``runs/modle`` with ``runs/`` present is a path)."""
+    return bool(_HUB_ID.match(value)) and not os.path.isdir(value.split("/", 1)[0])
+
+
+def check_model_source(value: Any, what: str = "model") -> None:
+    """Fail at once, without any network access, when ``value`` names a local model directory that is not there.
+
+    Accepted: a model object; an existing directory holding ``config.json``; a hub id ``owner/name``
+    (:func:`looks_like_hub_id`), which transformers resolves from its cache or the hub. Anything else is
+    a path and must exist.
+    """
+    if isinstance(value, PreTrainedModel):
+        return
+    text = os.fspath(value)
+    path = os.path.expanduser(text)
+    if os.path.isdir(path):
+        if not os.path.isfile(os.path.join(path, "config.json")):
+            raise FileNotFoundError(f"{what} {text}: the directory has no config.json; expected a saved model "
+                                    "directory (config.json + model.safetensors)")
+        return
+    if os.path.exists(path):
+        raise NotADirectoryError(f"{what} {text}: is a file; expected a model directory (config.json + weights)")
+    if looks_like_hub_id(text):
+        return
+    raise FileNotFoundError(f"{what} {text}: no such directory (looked in {os.getcwd()}); check the path "
+                            "(a hub model id has the form owner/name)")

@@ -40,20 +40,145 @@ def _package_dir() -> str:
     return list(spec.submodule_search_locations)[0]
 
 
-def smollm2_path(cache_dir: str | os.PathLike | None = None) -> Path:
+MANIFEST = "flythinker_cache.json"
+"""Sizes (and the SHA-256 of the weights) of the cached files, written last into the cache folder."""
+
+
+def safetensors_is_complete(path: str | os.PathLike) -> bool:
+    """True when the file's size is what its own header promises (8 + header + the last tensor's end):
+    a truncated or half-copied file is detected without reading the tensors."""
+    import json
+    import struct
+
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as handle:
+            (header_len,) = struct.unpack("<Q", handle.read(8))
+            if header_len <= 0 or 8 + header_len > size:
+                return False
+            header = json.loads(handle.read(header_len))
+    except (OSError, ValueError, struct.error):
+        return False
+    ends = [entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"]
+    return size == 8 + header_len + max(ends, default=0)
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_manifest(folder: Path) -> None:
+    import json
+
+    files = {p.name: p.stat().st_size for p in sorted(folder.iterdir()) if p.is_file() and p.name != MANIFEST}
+    manifest = {"files": files, "model.safetensors.sha256": _sha256(folder / "model.safetensors")}
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))
+
+
+def cache_is_valid(folder: Path, verify_hash: bool = False) -> bool:
+    """The cache is complete: every file of the manifest has its recorded size (and, with ``verify_hash``,
+    the weights their SHA-256) and the weights file is as long as its header says. A cache of an older
+    flythinker (no manifest) passes on the header check alone."""
+    import json
+
+    weights = folder / "model.safetensors"
+    if not (weights.is_file() and (folder / "tokenizer_config.json").is_file()):
+        return False
+    if not safetensors_is_complete(weights):
+        return False
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+    except FileNotFoundError:
+        return True
+    except (OSError, ValueError):
+        return False
+    for name, size in manifest.get("files", {}).items():
+        try:
+            if (folder / name).stat().st_size != size:
+                return False
+        except OSError:
+            return False
+    return not verify_hash or _sha256(weights) == manifest.get("model.safetensors.sha256")
+
+
+class _FileLock:
+    """An exclusive ``flock`` on ``path`` (held by one process at a time; released when the process dies)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.handle = None
+
+    def __enter__(self):
+        self.handle = open(self.path, "a+")
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX: no lock
+            return self
+        fcntl.flock(self.handle.fileno(), fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        try:
+            import fcntl
+
+            fcntl.flock(self.handle.fileno(), fcntl.LOCK_UN)
+        except ImportError:  # pragma: no cover
+            pass
+        self.handle.close()
+
+
+def smollm2_path(cache_dir: str | os.PathLike | None = None, verify_hash: bool = False) -> Path:
     """Directory of a plain safetensors SmolLM2-135M-Instruct (config, weights, fixed tokenizer).
 
     Converted from the packaged GGUF on first use; the directory loads with
-    ``AutoModelForCausalLM.from_pretrained`` and ``AutoTokenizer.from_pretrained``.
+    ``AutoModelForCausalLM.from_pretrained`` and ``AutoTokenizer.from_pretrained``. Safe under
+    concurrency and kills: conversions hold a lock file (a second process waits, then uses the first
+    one's result), write into a uniquely named temporary folder that is renamed into place when
+    complete (or removed on failure; leftovers of killed runs are removed by the next conversion),
+    and a cache whose files do not have their recorded sizes (e.g. truncated) is converted again.
     """
+    import shutil
+    import tempfile
+
     target = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    if (target / "model.safetensors").exists() and (target / "tokenizer_config.json").exists():
+    if cache_is_valid(target, verify_hash):
         return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _FileLock(target.with_name(target.name + ".lock")):
+        if cache_is_valid(target, verify_hash):  # converted by another process while we waited
+            return target
+        for stale in target.parent.glob(target.name + ".partial*"):  # we hold the lock: nobody writes them
+            shutil.rmtree(stale, ignore_errors=True)
+        if target.exists():
+            logger.warning("the SmolLM2 cache %s is incomplete or corrupt; converting it again", target)
+        tmp = Path(tempfile.mkdtemp(prefix=target.name + ".partial-", dir=target.parent))
+        try:
+            _convert_into(tmp)
+            _write_manifest(tmp)
+            if target.exists():
+                trash = target.with_name(f"{target.name}.partial-old-{os.getpid()}")
+                os.replace(target, trash)
+                shutil.rmtree(trash, ignore_errors=True)
+            os.replace(tmp, target)  # atomic: readers see no cache or a complete one
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return target
+
+
+def _convert_into(folder: Path) -> None:
+    """De-quantise the packaged GGUF into ``folder`` (config, safetensors weights, fixed tokenizer)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     source = _package_dir()
-    logger.warning("converting %s to safetensors in %s (once, ~1 minute)", GGUF_FILE, target)
+    logger.warning("converting %s to safetensors in %s (once, ~1 minute)", GGUF_FILE, folder)
     tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=GGUF_FILE)
     fix_end_of_turn(tokenizer)
     quantised = AutoModelForCausalLM.from_pretrained(source, gguf_file=GGUF_FILE, dtype=torch.float32)
@@ -70,16 +195,8 @@ def smollm2_path(cache_dir: str | os.PathLike | None = None) -> Path:
     plain.tie_weights()
     plain.generation_config.eos_token_id = tokenizer.eos_token_id
     plain.generation_config.pad_token_id = tokenizer.pad_token_id
-    tmp = target.with_name(target.name + ".partial")
-    tmp.mkdir(parents=True, exist_ok=True)
-    plain.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    if target.exists():
-        import shutil
-
-        shutil.rmtree(target)
-    tmp.rename(target)  # atomic: an interrupted conversion never leaves a half-written cache
-    return target
+    plain.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
 
 
 def fix_end_of_turn(tokenizer) -> None:

@@ -19,6 +19,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,6 +37,13 @@ logger = logging.getLogger(__name__)
 METHODS = ("flythinker", "sft")
 REASONER_MODES = ("full", "freeze", "lora")
 LORA_TARGETS = r".*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"  # peft full-matches names
+MODEL_OPTION_FIELDS: tuple[str, ...] = ("fusion_lambda", "norm_eps", "projection")
+"""FinetuneConfig fields passed unchanged to ``FlyThinkerConfig`` (a new config option: add a field of the same
+name to FinetuneConfig, its name here and its help in ``flythinker.cli.FINETUNE_HELP``; the CLI exposes it)."""
+COMPLETE_MARKER = "checkpoint_complete.json"
+"""Written into a checkpoint after everything else; a checkpoint without it is incomplete."""
+FINISHED_MARKER = "train_metrics.json"
+"""Written last by a finished run."""
 
 
 @dataclass
@@ -53,6 +61,8 @@ class FinetuneConfig:
     profile_drop: str = "oldest"
     packing: bool = False
     fusion_lambda: float = 0.5
+    projection: str = "zero_pad"
+    norm_eps: float = 0.0
     reasoner_mode: str = "full"
     lora_generator: bool = False
     lora_rank: int = 16
@@ -75,17 +85,97 @@ class FinetuneConfig:
     max_records: int | None = None
     attn_implementation: str = "sdpa"
     use_fused_loss: bool = True
+    overwrite: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
-        if self.reasoner_mode not in REASONER_MODES:
-            raise ValueError(f"reasoner_mode must be one of {REASONER_MODES}, got {self.reasoner_mode!r}")
+        """Check every option (type, range, paths) before anything is loaded or written.
+
+        Raises ``ValueError`` / ``FileNotFoundError`` naming the option, the value and what is allowed.
+        """
+        _check_choice("method", self.method, METHODS)
+        _check_choice("reasoner_mode", self.reasoner_mode, REASONER_MODES)
+        _check_choice("profile_drop", self.profile_drop, ("oldest", "least_relevant"))
+        for name in ("packing", "lora_generator", "gradient_checkpointing", "bf16", "use_fused_loss", "overwrite"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{_flag(name)} must be true or false, got {getattr(self, name)!r}")
+        for name, low in (("max_length", 8), ("max_target_tokens", 1), ("lora_rank", 1), ("lora_alpha", 1),
+                          ("global_batch_size", 1), ("per_device_batch_size", 1), ("logging_steps", 1),
+                          ("save_steps", 1), ("seed", 0)):
+            _check_int(name, getattr(self, name), low)
+        for name in ("save_total_limit", "max_records"):
+            if getattr(self, name) is not None:
+                _check_int(name, getattr(self, name), 1, hint=" (omit it for no limit)")
+        if self.max_steps != -1:
+            _check_int("max_steps", self.max_steps, 1, hint=" (or -1 to run the epochs)")
+        _check_float("learning_rate", self.learning_rate, low=0.0, low_open=True)
+        _check_float("weight_decay", self.weight_decay, low=0.0)
+        _check_float("warmup_ratio", self.warmup_ratio, low=0.0, high=1.0)
+        _check_float("num_train_epochs", self.num_train_epochs, low=0.0, low_open=True)
+        _check_float("max_grad_norm", self.max_grad_norm, low=0.0, hint=" (0 disables clipping)")
+        _check_float("fusion_lambda", self.fusion_lambda)
+        _check_float("norm_eps", self.norm_eps, low=0.0)
         if self.global_batch_size < self.per_device_batch_size:
-            raise ValueError("global_batch_size must be >= per_device_batch_size")
-        if not Path(self.train_file).exists():
-            raise FileNotFoundError(f"train_file {self.train_file} does not exist")
+            raise ValueError(f"--global-batch-size ({self.global_batch_size}) must be >= --per-device-batch-size "
+                             f"({self.per_device_batch_size})")
+        if self.max_target_tokens >= self.max_length:
+            raise ValueError(f"--max-target-tokens ({self.max_target_tokens}) must be < --max-length ({self.max_length})")
+        train = Path(self.train_file)
+        if train.is_dir():
+            raise IsADirectoryError(f"--train-file {self.train_file}: is a directory; expected a .jsonl, .json or "
+                                    ".parquet file")
+        if not train.is_file():
+            raise FileNotFoundError(f"--train-file {self.train_file}: no such file")
+        from flythinker.modeling.loading import check_model_source
+
+        check_model_source(self.generator, "--generator")
+        if self.reasoner is not None:
+            check_model_source(self.reasoner, "--reasoner")
+        if Path(self.output_dir).exists() and not Path(self.output_dir).is_dir():
+            raise NotADirectoryError(f"--output-dir {self.output_dir}: is a file; expected a (new) run directory")
+        resume = self.resume_from_checkpoint
+        if resume not in (None, "last"):
+            if not Path(resume).is_dir():
+                raise FileNotFoundError(f"--resume-from-checkpoint {resume}: no such checkpoint directory "
+                                        "(or pass 'last' for the newest complete one in the run directory)")
+            if not checkpoint_is_complete(Path(resume)):
+                raise ValueError(f"--resume-from-checkpoint {resume}: the checkpoint is incomplete (a run was killed "
+                                 "while saving it); pass 'last' to take the newest complete one")
+
+    def model_options(self) -> dict[str, Any]:
+        """The FlyThinkerConfig options of this run (:data:`MODEL_OPTION_FIELDS`)."""
+        return {name: getattr(self, name) for name in MODEL_OPTION_FIELDS}
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{_flag(name)} must be one of {', '.join(allowed)}; got {value!r}")
+
+
+def _check_int(name: str, value: Any, low: int, hint: str = "") -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{_flag(name)} must be an integer >= {low}{hint}; got {value!r}")
+
+
+def _check_float(name: str, value: Any, *, low: float | None = None, high: float | None = None,
+                 low_open: bool = False, hint: str = "") -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value <= high
+    if not ok:
+        bounds = []
+        if low is not None:
+            bounds.append(f"{'>' if low_open else '>='} {low:g}")
+        if high is not None:
+            bounds.append(f"<= {high:g}")
+        allowed = "a finite number" + (" " + " and ".join(bounds) if bounds else "")
+        raise ValueError(f"{_flag(name)} must be {allowed}{hint}; got {value!r}")
 
 
 def load_tokenizer(path: str):
@@ -118,7 +208,7 @@ def build_model(config: FinetuneConfig, tokenizer, dtype: torch.dtype = torch.fl
         model = FlyThinkerForCausalLM.from_components(
             generator=config.generator,
             reasoner=config.reasoner or config.generator,
-            fusion_lambda=config.fusion_lambda,
+            **config.model_options(),
             dtype=dtype,
             attn_implementation=config.attn_implementation,
             tokenizer=tokenizer,
@@ -198,10 +288,193 @@ class MeanNormAndThroughputCallback(TrainerCallback):
             logs["real_tokens_per_second"] = round((self.counter.real_tokens - self.tokens_at_start) / elapsed, 2)
 
 
-def prepare_dataset(config: FinetuneConfig, tokenizer) -> list[dict[str, Any]]:
-    records = read_records(config.train_file, task=config.task)
-    if config.max_records is not None:
-        records = records[: config.max_records]
+class TrainingDivergedError(RuntimeError):
+    """Training produced a non-finite loss, gradient norm or weight; nothing non-finite was saved."""
+
+
+def _last_good(checkpoints: Path) -> str:
+    last = last_complete_checkpoint(checkpoints)
+    return (f"the last good checkpoint is {last} (resume from it with a lower --learning-rate)" if last
+            else "no checkpoint was saved before it")
+
+
+class DivergenceGuard(TrainerCallback):
+    """Stops training at the first non-finite gradient norm, before the optimizer applies it.
+
+    transformers' ``logging_nan_inf_filter`` would log a NaN loss as the running mean and carry on;
+    this callback (with :class:`GuardedTrainer`'s loss and weight checks) raises instead, naming the step.
+    Cost: one norm over the gradients and one host sync per optimizer step.
+    """
+
+    def __init__(self, checkpoints: Path):
+        self.checkpoints = checkpoints
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        if not grads:
+            return
+        norm = torch.nn.utils.get_total_norm(grads, norm_type=2.0, error_if_nonfinite=False, foreach=True)
+        if not bool(torch.isfinite(norm)):
+            raise TrainingDivergedError(
+                f"training diverged at optimizer step {state.global_step + 1}: the gradient norm is {float(norm)} "
+                f"(learning rate {args.learning_rate:g}); the step was not applied and no non-finite weight was "
+                f"saved; {_last_good(self.checkpoints)}"
+            )
+
+
+def non_finite_parameter(model) -> str | None:
+    """Name of the first parameter or buffer holding NaN/inf, or ``None`` (one pass over the weights)."""
+    for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
+        if tensor.is_floating_point() and tensor.numel() and not bool(torch.isfinite(tensor).all()):
+            return name
+    return None
+
+
+def guarded_trainer_class():
+    """The transformers Trainer with two public-method overrides: ``training_step`` raises on a non-finite
+    loss (naming the step) and ``save_model`` refuses to write non-finite weights. (Built on first use so
+    importing this module does not import the Trainer.)"""
+    global _GUARDED_TRAINER
+    if _GUARDED_TRAINER is not None:
+        return _GUARDED_TRAINER
+    from transformers import Trainer
+
+    class GuardedTrainer(Trainer):
+        """Trainer that stops on a non-finite loss and never saves non-finite weights."""
+
+        def __init__(self, *args, checkpoints: Path, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.checkpoints = checkpoints
+
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            loss = super().training_step(model, inputs, num_items_in_batch)
+            if not bool(torch.isfinite(loss).all()):
+                raise TrainingDivergedError(
+                    f"training diverged at optimizer step {self.state.global_step + 1}: the loss is {float(loss.sum())} "
+                    f"(learning rate {self.args.learning_rate:g}); no non-finite weight was saved; "
+                    f"{_last_good(self.checkpoints)}"
+                )
+            return loss
+
+        def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
+            bad = non_finite_parameter(self.model)
+            if bad is not None:
+                raise TrainingDivergedError(
+                    f"refusing to save non-finite weights ({bad} holds NaN/inf) at step {self.state.global_step}; "
+                    f"{_last_good(self.checkpoints)}"
+                )
+            return super().save_model(output_dir, _internal_call)
+
+    _GUARDED_TRAINER = GuardedTrainer
+    return GuardedTrainer
+
+
+_GUARDED_TRAINER = None
+
+
+# ------------------------------------------------------------------------------------ checkpoints
+def checkpoint_is_complete(path: Path) -> bool:
+    """A checkpoint counts only when its completion marker exists (written after every other file).
+
+    Checkpoints of older flythinker versions (no marker) count when ``trainer_state.json`` parses.
+    """
+    if (path / COMPLETE_MARKER).is_file():
+        return True
+    try:
+        json.loads((path / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def _step_of(path: Path) -> int:
+    try:
+        return int(path.name.rsplit("-", 1)[1])
+    except (IndexError, ValueError):
+        return -1
+
+
+def complete_checkpoints(checkpoints: Path) -> list[Path]:
+    """Complete ``checkpoint-N`` directories, oldest first."""
+    if not checkpoints.is_dir():
+        return []
+    found = [p for p in checkpoints.glob("checkpoint-*") if p.is_dir() and _step_of(p) >= 0]
+    return sorted((p for p in found if checkpoint_is_complete(p)), key=_step_of)
+
+
+def last_complete_checkpoint(checkpoints: Path) -> Path | None:
+    """The newest complete checkpoint (what ``--resume-from-checkpoint last`` resumes), or ``None``."""
+    found = complete_checkpoints(checkpoints)
+    return found[-1] if found else None
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``path`` through a unique temporary file and ``os.replace``: readers see the old or the new file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def publish_directory(staged: Path, final: Path) -> None:
+    """Move a completely written directory to its final name (a rename; an older copy is replaced)."""
+    _fsync_dir(staged)
+    if final.exists():
+        trash = final.with_name(f".{final.name}.old-{os.getpid()}")
+        os.replace(final, trash)
+        os.replace(staged, final)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(staged, final)
+    _fsync_dir(final.parent)
+
+
+class AtomicCheckpoints(TrainerCallback):
+    """The Trainer writes each checkpoint under a staging folder; once it is complete (``on_save``), this
+    callback writes the completion marker and renames it into ``checkpoints/``, then keeps the newest
+    ``save_total_limit``. A kill during a save leaves only the staging folder, removed at the next start.
+    """
+
+    def __init__(self, checkpoints: Path, save_total_limit: int | None):
+        self.checkpoints = checkpoints
+        self.save_total_limit = save_total_limit
+
+    def on_save(self, args, state, control, **kwargs):
+        _barrier()  # every process has written its part (e.g. its RNG state)
+        if state.is_world_process_zero:
+            staged = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            atomic_write_text(staged / COMPLETE_MARKER, json.dumps({"global_step": state.global_step}))
+            publish_directory(staged, self.checkpoints / staged.name)
+            if self.save_total_limit:
+                for old in complete_checkpoints(self.checkpoints)[: -self.save_total_limit]:
+                    shutil.rmtree(old, ignore_errors=True)
+        _barrier()
+
+
+def _barrier() -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+# ------------------------------------------------------------------------------------------ data
+def prepare_dataset(config: FinetuneConfig, tokenizer, records=None) -> list[dict[str, Any]]:
+    if records is None:
+        records = read_training_records(config)
     builder = PromptBuilder(
         tokenizer,
         max_length=config.max_length,
@@ -209,6 +482,17 @@ def prepare_dataset(config: FinetuneConfig, tokenizer) -> list[dict[str, Any]]:
         profile_drop=config.profile_drop,
     )
     return encode_records(records, builder, desc=f"encoding {Path(config.train_file).name}")
+
+
+def read_training_records(config: FinetuneConfig):
+    """The training records (first ``max_records``); an empty file is an error here, not deep in the Trainer."""
+    records = read_records(config.train_file, task=config.task)
+    if config.max_records is not None:
+        records = records[: config.max_records]
+    if not records:
+        raise ValueError(f"--train-file {config.train_file}: holds no records; training needs at least one "
+                         "(LongLaMP-style JSONL: one object per line)")
+    return records
 
 
 def training_arguments(config: FinetuneConfig, world_size: int):
@@ -219,7 +503,7 @@ def training_arguments(config: FinetuneConfig, world_size: int):
     optional = {"gradient_checkpointing": True} if config.gradient_checkpointing else {}
     return TrainingArguments(
         **optional,
-        output_dir=str(Path(config.output_dir) / "checkpoints"),
+        output_dir=str(staging_dir(config)),  # AtomicCheckpoints renames finished ones into checkpoints/
         per_device_train_batch_size=config.per_device_batch_size,
         gradient_accumulation_steps=accumulation,
         learning_rate=config.learning_rate,
@@ -233,9 +517,10 @@ def training_arguments(config: FinetuneConfig, world_size: int):
         seed=config.seed,
         data_seed=config.seed,
         logging_steps=config.logging_steps,
+        logging_nan_inf_filter=False,  # never hide a NaN loss (the DivergenceGuard stops the run anyway)
         save_strategy="steps",
         save_steps=config.save_steps,
-        save_total_limit=config.save_total_limit,
+        save_total_limit=None,  # rotation happens among complete checkpoints (AtomicCheckpoints)
         remove_unused_columns=False,
         report_to=[],
         dataloader_num_workers=0,
@@ -245,41 +530,119 @@ def training_arguments(config: FinetuneConfig, world_size: int):
     )
 
 
-def run_finetune(config: FinetuneConfig, callbacks: list[TrainerCallback] | None = None) -> dict[str, Any]:
+def checkpoints_dir(config: FinetuneConfig) -> Path:
+    return Path(config.output_dir) / "checkpoints"
+
+
+def staging_dir(config: FinetuneConfig) -> Path:
+    return checkpoints_dir(config) / ".in-progress"
+
+
+# ------------------------------------------------------------------------------------ run directory
+RUN_FILES = ("options.json", "finetune_config.json", FINISHED_MARKER, "log_history.json")
+
+
+def check_run_directory(config: FinetuneConfig) -> None:
+    """Refuse to reuse a directory holding another run unless resuming it or ``overwrite`` is set."""
+    out = Path(config.output_dir)
+    if config.overwrite or config.resume_from_checkpoint is not None or not out.is_dir():
+        return
+    finished = (out / FINISHED_MARKER).exists() or (out / "model").exists()
+    started = bool(complete_checkpoints(checkpoints_dir(config)))
+    if finished or started:
+        state = "a finished run" if finished else "checkpoints of an unfinished run"
+        raise FileExistsError(
+            f"--output-dir {out}: already holds {state}; choose a new directory, continue it with "
+            "--resume-from-checkpoint last, or pass --overwrite true to replace it"
+        )
+
+
+def _clear_run_directory(config: FinetuneConfig) -> None:
+    out = Path(config.output_dir)
+    for name in ("model", "checkpoints"):
+        shutil.rmtree(out / name, ignore_errors=True)
+    for name in RUN_FILES:
+        (out / name).unlink(missing_ok=True)
+
+
+def _resolve_resume(config: FinetuneConfig) -> str | None:
+    if config.resume_from_checkpoint != "last":
+        return config.resume_from_checkpoint
+    last = last_complete_checkpoint(checkpoints_dir(config))
+    if last is None:
+        logger.warning("--resume-from-checkpoint last: no complete checkpoint in %s; starting from step 0",
+                       checkpoints_dir(config))
+        return None
+    logger.info("resuming from %s", last)
+    return str(last)
+
+
+def check_model_options(config: FinetuneConfig) -> None:
+    """Build the FlyThinkerConfig of this run from the two base configs (cheap), so its own validation
+    (λ, projection, widths) fails before anything is loaded or written."""
+    if config.method != "flythinker" or _is_flythinker_checkpoint(config.generator):
+        return
+    from flythinker.modeling import FlyThinkerConfig
+
+    generator = AutoConfig.from_pretrained(config.generator)
+    reasoner = AutoConfig.from_pretrained(config.reasoner or config.generator)
+    try:
+        FlyThinkerConfig(generator_config=generator, reasoner_config=reasoner, **config.model_options())
+    except (TypeError, ValueError) as error:
+        flags = ", ".join(_flag(name) for name in MODEL_OPTION_FIELDS)
+        raise ValueError(f"model options ({flags}): {error}") from error
+
+
+def run_finetune(config: FinetuneConfig, callbacks: list[TrainerCallback] | None = None,
+                 options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train, save the final model (adapters merged) + tokenizer to ``<output_dir>/model``; return metrics.
 
-    Run directory: ``finetune_config.json``, ``checkpoints/checkpoint-N`` (resumable),
-    ``model/`` (loads with ``from_pretrained``), ``train_metrics.json``, ``log_history.json``.
+    Everything is validated (options, run directory, data, model configs, the models themselves) before
+    the first file is written. Run directory: ``options.json`` (``options``, when given),
+    ``finetune_config.json``, ``checkpoints/checkpoint-N`` (complete, resumable), ``model/`` (loads with
+    ``from_pretrained``), ``train_metrics.json`` (written last: the run is finished), ``log_history.json``.
+    Checkpoints and ``model/`` are written under temporary names and renamed when complete. A non-finite
+    loss, gradient norm or weight stops the run with :class:`TrainingDivergedError` naming the step.
     """
-    from transformers import Trainer
-
     config.validate()
-    out = Path(config.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "finetune_config.json").write_text(json.dumps(asdict(config), indent=2))
+    check_run_directory(config)
+    check_model_options(config)
     torch.manual_seed(config.seed)
     tokenizer = load_tokenizer(config.generator)
-    dataset = prepare_dataset(config, tokenizer)
+    dataset = prepare_dataset(config, tokenizer, read_training_records(config))
     dtype = torch.bfloat16 if config.bf16 and not torch.cuda.is_available() else torch.float32
     model = build_model(config, tokenizer, dtype=dtype)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     args = training_arguments(config, world_size)
+    resume = _resolve_resume(config)
+
+    # ---- nothing was written before this line
+    out = Path(config.output_dir)
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    if is_main:
+        if config.overwrite:
+            _clear_run_directory(config)
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(staging_dir(config), ignore_errors=True)  # a save killed half-way
+        if options is not None:
+            atomic_write_text(out / "options.json", json.dumps(options, indent=2, default=str))
+        atomic_write_text(out / "finetune_config.json", json.dumps(asdict(config), indent=2))
+    _barrier()
     if config.packing:
         collator = PackingCollator(config.max_length * config.per_device_batch_size, tokenizer.pad_token_id)
     else:
         collator = PaddingCollator(tokenizer.pad_token_id, padding_side="right")
     counter = CountingCollator(collator)
-    trainer = Trainer(
+    trainer = guarded_trainer_class()(
         model=model,
         args=args,
         train_dataset=dataset,
         data_collator=counter,
         processing_class=tokenizer,
-        callbacks=[MeanNormAndThroughputCallback(counter), *(callbacks or [])],
+        checkpoints=checkpoints_dir(config),
+        callbacks=[MeanNormAndThroughputCallback(counter), DivergenceGuard(checkpoints_dir(config)),
+                   AtomicCheckpoints(checkpoints_dir(config), config.save_total_limit), *(callbacks or [])],
     )
-    resume = config.resume_from_checkpoint
-    if resume == "last":
-        resume = True
     result = trainer.train(resume_from_checkpoint=resume)
     metrics = dict(result.metrics)
     metrics["global_step"] = trainer.state.global_step
@@ -290,8 +653,15 @@ def run_finetune(config: FinetuneConfig, callbacks: list[TrainerCallback] | None
         merged = merge_adapters(model)
         if merged:
             logger.info("merged %d LoRA layers into their base weights", merged)
-        model.save_pretrained(out / "model")
-        tokenizer.save_pretrained(out / "model")
-        (out / "train_metrics.json").write_text(json.dumps(metrics, indent=2))
-        (out / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=2))
+        bad = non_finite_parameter(model)
+        if bad is not None:
+            raise TrainingDivergedError(f"refusing to save non-finite final weights ({bad} holds NaN/inf); "
+                                        f"{_last_good(checkpoints_dir(config))}")
+        staged = out / f".model.partial-{os.getpid()}"
+        shutil.rmtree(staged, ignore_errors=True)
+        model.save_pretrained(staged)
+        tokenizer.save_pretrained(staged)
+        publish_directory(staged, out / "model")
+        atomic_write_text(out / "log_history.json", json.dumps(trainer.state.log_history, indent=2))
+        atomic_write_text(out / FINISHED_MARKER, json.dumps(metrics, indent=2))
     return metrics

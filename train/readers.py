@@ -69,12 +69,21 @@ class _PlainLoc(_Loc):
 
 
 # ----------------------------------------------------------------------------------------- raw rows
+def _decode_line(raw: bytes, loc: _Loc) -> str:
+    try:
+        return raw.decode("utf-8-sig" if loc.number == 1 else "utf-8")  # a BOM on line 1 is tolerated
+    except UnicodeDecodeError as exc:
+        raise loc.error(f"invalid UTF-8 (byte {exc.start + 1} of the line: {raw[exc.start:exc.start + 4]!r}); "
+                        "save the file as UTF-8") from None
+
+
 def _iter_jsonl(path: Path, name: str) -> Iterator[tuple[_Loc, Any]]:
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            loc = _Loc(name, "line", lineno)
+            line = _decode_line(raw, loc)
             if not line.strip():
                 continue
-            loc = _Loc(name, "line", lineno)
             try:
                 yield loc, json.loads(line)
             except json.JSONDecodeError as exc:
@@ -82,11 +91,17 @@ def _iter_jsonl(path: Path, name: str) -> Iterator[tuple[_Loc, Any]]:
 
 
 def _iter_json(path: Path, name: str) -> Iterator[tuple[_Loc, Any]]:
-    with open(path, encoding="utf-8") as fh:
-        try:
-            data = json.load(fh)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{name}: invalid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ValueError(f"{name} line {line}: invalid UTF-8 (byte {raw[exc.start:exc.start + 1]!r}); save the file "
+                         "as UTF-8") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{name}: invalid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
     if not isinstance(data, list):
         raise ValueError(f"{name}: expected a JSON list of records at the top level, got {_type_name(data)} "
                          "(use .jsonl for one record per line)")
@@ -99,7 +114,11 @@ def _iter_parquet(path: Path, name: str) -> Iterator[tuple[_Loc, Any]]:
         import pyarrow.parquet as pq
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ImportError("reading parquet needs pyarrow: pip install 'flythinker[train]'") from exc
-    for i, row in enumerate(pq.read_table(path).to_pylist(), start=1):
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises its own error types
+        raise ValueError(f"{name}: not a readable parquet file ({' '.join(str(exc).split())})") from None
+    for i, row in enumerate(table.to_pylist(), start=1):
         yield _Loc(name, "record", i), row
 
 
@@ -107,6 +126,9 @@ def _iter_source(source: Any, split: str | None) -> Iterator[tuple[_Loc, Any]]:
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         name = str(source)
+        if path.is_dir():
+            raise IsADirectoryError(f"{name}: is a directory; expected a .jsonl, .json or .parquet file "
+                                    "(name the file inside it)")
         if not path.is_file():
             raise FileNotFoundError(f"{name}: no such file")
         suffix = path.suffix.lower()

@@ -4,10 +4,15 @@ LongLaMP (Kumar et al., 2024) reports ROUGE-1, ROUGE-L and METEOR (and the think
 paper adds BLEU) through the 🤗 ``evaluate`` wrappers. flythinker computes the same quantities from
 the underlying libraries directly:
 
-* **ROUGE-1 / ROUGE-L**: ``rouge_score.rouge_scorer.RougeScorer`` F-measure per example
-  (rouge-score's tokenizer: lower-case, non-alphanumerics → spaces; ``use_stemmer=True``, the
-  Porter stemmer, by default — pass ``use_stemmer=False`` to match ``evaluate``'s own default),
-  averaged over examples. Deviation: ``evaluate`` reports the *median of bootstrap resamples*
+* **ROUGE-1 / ROUGE-L**: ``rouge_score.rouge_scorer.RougeScorer`` F-measure per example with
+  :class:`UnicodeRougeTokenizer`: lower-case, every character that is not a letter, digit or
+  combining mark of *any* script → space; each CJK ideograph / kana is a token of its own (Chinese
+  and Japanese are written without spaces); the Porter stemmer (``use_stemmer=True`` by default —
+  pass ``use_stemmer=False`` to match ``evaluate``'s own default) on ASCII words longer than 3
+  characters. On ASCII text this is exactly rouge-score's default tokenizer (the LongLaMP
+  convention), whose ``[a-z0-9]`` filter would score identical Russian or Chinese texts 0.
+  Scripts written without spaces other than CJK (Thai, Lao, Khmer, ...) are split at spaces only.
+  Averaged over examples. Deviation: ``evaluate`` reports the *median of bootstrap resamples*
   of the mean (``BootstrapAggregator(...).mid``), which is random and approximates the plain mean
   reported here. With several references per example the best-matching one counts
   (``score_multi``).
@@ -19,8 +24,12 @@ the underlying libraries directly:
   ``word_tokenize(..., preserve_line=True)`` (Treebank tokenizer), which separates sentence-final
   periods as punkt would, except after abbreviations ("e.g." → "e.g", "."). Needs WordNet
   (:mod:`flythinker.evaluation.wordnet_setup`).
-* **BLEU**: ``sacrebleu.corpus_bleu`` (corpus-level, 13a tokenization, exponential smoothing
-  off, 0–100 scale), as ``evaluate``'s ``sacrebleu``.
+  Text holding CJK characters is split into one word per CJK character first (otherwise a whole
+  Chinese sentence is one "word"); other text is unchanged.
+* **BLEU**: ``sacrebleu.corpus_bleu`` (corpus-level, exponential smoothing off, 0–100 scale), as
+  ``evaluate``'s ``sacrebleu``, with the 13a tokenization — or sacrebleu's ``zh`` tokenization
+  (one token per Chinese character) when any prediction or reference holds CJK characters; the
+  tokenization used is returned as ``bleu_tokenize``.
 
 Scales: ROUGE and METEOR in [0, 1], BLEU in [0, 100] (sacrebleu's scale). An empty prediction
 scores 0 on every metric.
@@ -29,7 +38,9 @@ scores 0 on every metric.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Sequence
+from functools import lru_cache
 from typing import Any
 
 References = Sequence[str | Sequence[str]]
@@ -38,6 +49,77 @@ DEFAULT_METRICS: tuple[str, ...] = ("rouge1", "rougeL", "meteor", "bleu")
 ROUGE_TYPES: tuple[str, ...] = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+_ASCII_WORD = re.compile(r"^[a-z0-9]+$")
+# Scripts written without spaces whose characters are words or morphemes: Han (with extensions and
+# compatibility ideographs), Hiragana, Katakana (and its phonetic extensions), Bopomofo.
+_CJK_RANGES = (
+    (0x3040, 0x30FF), (0x3100, 0x312F), (0x31A0, 0x31BF), (0x31F0, 0x31FF), (0x3400, 0x4DBF),
+    (0x4E00, 0x9FFF), (0xF900, 0xFAFF), (0xFF66, 0xFF9F), (0x20000, 0x2FA1F), (0x30000, 0x323AF),
+)
+
+
+def is_cjk(char: str) -> bool:
+    """Han ideograph, kana or bopomofo (one token each for ROUGE and METEOR)."""
+    code = ord(char)
+    return any(low <= code <= high for low, high in _CJK_RANGES)
+
+
+@lru_cache(maxsize=1 << 16)
+def _char_kind(char: str) -> int:
+    """0: separator; 1: part of a word (letter, digit or combining mark of any script); 2: a CJK token."""
+    if is_cjk(char):
+        return 2
+    return 1 if unicodedata.category(char)[0] in "LNM" else 0
+
+
+def unicode_words(text: str) -> list[str]:
+    """Lower-cased words of any script; each CJK character is a word of its own."""
+    words: list[str] = []
+    current: list[str] = []
+    for char in text.lower():
+        kind = _char_kind(char)
+        if kind == 1:
+            current.append(char)
+            continue
+        if current:
+            words.append("".join(current))
+            current = []
+        if kind == 2:
+            words.append(char)
+    if current:
+        words.append("".join(current))
+    return words
+
+
+class UnicodeRougeTokenizer:
+    """rouge-score tokenizer for any script; identical to rouge-score's default on ASCII text.
+
+    Default: lower-case, ``[^a-z0-9]+`` → space, Porter-stem words longer than 3 characters, keep only
+    ``[a-z0-9]+`` tokens. Here: letters, digits and combining marks of every script form words, CJK
+    characters are single tokens, and only ASCII words are stemmed (Porter is an English stemmer).
+    """
+
+    def __init__(self, use_stemmer: bool = True):
+        from nltk.stem import porter
+
+        self.stemmer = porter.PorterStemmer("ORIGINAL_ALGORITHM") if use_stemmer else None
+
+    def tokenize(self, text: str) -> list[str]:
+        tokens = unicode_words(text)
+        if self.stemmer is not None:
+            tokens = [self.stemmer.stem(t) if len(t) > 3 and _ASCII_WORD.match(t) else t for t in tokens]
+        return tokens
+
+
+def _space_cjk(text: str) -> str:
+    """Spaces around every CJK character (no-op for text without any)."""
+    if not any(is_cjk(c) for c in text):
+        return text
+    return "".join(f" {c} " if is_cjk(c) else c for c in text)
+
+
+def has_cjk(texts) -> bool:
+    return any(is_cjk(c) for text in texts if text for c in text)
 
 
 def _ref_lists(predictions: Sequence[str], references: References) -> list[list[str]]:
@@ -63,7 +145,7 @@ def rouge_scores(predictions: Sequence[str], references: References, *,
     if unknown:
         raise ValueError(f"unknown ROUGE types {sorted(unknown)}; expected some of {ROUGE_TYPES}")
     refs = _ref_lists(predictions, references)
-    scorer = rouge_scorer.RougeScorer(list(rouge_types), use_stemmer=use_stemmer)
+    scorer = rouge_scorer.RougeScorer(list(rouge_types), tokenizer=UnicodeRougeTokenizer(use_stemmer))
     out: dict[str, list[float]] = {t: [] for t in rouge_types}
     for pred, rs in zip(predictions, refs):
         scores = scorer.score(rs[0], pred) if len(rs) == 1 else scorer.score_multi(rs, pred)
@@ -77,7 +159,7 @@ def meteor_tokenize(text: str) -> list[str]:
     from nltk.tokenize import word_tokenize
 
     words: list[str] = []
-    for sentence in _SENTENCE_END.split(text.strip()):
+    for sentence in _SENTENCE_END.split(_space_cjk(text).strip()):
         if sentence:
             words.extend(word_tokenize(sentence, preserve_line=True))
     return words
@@ -103,15 +185,25 @@ def meteor_scores(predictions: Sequence[str], references: References, *, alpha: 
     return out
 
 
-def corpus_bleu(predictions: Sequence[str], references: References) -> float:
-    """sacrebleu corpus BLEU (0–100). Examples may have different numbers of references."""
+def bleu_tokenization(predictions: Sequence[str], references: References) -> str:
+    """``"zh"`` when any text holds CJK characters, else ``"13a"`` (sacrebleu's default)."""
+    refs = _ref_lists(predictions, references)
+    return "zh" if has_cjk(predictions) or any(has_cjk(r) for r in refs) else "13a"
+
+
+def corpus_bleu(predictions: Sequence[str], references: References, tokenize: str | None = None) -> float:
+    """sacrebleu corpus BLEU (0–100). Examples may have different numbers of references.
+
+    ``tokenize``: a sacrebleu tokenization; default :func:`bleu_tokenization` (13a, or zh for CJK text).
+    """
     import sacrebleu
 
     refs = _ref_lists(predictions, references)
     n_streams = max((len(r) for r in refs), default=1)
     # sacrebleu wants one stream per reference position; missing references are None
     streams = [[r[k] if k < len(r) else None for r in refs] for k in range(n_streams)]
-    return float(sacrebleu.corpus_bleu(list(predictions), streams).score)
+    tokenize = tokenize or bleu_tokenization(predictions, references)
+    return float(sacrebleu.corpus_bleu(list(predictions), streams, tokenize=tokenize).score)
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -149,6 +241,7 @@ def compute_metrics(predictions: Sequence[str], references: References, *,
     for m in metrics:
         if m == "bleu":
             result["bleu"] = corpus_bleu(predictions, references) if predictions else float("nan")
+            result["bleu_tokenize"] = bleu_tokenization(predictions, references)
         else:
             result[m] = _mean(per[m])
     if per_example:
