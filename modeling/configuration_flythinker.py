@@ -65,6 +65,9 @@ class FlyThinkerConfig(PretrainedConfig):
         self.use_fused_loss = bool(use_fused_loss)
         self.reward_heads = dict(reward_heads) if reward_heads else None
         kwargs.setdefault("tie_word_embeddings", False)  # the generator ties its own weights
+        from .remote_code import default_auto_map  # always set: TRL reads config.auto_map (remote_code.py)
+
+        kwargs["auto_map"] = {**default_auto_map(), **(kwargs.get("auto_map") or {})}
         super().__init__(**kwargs)
         self.validate_fusion()
 

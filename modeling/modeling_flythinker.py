@@ -187,6 +187,16 @@ class FlyThinkerForCausalLM(FlyThinkerPreTrainedModel, GenerationMixin):
     def get_decoder(self) -> nn.Module:
         return self.generator.get_decoder()
 
+    def save_pretrained(self, save_directory, *args: Any, **kwargs: Any):
+        """``PreTrainedModel.save_pretrained`` plus the remote-code shim of ``flythinker.modeling.remote_code``,
+        so ``AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True)`` works without importing flythinker."""
+        from .remote_code import AUTO_MAP, write_remote_code
+
+        self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **AUTO_MAP}
+        if kwargs.get("is_main_process", True):
+            write_remote_code(save_directory)  # before super(): push_to_hub uploads what is there
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
     @classmethod
     def _supports_default_dynamic_cache(cls) -> bool:
         # generate() must not build a plain DynamicCache: prepare_inputs_for_generation builds ours.
