@@ -9,27 +9,30 @@ Entry points::
     for piece in stream(model, input_ids, tokenizer=tok, max_new_tokens=64):
         print(piece, end="")
 
-Schedules: ``sequential`` (reference), ``concurrent`` (picks ``cuda-streams`` / ``two-device`` /
-the CPU default), ``threads``, ``processes``. The tokens never depend on the schedule.
+Schedules: ``sequential`` (reference), ``concurrent`` (the default: picks ``cuda-streams`` /
+``two-device`` / a worker process on CPU), ``threads``, ``processes``. The tokens never depend on the
+schedule. Modules: ``settings`` (options, checks), ``state`` (per-row state, outputs), ``engine`` (the
+loop), ``sampling``, ``stopping``, ``steps`` (the two halves of a step), ``runners`` / ``workers``
+(where the reasoner runs).
 """
 
-from .engine import (
+from .engine import TextStream, generate, stream
+from .settings import (
     CPU_CONCURRENT_DEFAULT,
     SCHEDULES,
+    DecodeOptions,
     DecodingSettings,
-    GenerationOutput,
-    TextStream,
-    Timings,
-    generate,
-    stream,
+    SamplingSettings,
+    resolve_sampling,
 )
-from .sampling import SamplingSettings, resolve_sampling
-from .workers import shutdown_workers
+from .state import GenerationOutput, Timings
+from .workers import WorkerDied, WorkerStartError, shutdown_workers, worker_pids
 
 __all__ = [
     "generate",
     "stream",
     "GenerationOutput",
+    "DecodeOptions",
     "DecodingSettings",
     "SamplingSettings",
     "Timings",
@@ -38,4 +41,7 @@ __all__ = [
     "CPU_CONCURRENT_DEFAULT",
     "resolve_sampling",
     "shutdown_workers",
+    "worker_pids",
+    "WorkerDied",
+    "WorkerStartError",
 ]

@@ -1,8 +1,8 @@
 """Explicit token selection: greedy, temperature, top-k, top-p, min-p, repetition penalty, seed.
 
-Every setting is explicit: :func:`resolve_sampling` merges keyword arguments over an optional
-transformers ``GenerationConfig`` (the caller's object, never the checkpoint's hidden one) and
-returns a frozen :class:`SamplingSettings` that travels with the output.
+Every setting is explicit: :func:`~flythinker.decoding.settings.resolve_sampling` merges keyword
+arguments over an optional transformers ``GenerationConfig`` and returns a frozen
+:class:`~flythinker.decoding.settings.SamplingSettings` that travels with the output.
 
 Processing order (the order transformers applies them)::
 
@@ -21,71 +21,9 @@ on the schedule, on when finished rows leave the batch, or on the global RNG sta
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
-
 import torch
 
-
-@dataclass(frozen=True)
-class SamplingSettings:
-    """The effective token-selection settings (neutral values where an option is off)."""
-
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_k: int = 0  # 0 = off
-    top_p: float = 1.0  # 1 = off
-    min_p: float = 0.0  # 0 = off
-    repetition_penalty: float = 1.0  # 1 = off
-    seed: int | None = None  # drawn from torch's default RNG (and reported) when sampling without one
-    custom_logits_processor: bool = False
-
-    def validate(self) -> SamplingSettings:
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature} (use do_sample=False for greedy)")
-        if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if not 0.0 <= self.min_p < 1.0:
-            raise ValueError(f"min_p must be in [0, 1), got {self.min_p}")
-        if self.repetition_penalty <= 0:
-            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
-        return self
-
-
-_NEUTRAL = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "min_p": 0.0, "repetition_penalty": 1.0}
-
-
-def resolve_sampling(generation_config=None, logits_processor=None, **explicit) -> SamplingSettings:
-    """Keyword arguments (non-None) override ``generation_config`` fields; unset options are off.
-
-    ``explicit`` keys: do_sample, temperature, top_k, top_p, min_p, repetition_penalty, seed.
-    """
-    values: dict = {}
-    for field in ("do_sample", *_NEUTRAL):
-        value = explicit.get(field)
-        if value is None and generation_config is not None:
-            value = getattr(generation_config, field, None)
-        if value is not None:
-            values[field] = value
-    do_sample = bool(values.pop("do_sample", False))
-    repetition_penalty = float(values.get("repetition_penalty", 1.0))
-    if not do_sample:  # sampling knobs are inert in greedy mode: report them as off
-        values = {}
-    seed = explicit.get("seed")
-    if do_sample and seed is None:
-        seed = int(torch.randint(0, 2**62, (1,)).item())
-    return SamplingSettings(
-        do_sample=do_sample,
-        temperature=float(values.get("temperature", 1.0)),
-        top_k=int(values.get("top_k", 0) or 0),
-        top_p=float(values.get("top_p", 1.0)),
-        min_p=float(values.get("min_p", 0.0) or 0.0),
-        repetition_penalty=repetition_penalty,
-        seed=seed if do_sample else None,
-        custom_logits_processor=bool(logits_processor),
-    ).validate()
+from .settings import SamplingSettings
 
 
 def apply_repetition_penalty(scores: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
@@ -124,7 +62,9 @@ class TokenSelector:
     callable returning the [B_active, L] token ids so far (only called for a user LogitsProcessorList).
     """
 
-    def __init__(self, settings: SamplingSettings, batch_size: int, device: torch.device, logits_processor=None):
+    def __init__(
+        self, settings: SamplingSettings, batch_size: int, device: torch.device, logits_processor=None
+    ):
         self.settings = settings
         self.batch_size = batch_size
         self.logits_processor = logits_processor
@@ -133,7 +73,9 @@ class TokenSelector:
             self.noise_generator = torch.Generator(device=device)
             self.noise_generator.manual_seed(settings.seed)
 
-    def select(self, logits: torch.Tensor, rows: torch.Tensor, seen: torch.Tensor | None, ids_fn=None) -> torch.Tensor:
+    def select(
+        self, logits: torch.Tensor, rows: torch.Tensor, seen: torch.Tensor | None, ids_fn=None
+    ) -> torch.Tensor:
         dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
         scores = logits.to(dtype)
         if seen is not None and self.settings.repetition_penalty != 1.0:
@@ -147,8 +89,3 @@ class TokenSelector:
         noise.exponential_(generator=self.noise_generator)
         probs = scores.softmax(-1)
         return (probs / noise.index_select(0, rows)).argmax(-1)
-
-
-def settings_dict(settings) -> dict:
-    """A plain dict of a settings dataclass (for JSON reports)."""
-    return dataclasses.asdict(settings)

@@ -4,14 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from flythinker.decoding.engine import _prepare
-
-GENERATE_DEFAULTS = dict(
-    schedule="sequential", max_new_tokens=None, do_sample=None, temperature=None, top_k=None, top_p=None,
-    min_p=None, repetition_penalty=None, seed=None, eos_token_id=None, pad_token_id=0, generation_config=None,
-    logits_processor=None, tokenizer=None, stop_strings=None, streamer=None, prefill_chunk=None, check_every=8,
-    shrink_finished=True, threads=None, compile=False,
-)
+from flythinker.decoding.engine import Call, open_call
+from flythinker.decoding.settings import DecodeOptions
 
 
 class CharTokenizer:
@@ -40,7 +34,7 @@ class RecordingStreamer:
         self.ended += 1
 
 
-def decoding_for(model, input_ids, attention_mask, **kwargs):
-    """The engine's per-call object (to inspect the prefill logits)."""
-    args = {**GENERATE_DEFAULTS, **kwargs}
-    return _prepare(model, input_ids, attention_mask, **args)
+def call_for(model, input_ids, attention_mask, **options) -> Call:
+    """The engine's per-call object (to inspect the prefill logits); sequential, pad 0 unless given."""
+    options = {"schedule": "sequential", "pad_token_id": 0, **options}
+    return open_call(model, input_ids, attention_mask, DecodeOptions(**options), streaming=False)

@@ -27,8 +27,13 @@ def model():
 
 @pytest.mark.parametrize(
     "options",
-    [dict(temperature=0.7), dict(top_k=5), dict(top_p=0.8), dict(min_p=0.1),
-     dict(temperature=1.3, top_k=20, top_p=0.9, min_p=0.05)],
+    [
+        dict(temperature=0.7),
+        dict(top_k=5),
+        dict(top_p=0.8),
+        dict(min_p=0.1),
+        dict(temperature=1.3, top_k=20, top_p=0.9, min_p=0.05),
+    ],
 )
 def test_filters_match_transformers_warpers(options):
     torch.manual_seed(0)
@@ -103,7 +108,9 @@ def test_sampled_rows_do_not_depend_on_when_finished_rows_leave(model):
     free = generate(model, input_ids, mask, schedule="sequential", **kwargs)
     eos = int(free.new_tokens[2, 3])
     every = generate(model, input_ids, mask, schedule="sequential", eos_token_id=eos, check_every=1, **kwargs)
-    never = generate(model, input_ids, mask, schedule="sequential", eos_token_id=eos, shrink_finished=False, **kwargs)
+    never = generate(
+        model, input_ids, mask, schedule="sequential", eos_token_id=eos, shrink_finished=False, **kwargs
+    )
     assert torch.equal(every.sequences, never.sequences)
     assert every.timings.generator_rows < never.timings.generator_rows
 
@@ -114,7 +121,9 @@ def test_generation_config_and_logits_processor_are_honoured(model):
     out = generate(model, input_ids, mask, generation_config=config, seed=1, pad_token_id=0)
     assert out.settings.max_new_tokens == 6
     assert out.settings.sampling == SamplingSettings(do_sample=True, temperature=0.8, top_k=7, seed=1)
-    explicit = generate(model, input_ids, mask, generation_config=config, seed=1, pad_token_id=0, do_sample=False)
+    explicit = generate(
+        model, input_ids, mask, generation_config=config, seed=1, pad_token_id=0, do_sample=False
+    )
     assert explicit.settings.sampling == SamplingSettings()  # greedy: every sampling knob reported off
 
     class Forbid:
@@ -131,8 +140,14 @@ def test_generation_config_and_logits_processor_are_honoured(model):
 
     forbid = Forbid()
     greedy_plain = generate(model, input_ids, mask, max_new_tokens=6, pad_token_id=0)
-    banned = generate(model, input_ids, mask, max_new_tokens=6, pad_token_id=0,
-                      logits_processor=LogitsProcessorList([forbid]))
+    banned = generate(
+        model,
+        input_ids,
+        mask,
+        max_new_tokens=6,
+        pad_token_id=0,
+        logits_processor=LogitsProcessorList([forbid]),
+    )
     assert not (banned.new_tokens == 5).any()
     assert forbid.lengths == list(range(input_ids.shape[1], input_ids.shape[1] + 6))
     assert banned.settings.sampling.custom_logits_processor

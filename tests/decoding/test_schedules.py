@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from flythinker.decoding import generate
-from tests.decoding._helpers import decoding_for
+from flythinker.decoding.engine import run
+from tests.decoding._helpers import call_for
 from tests.modeling.test_generate import teacher_forced_greedy
 from tests.tiny_models import left_padded_batch, tiny_flythinker
 
@@ -33,8 +34,14 @@ def references(model):
     out = {}
     for name, lengths in BATCHES.items():
         input_ids, mask, _ = left_padded_batch(lengths, seed=11)
-        hf = model.generate(input_ids, attention_mask=mask, max_new_tokens=STEPS, do_sample=False,
-                            pad_token_id=0, eos_token_id=None)
+        hf = model.generate(
+            input_ids,
+            attention_mask=mask,
+            max_new_tokens=STEPS,
+            do_sample=False,
+            pad_token_id=0,
+            eos_token_id=None,
+        )
         tf, _ = teacher_forced_greedy(model, input_ids, mask, STEPS)
         out[name] = (input_ids, mask, hf, tf)
     return out
@@ -46,8 +53,9 @@ def references(model):
 def test_greedy_tokens_equal_generate_and_teacher_forcing(model, references, batch, schedule, chunk):
     input_ids, mask, hf, tf = references[batch]
     assert torch.equal(hf, tf)  # the two references agree with each other first
-    out = generate(model, input_ids, mask, schedule=schedule, max_new_tokens=STEPS, pad_token_id=0,
-                   prefill_chunk=chunk)
+    out = generate(
+        model, input_ids, mask, schedule=schedule, max_new_tokens=STEPS, pad_token_id=0, prefill_chunk=chunk
+    )
     assert out.sequences.shape == hf.shape
     assert torch.equal(out.sequences, hf)
     assert out.finish_reasons == ["length"] * input_ids.shape[0]
@@ -60,7 +68,9 @@ def test_sequential_reference_equals_every_schedule_in_float32():
     input_ids, mask, _ = left_padded_batch([6, 3, 10], seed=5)
     reference = generate(model, input_ids, mask, schedule="sequential", max_new_tokens=10, pad_token_id=0)
     for schedule in ("threads", "two-device"):
-        out = generate(model, input_ids, mask, schedule=schedule, max_new_tokens=10, pad_token_id=0, prefill_chunk=4)
+        out = generate(
+            model, input_ids, mask, schedule=schedule, max_new_tokens=10, pad_token_id=0, prefill_chunk=4
+        )
         assert torch.equal(out.sequences, reference.sequences), schedule
 
 
@@ -71,10 +81,10 @@ def test_chunked_prefill_logits_equal_one_shot(model, schedule):
         full = model(input_ids, attention_mask=mask).logits[:, -1]  # teacher-forced, no cache
     logits = {}
     for chunk in (1, 3, 5, input_ids.shape[1]):
-        decoding = decoding_for(model, input_ids, mask, schedule=schedule, max_new_tokens=2, prefill_chunk=chunk)
-        steps = decoding.run()
+        call = call_for(model, input_ids, mask, schedule=schedule, max_new_tokens=2, prefill_chunk=chunk)
+        steps = run(call)
         next(steps)  # runs the prefill and samples the first token
-        logits[chunk] = decoding.prefill_logits.clone()
+        logits[chunk] = call.prefill_logits.clone()
         steps.close()
     one_shot = logits[input_ids.shape[1]]
     assert (one_shot - full).abs().max().item() <= 1e-10
@@ -86,10 +96,13 @@ def test_projection_model_all_schedules_agree():
     """A model with a learned projection (d_R → d_G, computed on the reasoner's side)."""
     model = tiny_flythinker(projection="linear", seed=4)
     input_ids, mask, _ = left_padded_batch([4, 8], seed=2)
-    hf = model.generate(input_ids, attention_mask=mask, max_new_tokens=8, do_sample=False, pad_token_id=0,
-                        eos_token_id=None)
+    hf = model.generate(
+        input_ids, attention_mask=mask, max_new_tokens=8, do_sample=False, pad_token_id=0, eos_token_id=None
+    )
     for schedule in ("sequential", "threads"):
-        out = generate(model, input_ids, mask, schedule=schedule, max_new_tokens=8, pad_token_id=0, prefill_chunk=3)
+        out = generate(
+            model, input_ids, mask, schedule=schedule, max_new_tokens=8, pad_token_id=0, prefill_chunk=3
+        )
         assert torch.equal(out.sequences, hf), schedule
 
 
@@ -118,7 +131,9 @@ def test_cuda_streams_equal_sequential(schedule):
     input_ids, mask, _ = left_padded_batch([5, 9, 2, 7], seed=11)
     input_ids, mask = input_ids.cuda(), mask.cuda()
     reference = generate(model, input_ids, mask, schedule="sequential", max_new_tokens=STEPS, pad_token_id=0)
-    out = generate(model, input_ids, mask, schedule=schedule, max_new_tokens=STEPS, pad_token_id=0, prefill_chunk=3)
+    out = generate(
+        model, input_ids, mask, schedule=schedule, max_new_tokens=STEPS, pad_token_id=0, prefill_chunk=3
+    )
     assert out.settings.schedule == "cuda-streams"
     assert torch.equal(out.sequences, reference.sequences)
 
@@ -131,8 +146,8 @@ def test_two_gpus_equal_sequential():
     input_ids, mask = input_ids.cuda(0), mask.cuda(0)
     reference = generate(model, input_ids, mask, schedule="sequential", max_new_tokens=STEPS, pad_token_id=0)
     model.reasoner.to("cuda:1")
-    if model.projection is not None:
-        model.projection.to("cuda:1")
+    if model.fusion.projection is not None:
+        model.fusion.projection.to("cuda:1")
     out = generate(model, input_ids, mask, schedule="concurrent", max_new_tokens=STEPS, pad_token_id=0)
     assert out.settings.schedule == "two-device"
     assert torch.equal(out.sequences, reference.sequences)
@@ -145,5 +160,7 @@ def test_compiled_step_equals_eager_on_cuda():
     input_ids, mask, _ = left_padded_batch([5, 9], seed=11)
     input_ids, mask = input_ids.cuda(), mask.cuda()
     reference = generate(model, input_ids, mask, schedule="sequential", max_new_tokens=8, pad_token_id=0)
-    out = generate(model, input_ids, mask, schedule="cuda-streams", max_new_tokens=8, pad_token_id=0, compile=True)
+    out = generate(
+        model, input_ids, mask, schedule="cuda-streams", max_new_tokens=8, pad_token_id=0, compile=True
+    )
     assert torch.equal(out.sequences, reference.sequences)

@@ -34,8 +34,16 @@ def test_eos_rows_stop_and_leave_the_batch(setup, schedule, check_every):
     model, input_ids, mask, free = setup
     eos = int(free[1, 4])  # row 1 emits it at step 5 (it may occur earlier in other rows)
     lengths = expected_lengths(free, eos)
-    out = generate(model, input_ids, mask, schedule=schedule, max_new_tokens=STEPS, pad_token_id=0,
-                   eos_token_id=eos, check_every=check_every)
+    out = generate(
+        model,
+        input_ids,
+        mask,
+        schedule=schedule,
+        max_new_tokens=STEPS,
+        pad_token_id=0,
+        eos_token_id=eos,
+        check_every=check_every,
+    )
     assert out.lengths == lengths
     n = max(lengths)
     assert out.new_tokens.shape == (4, n)
@@ -61,8 +69,17 @@ def test_stop_strings_truncate_rows_cleanly(setup):
         text = tokenizer.decode(row)
         found_at.append(text.find(stop))
     outputs = [
-        generate(model, input_ids, mask, schedule="sequential", max_new_tokens=STEPS, pad_token_id=0,
-                 tokenizer=tokenizer, stop_strings=[stop, "\u2603never"], check_every=k)
+        generate(
+            model,
+            input_ids,
+            mask,
+            schedule="sequential",
+            max_new_tokens=STEPS,
+            pad_token_id=0,
+            tokenizer=tokenizer,
+            stop_strings=[stop, "\u2603never"],
+            check_every=k,
+        )
         for k in (1, 5)
     ]
     for out in outputs:
@@ -83,25 +100,42 @@ def test_stop_strings_truncate_rows_cleanly(setup):
 
 def test_max_length_returns_every_row_at_the_limit(setup):
     model, input_ids, mask, free = setup
-    out = generate(model, input_ids, mask, schedule="sequential", max_new_tokens=3, pad_token_id=0,
-                   tokenizer=CharTokenizer())
+    out = generate(
+        model,
+        input_ids,
+        mask,
+        schedule="sequential",
+        max_new_tokens=3,
+        pad_token_id=0,
+        tokenizer=CharTokenizer(),
+    )
     assert out.sequences.shape == (4, input_ids.shape[1] + 3)
     assert out.finish_reasons == ["length"] * 4 and out.lengths == [3] * 4
     assert torch.equal(out.new_tokens, free[:, :3])
-    assert out.texts == [CharTokenizer().decode(row, skip_special_tokens=True) for row in free[:, :3].tolist()]
+    assert out.texts == [
+        CharTokenizer().decode(row, skip_special_tokens=True) for row in free[:, :3].tolist()
+    ]
     assert out.timings.time_to_first_token_s > 0 and len(out.timings.step_s) == 2
 
 
 def test_stream_yields_the_final_text(setup):
     model, input_ids, mask, free = setup
     tokenizer = CharTokenizer()
-    pieces_stream = stream(model, input_ids[1:2], mask[1:2], tokenizer=tokenizer, max_new_tokens=STEPS,
-                           schedule="threads", pad_token_id=0)
+    pieces_stream = stream(
+        model,
+        input_ids[1:2],
+        mask[1:2],
+        tokenizer=tokenizer,
+        max_new_tokens=STEPS,
+        schedule="threads",
+        pad_token_id=0,
+    )
     pieces = list(pieces_stream)
     assert len(pieces) == STEPS and all(isinstance(p, str) for p in pieces)
     assert "".join(pieces) == pieces_stream.output.texts[0] == tokenizer.decode(free[1].tolist())
-    batch_stream = stream(model, input_ids, mask, tokenizer=tokenizer, max_new_tokens=4, schedule="sequential",
-                          pad_token_id=0)
+    batch_stream = stream(
+        model, input_ids, mask, tokenizer=tokenizer, max_new_tokens=4, schedule="sequential", pad_token_id=0
+    )
     per_step = list(batch_stream)
     assert all(len(step) == 4 for step in per_step)
     joined = ["".join(step[r] for step in per_step) for r in range(4)]
@@ -111,8 +145,15 @@ def test_stream_yields_the_final_text(setup):
 def test_transformers_streamer_receives_prompt_then_each_token(setup):
     model, input_ids, mask, free = setup
     streamer = RecordingStreamer()
-    out = generate(model, input_ids[:1], mask[:1], schedule="sequential", max_new_tokens=6, pad_token_id=0,
-                   streamer=streamer)
+    out = generate(
+        model,
+        input_ids[:1],
+        mask[:1],
+        schedule="sequential",
+        max_new_tokens=6,
+        pad_token_id=0,
+        streamer=streamer,
+    )
     assert torch.equal(streamer.puts[0], input_ids[:1])
     assert torch.equal(torch.stack(streamer.puts[1:], dim=1), out.new_tokens)
     assert streamer.ended == 1
@@ -137,8 +178,17 @@ def test_worker_process_survives_an_error_with_a_step_in_flight(setup, monkeypat
     with pytest.raises(RuntimeError, match="injected"):
         generate(model, input_ids, mask, schedule="processes", max_new_tokens=STEPS, pad_token_id=0)
     monkeypatch.setattr(GeneratorSide, "step", original)
-    iterator = iter(stream(model, input_ids[:1], mask[:1], tokenizer=CharTokenizer(), max_new_tokens=STEPS,
-                           schedule="processes", pad_token_id=0))
+    iterator = iter(
+        stream(
+            model,
+            input_ids[:1],
+            mask[:1],
+            tokenizer=CharTokenizer(),
+            max_new_tokens=STEPS,
+            schedule="processes",
+            pad_token_id=0,
+        )
+    )
     next(iterator), next(iterator)
     iterator.close()
     out = generate(model, input_ids, mask, schedule="processes", max_new_tokens=STEPS, pad_token_id=0)

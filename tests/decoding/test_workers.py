@@ -1,0 +1,90 @@
+"""The default schedule from a plain script (no ``__main__`` guard) and from ``python -c``; a worker
+killed mid-generation gives a clear error, is reaped, and its parent exits on time."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+SCRIPT = """
+import os, signal, torch
+import flythinker
+from flythinker.decoding import WorkerDied, stream, worker_pids
+from tests.decoding._helpers import CharTokenizer
+from tests.tiny_models import left_padded_batch, tiny_flythinker
+
+model = tiny_flythinker(dtype=torch.float32, seed=3)
+ids, mask, _ = left_padded_batch([5, 9], seed=3)
+reference = flythinker.generate(model, ids, mask, schedule="sequential", max_new_tokens=8, pad_token_id=0)
+out = flythinker.generate(model, ids, mask, max_new_tokens=8, pad_token_id=0)  # the default schedule
+assert out.settings.schedule == "processes", out.settings.schedule
+assert torch.equal(out.sequences, reference.sequences)
+print("default schedule: same tokens", flush=True)
+if KILL:
+    pieces = iter(stream(model, ids[:1], mask[:1], tokenizer=CharTokenizer(), max_new_tokens=40,
+                         schedule="processes", pad_token_id=0))
+    next(pieces)
+    (pid,) = worker_pids()
+    os.kill(pid, signal.SIGKILL)
+    try:
+        for _ in pieces:
+            pass
+        raise SystemExit("no error after the worker was killed")
+    except WorkerDied as error:
+        print("error:", error, flush=True)
+    assert worker_pids() == [] and not os.path.exists(f"/proc/{pid}"), "the dead worker was not reaped"
+    again = flythinker.generate(model, ids, mask, max_new_tokens=8, pad_token_id=0)  # starts a new worker
+    assert again.settings.schedule == "processes" and torch.equal(again.sequences, reference.sequences)
+    print("after the kill: new worker, same tokens", flush=True)
+"""
+
+
+def run_python(args: list[str]) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+@pytest.mark.slow
+def test_plain_script_default_schedule_and_a_killed_worker(tmp_path):
+    script = tmp_path / "plain_script.py"  # no `if __name__ == "__main__":` guard
+    script.write_text("KILL = True\n" + SCRIPT)
+    result = run_python([str(script)])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "default schedule: same tokens" in result.stdout
+    assert "died (killed by signal 9, SIGKILL)" in result.stdout
+    assert "schedule='threads'" in result.stdout  # says what to do
+    assert "after the kill: new worker, same tokens" in result.stdout
+
+
+@pytest.mark.slow
+def test_python_dash_c_default_schedule():
+    result = run_python(["-c", "KILL = False\n" + SCRIPT])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "default schedule: same tokens" in result.stdout
+
+
+def test_a_worker_that_cannot_start_says_why_and_concurrent_falls_back(monkeypatch):
+    import torch
+
+    from flythinker.decoding import WorkerStartError, generate, workers
+    from tests.tiny_models import left_padded_batch, tiny_flythinker
+
+    monkeypatch.setattr(workers.sys, "executable", "/nonexistent/python")
+    monkeypatch.setattr(workers, "_WORKERS", {})
+    model = tiny_flythinker(seed=3)
+    ids, mask, _ = left_padded_batch([4, 6], seed=3)
+    with pytest.raises(WorkerStartError, match=r"could not start .*/nonexistent/python.*schedule='threads'"):
+        generate(model, ids, mask, max_new_tokens=4, pad_token_id=0, schedule="processes")
+    with pytest.warns(UserWarning, match="schedule='threads' instead"):
+        out = generate(model, ids, mask, max_new_tokens=4, pad_token_id=0)
+    assert out.settings.schedule == "threads"
+    reference = generate(model, ids, mask, max_new_tokens=4, pad_token_id=0, schedule="sequential")
+    assert torch.equal(out.sequences, reference.sequences)
