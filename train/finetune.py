@@ -360,8 +360,8 @@ def guarded_trainer_class():
             bad = non_finite_parameter(self.model)
             if bad is not None:
                 raise TrainingDivergedError(
-                    f"refusing to save non-finite weights ({bad} holds NaN/inf) at step {self.state.global_step}; "
-                    f"{_last_good(self.checkpoints)}"
+                    f"training diverged at optimizer step {self.state.global_step}: weight {bad} holds NaN/inf "
+                    f"(learning rate {self.args.learning_rate:g}); it was not saved; {_last_good(self.checkpoints)}"
                 )
             return super().save_model(output_dir, _internal_call)
 
@@ -577,6 +577,35 @@ def _resolve_resume(config: FinetuneConfig) -> str | None:
     return str(last)
 
 
+def _checkpoint_is_final(checkpoint: Path, args) -> bool:
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    target = args.max_steps if args.max_steps > 0 else state.get("max_steps", 0)
+    return bool(target) and state.get("global_step", 0) >= target
+
+
+def _load_final_checkpoint(model, checkpoint: Path, trainer) -> dict[str, Any]:
+    """Load a checkpoint's weights (all shards) and Trainer state instead of training; returns its metrics."""
+    from safetensors.torch import load_file
+    from transformers import TrainerState
+
+    index = checkpoint / "model.safetensors.index.json"
+    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists() else ["model.safetensors"]
+    state_dict: dict[str, torch.Tensor] = {}
+    for name in files:
+        state_dict.update(load_file(str(checkpoint / name)))
+    missing, unexpected = model.load_state_dict(state_dict, strict=False)
+    tied = set(getattr(model, "all_tied_weights_keys", {}) or {})
+    missing = [k for k in missing if k not in tied]
+    if missing or unexpected:
+        raise ValueError(f"{checkpoint}: weights do not match the model (missing {missing[:5]}, unexpected "
+                         f"{unexpected[:5]}); resume from another checkpoint")
+    model.tie_weights()
+    trainer.state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
+    logger.info("%s is the final step: loaded it instead of training", checkpoint)
+    final = [entry for entry in trainer.state.log_history if "train_loss" in entry]
+    return dict(final[-1]) if final else {}
+
+
 def check_model_options(config: FinetuneConfig) -> None:
     """Build the FlyThinkerConfig of this run from the two base configs (cheap), so its own validation
     (λ, projection, widths) fails before anything is loaded or written."""
@@ -624,6 +653,8 @@ def run_finetune(config: FinetuneConfig, callbacks: list[TrainerCallback] | None
             _clear_run_directory(config)
         out.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(staging_dir(config), ignore_errors=True)  # a save killed half-way
+        for stale in [*out.glob(".model.partial-*"), *out.glob(".model.old-*")]:
+            shutil.rmtree(stale, ignore_errors=True)
         if options is not None:
             atomic_write_text(out / "options.json", json.dumps(options, indent=2, default=str))
         atomic_write_text(out / "finetune_config.json", json.dumps(asdict(config), indent=2))
@@ -643,8 +674,16 @@ def run_finetune(config: FinetuneConfig, callbacks: list[TrainerCallback] | None
         callbacks=[MeanNormAndThroughputCallback(counter), DivergenceGuard(checkpoints_dir(config)),
                    AtomicCheckpoints(checkpoints_dir(config), config.save_total_limit), *(callbacks or [])],
     )
-    result = trainer.train(resume_from_checkpoint=resume)
-    metrics = dict(result.metrics)
+    try:
+        if resume is not None and _checkpoint_is_final(Path(resume), args):
+            # killed after the last checkpoint (e.g. while writing model/): nothing is left to train, and
+            # Trainer.train would run one step past max_steps
+            metrics = _load_final_checkpoint(model, Path(resume), trainer)
+        else:
+            metrics = dict(trainer.train(resume_from_checkpoint=resume).metrics)
+    finally:
+        if is_main:
+            shutil.rmtree(staging_dir(config), ignore_errors=True)
     metrics["global_step"] = trainer.state.global_step
     metrics["world_size"] = trainer.args.world_size
     metrics["real_tokens"] = counter.real_tokens

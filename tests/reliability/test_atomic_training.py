@@ -1,0 +1,150 @@
+"""Checkpoints and model/ appear only when complete; a killed `flythinker train` resumes exactly (issue 16)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from flythinker.train.finetune import (
+    COMPLETE_MARKER,
+    FinetuneConfig,
+    last_complete_checkpoint,
+    run_finetune,
+)
+from tests.reliability.conftest import kill_when, run_cli, start_cli
+
+
+def _argv(workspace, run_dir, *extra):
+    root = workspace["root"]
+    return [
+        "train",
+        "--train-file",
+        workspace["train"],
+        "--output-dir",
+        str(run_dir),
+        "--generator",
+        str(root / "generator"),
+        "--reasoner",
+        str(root / "reasoner"),
+        "--max-length",
+        "256",
+        "--max-target-tokens",
+        "32",
+        "--max-steps",
+        "6",
+        "--global-batch-size",
+        "2",
+        "--per-device-batch-size",
+        "1",
+        "--learning-rate",
+        "1e-3",
+        "--warmup-ratio",
+        "0",
+        "--save-steps",
+        "1",
+        "--save-total-limit",
+        "2",
+        "--seed",
+        "3",
+        *extra,
+    ]
+
+
+def _staged(run_dir):
+    staging = run_dir / "checkpoints" / ".in-progress"
+    return staging.is_dir() and any(staging.iterdir())
+
+
+def _has(run_dir, name):
+    return lambda: (run_dir / "checkpoints" / name).is_dir()
+
+
+def _final_save_started(run_dir):
+    return lambda: any(run_dir.glob(".model.partial-*"))
+
+
+@pytest.mark.slow
+def test_kill_9_at_several_points_then_resume_last_equals_an_uninterrupted_run(workspace, tmp_path):
+    straight = tmp_path / "straight"
+    assert run_cli(_argv(workspace, straight)) == 0
+    expected = load_file(str(straight / "model" / "model.safetensors"))
+
+    run = tmp_path / "killed"
+    triggers = [
+        lambda: _staged(run),
+        _has(run, "checkpoint-2"),
+        lambda: _staged(run),
+        _final_save_started(run),
+    ]
+    kills = 0
+    for number, trigger in enumerate(triggers):
+        extra = ("--resume-from-checkpoint", "last") if number else ()
+        kills += kill_when(start_cli(_argv(workspace, run, *extra)), trigger)
+        for checkpoint in (run / "checkpoints").glob("checkpoint-*"):  # whatever is visible is complete
+            assert (checkpoint / COMPLETE_MARKER).is_file() and (checkpoint / "trainer_state.json").is_file()
+        assert not (run / "model").exists() or (run / "train_metrics.json").exists()
+    assert kills >= 3
+    assert run_cli(_argv(workspace, run, "--resume-from-checkpoint", "last")) == 0
+    resumed = load_file(str(run / "model" / "model.safetensors"))
+    assert resumed.keys() == expected.keys()
+    assert max((resumed[k] - expected[k]).abs().max().item() for k in expected) <= 1e-6
+    metrics = json.loads((run / "train_metrics.json").read_text())
+    assert metrics["global_step"] == 6
+    assert len(list((run / "checkpoints").glob("checkpoint-*"))) == 2  # rotation kept the newest two
+    assert not (run / "checkpoints" / ".in-progress").exists() and not list(run.glob(".model.partial-*"))
+
+
+def test_last_skips_an_incomplete_checkpoint(tmp_path):
+    checkpoints = tmp_path / "checkpoints"
+    for step, complete in ((2, True), (4, True), (6, False)):
+        folder = checkpoints / f"checkpoint-{step}"
+        folder.mkdir(parents=True)
+        (folder / "model.safetensors").write_bytes(b"\0" * 8)
+        if complete:
+            (folder / COMPLETE_MARKER).write_text("{}")
+    (checkpoints / "checkpoint-6" / "trainer_state.json").write_text('{"global_st')  # torn by a kill
+    assert last_complete_checkpoint(checkpoints) == checkpoints / "checkpoint-4"
+
+
+def test_an_incomplete_checkpoint_is_refused_by_name(workspace, tmp_path):
+    broken = tmp_path / "run" / "checkpoints" / "checkpoint-3"
+    broken.mkdir(parents=True)
+    config = FinetuneConfig(
+        train_file=workspace["train"],
+        output_dir=str(tmp_path / "run"),
+        generator=str(workspace["root"] / "generator"),
+        resume_from_checkpoint=str(broken),
+    )
+    with pytest.raises(ValueError, match="incomplete"):
+        run_finetune(config)
+
+
+def test_final_model_is_published_by_rename(workspace, tmp_path, monkeypatch):
+    """A failure while writing model/ leaves no model/ (and so no 'finished' run)."""
+    from flythinker.modeling import FlyThinkerForCausalLM
+
+    def broken_save(self, *args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(FlyThinkerForCausalLM, "save_pretrained", broken_save)
+    root = workspace["root"]
+    config = FinetuneConfig(
+        train_file=workspace["train"],
+        output_dir=str(tmp_path / "run"),
+        generator=str(root / "generator"),
+        reasoner=str(root / "reasoner"),
+        max_length=256,
+        max_target_tokens=32,
+        max_steps=1,
+        global_batch_size=1,
+        save_steps=10,
+    )
+    with pytest.raises(OSError, match="disk full"):
+        run_finetune(config)
+    assert (
+        not (tmp_path / "run" / "model").exists() and not (tmp_path / "run" / "train_metrics.json").exists()
+    )
+    assert torch.isfinite(torch.ones(1)).all()
