@@ -10,7 +10,7 @@ Schedule (DESIGN §1)::
 side CUDA stream, a second device, a worker thread or a worker process. The tokens never depend on it.
 No host synchronisation per token: EOS flags live on the device; the host reads them, checks stop
 strings and drops finished rows every ``check_every`` steps (every step while streaming).
-``generate`` and ``stream`` drain the same iterator, :func:`decode`.
+``generate`` and ``stream`` drain the same iterator, :func:`run`.
 """
 
 from __future__ import annotations
@@ -27,25 +27,21 @@ from .runners import ReasonerRunner, make_runner
 from .sampling import TokenSelector
 from .settings import DecodeOptions, DecodingSettings, check_inputs, resolve_settings
 from .state import DecodeState, GenerationOutput, Timings, Transcript
-from .steps import GeneratorSide, ReasonerSide, new_static_cache, prefill_gate
+from .steps import GeneratorSide, ReasonerSide, prefill_gate
 
 
 @torch.no_grad()
 def prefill(generator: GeneratorSide, runner: ReasonerRunner, ids, positions, mask, cache, chunk: int):
     """Pipelined chunked prefill; returns (G's logits at the last prompt position, h of that position)."""
-    bounds = [(s, min(s + chunk, ids.shape[1])) for s in range(0, ids.shape[1], chunk)]
-    runner.start(ids[:, : bounds[0][1]], positions[:, : bounds[0][1]])
+    chunks = [slice(start, start + chunk) for start in range(0, ids.shape[1], chunk)]
+    runner.start(ids[:, chunks[0]], positions[:, chunks[0]])
     previous = last = None
-    for k, (start, end) in enumerate(bounds):
+    for k, part in enumerate(chunks):
         hidden = runner.finish()  # R's states for chunk k
-        if k + 1 < len(bounds):  # R on chunk k+1 while G runs chunk k
-            runner.start(
-                ids[:, bounds[k + 1][0] : bounds[k + 1][1]], positions[:, bounds[k + 1][0] : bounds[k + 1][1]]
-            )
-        gate = prefill_gate(mask, positions[:, start:end], start)
-        last = generator.forward_chunk(
-            ids[:, start:end], hidden, gate, previous, mask, positions[:, start:end], cache
-        )
+        if k + 1 < len(chunks):  # R on chunk k+1 while G runs chunk k
+            runner.start(ids[:, chunks[k + 1]], positions[:, chunks[k + 1]])
+        gate = prefill_gate(mask, positions[:, part], part.start)
+        last = generator.forward_chunk(ids[:, part], hidden, gate, previous, mask, positions[:, part], cache)
         previous = hidden[:, -1]
     return generator.logits(last), previous
 
@@ -114,49 +110,34 @@ def decode_n_tokens(call: Call, state: DecodeState, logits: torch.Tensor) -> Ite
 def run(call: Call) -> Iterator[int]:
     """One call: prefill, then ``decode_n_tokens``; yields each step, sets ``call.output`` at the end."""
     s, timings, (batch, prompt_length) = call.settings, call.timings, call.input_ids.shape
-    device = call.input_ids.device
     begin = time.perf_counter()
-    mask = torch.cat([call.prompt_mask, call.prompt_mask.new_ones(batch, s.max_new_tokens)], dim=1)
-    positions = (call.prompt_mask.cumsum(-1) - 1).clamp_min(0)
-    seen = None
-    if s.sampling.repetition_penalty != 1.0:
-        vocab = call.generator.model.config.get_text_config().vocab_size
-        seen = (
-            torch.zeros(batch, vocab, device=device).scatter_add_(
-                1, call.input_ids, call.prompt_mask.to(torch.float32)
-            )
-            > 0
-        )
-    cache = new_static_cache(call.generator.model.config.generator_config, prompt_length + s.max_new_tokens)
+    vocab = (
+        call.generator.model.config.get_text_config().vocab_size
+        if s.sampling.repetition_penalty != 1.0
+        else 0
+    )
+    config = call.generator.model.config.generator_config
+    state, positions = DecodeState.for_prompts(
+        call.input_ids, call.prompt_mask, s.max_new_tokens, config, vocab
+    )
     if call.streamer is not None:
         call.streamer.put(call.input_ids.cpu())
     try:
-        call.runner.setup(call.reasoner, mask, prompt_length + s.max_new_tokens, s.prefill_chunk)
-        logits, hidden = prefill(
-            call.generator, call.runner, call.input_ids, positions, mask, cache, s.prefill_chunk
+        call.runner.setup(call.reasoner, state.mask, prompt_length + s.max_new_tokens, s.prefill_chunk)
+        logits, state.hidden = prefill(
+            call.generator, call.runner, call.input_ids, positions, state.mask, state.cache, s.prefill_chunk
         )
         call.prefill_logits = logits
         timings.generator_rows += batch
         timings.reasoner_rows += batch
-        state = DecodeState(
-            rows=torch.arange(batch, device=device),
-            token=torch.zeros(batch, dtype=torch.long, device=device),
-            position=positions[:, -1:],
-            hidden=hidden,
-            mask=mask,
-            done=torch.zeros(batch, dtype=torch.bool, device=device),
-            length=torch.full((batch,), s.max_new_tokens, device=device),
-            seen=seen,
-            cache=cache,
-        )
         steps = decode_n_tokens(call, state, logits)
         next(steps)  # the first token
-        _synchronize(device)
+        _synchronize(call.input_ids.device)
         first = time.perf_counter()
         timings.time_to_first_token_s = first - begin
         yield 0
         yield from steps
-        _synchronize(device)
+        _synchronize(call.input_ids.device)
         end = time.perf_counter()
     finally:
         call.runner.end()

@@ -14,7 +14,7 @@ import torch
 from transformers import StaticCache
 
 from .settings import DecodingSettings
-from .steps import select_cache_rows
+from .steps import new_static_cache, select_cache_rows
 from .stopping import find_stop
 
 
@@ -25,12 +25,36 @@ class DecodeState:
     rows: torch.Tensor  # [b] original batch index of each active row
     token: torch.Tensor  # [b] the newest token x_t (fed at the next step)
     position: torch.Tensor  # [b, 1] position of the last token fed
-    hidden: torch.Tensor  # [b, d] the reasoner's state at that token (h_{t-1})
+    hidden: torch.Tensor | None  # [b, d] the reasoner's state at that token (h_{t-1}); set by the prefill
     mask: torch.Tensor  # [b, T0 + N] prompt mask, then ones
     done: torch.Tensor  # [b] bool: finished (EOS, or a stop string seen by the host)
     length: torch.Tensor  # [b] tokens kept (N until the row finishes)
     seen: torch.Tensor | None  # [b, V] bool: tokens seen so far (repetition penalty), else None
     cache: StaticCache  # the generator's KV cache
+
+    @classmethod
+    def for_prompts(cls, input_ids, prompt_mask, max_new_tokens: int, generator_config, vocab: int = 0):
+        """The state before the prefill (``hidden`` is set by it) and the prompt positions [B, T0].
+
+        ``vocab`` > 0 keeps the seen-token mask of the repetition penalty (prompt tokens counted)."""
+        batch, device = input_ids.shape[0], input_ids.device
+        positions = (prompt_mask.cumsum(-1) - 1).clamp_min(0)
+        seen = None
+        if vocab:
+            counts = torch.zeros(batch, vocab, device=device).scatter_add_(1, input_ids, prompt_mask.float())
+            seen = counts > 0  # real prompt tokens only (pads add 0)
+        state = cls(
+            rows=torch.arange(batch, device=device),
+            token=torch.zeros(batch, dtype=torch.long, device=device),
+            position=positions[:, -1:],
+            hidden=None,
+            mask=torch.cat([prompt_mask, prompt_mask.new_ones(batch, max_new_tokens)], dim=1),
+            done=torch.zeros(batch, dtype=torch.bool, device=device),
+            length=torch.full((batch,), max_new_tokens, dtype=torch.long, device=device),
+            seen=seen,
+            cache=new_static_cache(generator_config, input_ids.shape[1] + max_new_tokens),
+        )
+        return state, positions
 
     def select(self, keep: torch.Tensor) -> None:
         """Keep active rows ``keep`` (local indices) of every per-row tensor and of the generator's cache."""

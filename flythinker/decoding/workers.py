@@ -200,8 +200,13 @@ atexit.register(shutdown_workers)
 
 
 def _side_key(side: ReasonerSide) -> tuple:
-    """Identity of the weights a worker holds: a new model, dtype or device means a resend."""
-    return tuple((p.data_ptr(), p.dtype, tuple(p.shape)) for p in side.parameters())
+    """Identity of the weights and buffers a worker holds (shared: in-place updates reach it); a new
+    model, dtype or device means a resend."""
+    return tuple((t.data_ptr(), t.dtype, tuple(t.shape)) for t in _tensors(side))
+
+
+def _tensors(side: ReasonerSide) -> list[torch.Tensor]:
+    return [*side.parameters(), *(b for b in side.buffers() if b is not None)]
 
 
 class ProcessRunner:
@@ -234,8 +239,8 @@ class ProcessRunner:
         held = worker.side_ref is not None and worker.side_ref() is side.reasoner and worker.side_key == key
         send_side = None if held else side
         if send_side is not None:
-            for parameter in side.parameters():  # in place: the caller's model now lives in shared memory
-                parameter.data.share_memory_()
+            for tensor in _tensors(side):  # in place: the caller's model now lives in shared memory
+                tensor.data.share_memory_()
             worker.side_key, worker.side_ref = None, None  # until the worker confirms
         worker.request(Op.SETUP, batch, max_len, payload=(send_side, send_buffers))
         if send_side is not None:
