@@ -16,17 +16,22 @@ labels, like ``reduction="mean"`` — except that **with zero non-ignored labels
 where ``F.cross_entropy(reduction="mean")`` would return NaN. Leading dims are allowed: ``hidden``
 [..., d] with ``labels`` [...] is flattened to [N, d] / [N].
 
-Implementations (all with this signature):
+Layers (one way: the Triton module knows nothing of this one):
 
 * :func:`linear_cross_entropy_reference` — eager: materialises the full [N, V] logits (and their fp32
-  copy). The ground truth for tests and the "eager" baseline of the benchmarks.
-* :func:`chunked_linear_cross_entropy` — pure PyTorch, chunked: ``ChunkedLinearCrossEntropyFunction``.
-* :class:`~flythinker.kernels.triton_linear_cross_entropy.FusedLinearCrossEntropyFunction` — the
-  same chunk loop with the per-chunk softmax/CE/gradient step as one Triton kernel.
-* :func:`fused_linear_cross_entropy` — dispatch: Triton on CUDA (or forced), the reference elsewhere.
+  copy). The ground truth for tests and the "eager" baseline of the benchmarks; never dispatched to.
+* a **per-chunk step** ``step(z, y, loss_out, inv_D, ignore_index, compute_grad)``:
+  :func:`ce_chunk_step_torch` here, or ``ce_chunk_step_triton`` in ``triton_linear_cross_entropy.py``.
+* :class:`ChunkedLinearCrossEntropyFunction` — the one autograd Function: the chunk loop below with
+  the step it is given.
+* :func:`fused_linear_cross_entropy` — the one dispatch decision (``use_triton``: Triton step on CUDA
+  or when forced, the PyTorch step elsewhere) and the function the model calls;
+  :func:`chunked_linear_cross_entropy` is the same loop with the PyTorch step on any device.
 
-The chunked paths compute every gradient **in the forward pass**, chunk by chunk (Liger-Kernel's
-scheme): for a chunk of C tokens, ``z = H_c W.T + b`` ([C, V], input dtype) is overwritten in place by
+Rows whose label is ``ignore_index`` (the prompt, padding) are dropped **before any matmul**: their
+loss and gradient are exactly 0, so the loop runs over the labelled rows only (one host sync to count
+them) and scatters their ``dH`` back. The loop computes every gradient **in the forward pass**, chunk
+by chunk (Liger-Kernel's scheme): for a chunk of C tokens, ``z = H_c W.T + b`` ([C, V], input dtype) is overwritten in place by
 ``dz = (softmax(z) - onehot(y)) / D`` (zero rows for ignored labels), then ``dH_c = dz W``,
 ``dW += dz.T H_c``, ``db += sum_rows dz``. ``dW`` / ``db`` accumulate in fp32 for half-precision
 weights (fp64 for fp64) and are cast to the weight dtype at the end. Backward only multiplies the
@@ -35,8 +40,13 @@ the gradients themselves, never [N, V]; the price is that gradients are computed
 never called; the chunked functions skip all gradient work under ``torch.no_grad()`` and for inputs
 that do not require grad.
 
-The default chunk size (Liger's rule) makes a logits chunk about as large as ``hidden``:
-``C = next_power_of_2(ceil(N / ceil(V / d)))``.
+Chunk size (:func:`default_chunk_size`), sized to the device: on CUDA Liger's rule, a logits chunk
+about as large as ``hidden`` (``C = next_power_of_2(ceil(N / ceil(V / d)))``); on CPU, where every
+chunk re-reads the whole [V, d] weight three times from memory, as many rows as fit in a 256 MiB
+fp32 logits chunk (at most N). Either way one chunk never exceeds the eager loss's own [N, V]
+logits, so peak memory stays at or below eager's. Dtypes: matmuls in the input (or autocast)
+dtype, softmax statistics in fp32 (fp64 for fp64), ``dW``/``db`` accumulated in fp32 for
+half-precision weights.
 """
 
 from __future__ import annotations
@@ -48,12 +58,14 @@ import torch
 import torch.nn.functional as F
 
 from .dispatch import use_triton
+from .numerics import stat_dtype
 
 __all__ = [
     "fused_linear_cross_entropy",
     "linear_cross_entropy_reference",
     "chunked_linear_cross_entropy",
     "ChunkedLinearCrossEntropyFunction",
+    "ce_chunk_step_torch",
     "default_chunk_size",
 ]
 
@@ -63,14 +75,17 @@ def _empty(*size: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor
     return torch.empty(*size, dtype=dtype, device=device)
 
 
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
+_acc_dtype = stat_dtype
+CPU_CHUNK_BYTES = 256 * 2**20  # one fp32 logits chunk on CPU
 
 
-def default_chunk_size(num_tokens: int, vocab: int, width: int) -> int:
-    """Liger's rule: a [C, V] chunk of logits about the size of the [N, d] hidden states."""
+def default_chunk_size(num_tokens: int, vocab: int, width: int, device_type: str = "cuda") -> int:
+    """Rows per logits chunk: Liger's rule on CUDA ([C, V] ≈ the [N, d] hidden states), a 256 MiB
+    fp32 budget on CPU (memory bandwidth, not capacity, is what a CPU chunk costs). Never above N."""
     if num_tokens <= 0:
         return 1
+    if device_type == "cpu":
+        return max(1, min(num_tokens, CPU_CHUNK_BYTES // (4 * max(vocab, 1))))
     factor = max(1, math.ceil(vocab / max(width, 1)))
     chunk = math.ceil(num_tokens / factor)
     return min(1 << (chunk - 1).bit_length(), max(num_tokens, 1))
@@ -127,18 +142,23 @@ def ce_chunk_step_torch(
     ignore_index: int,
     compute_grad: bool,
 ) -> None:
-    """PyTorch per-chunk step: ``loss_out[n] = l_n``; if ``compute_grad``, ``logits`` <- ``dz`` in place."""
+    """PyTorch per-chunk step: ``loss_out[n] = l_n``; if ``compute_grad``, ``logits`` <- ``dz`` in place.
+
+    In the statistics dtype; when that is the logits' own dtype (fp32/fp64) every [C, V] operation
+    is in place (no temporaries beyond the row statistics).
+    """
     acc = loss_out.dtype
-    z = logits.to(acc)
+    z = logits if logits.dtype == acc else logits.to(acc)
     valid = labels != ignore_index
     safe = torch.where(valid, labels, torch.zeros_like(labels))[:, None]
     lse = torch.logsumexp(z, dim=-1)
     loss_out.copy_(torch.where(valid, lse - z.gather(1, safe)[:, 0], torch.zeros_like(lse)))
     if compute_grad:
-        grad = torch.exp(z - lse[:, None])
+        grad = z.sub_(lse[:, None]).exp_() if z is logits else torch.exp(z.sub_(lse[:, None]))
         grad.scatter_add_(1, safe, torch.full_like(safe, -1, dtype=acc))
         grad.mul_((valid.to(acc) * inv_denominator)[:, None])
-        logits.copy_(grad)
+        if grad is not logits:
+            logits.copy_(grad)
 
 
 def chunked_loss_and_grads(
@@ -170,15 +190,34 @@ def chunked_loss_and_grads(
 
 
 def _chunk_loop(hidden, weight, labels, bias, ignore_index, num_items_in_batch, chunk_size, step, need_grads, cdt):
+    device = hidden.device
+    acc = _acc_dtype(cdt)
+    labels = labels.to(device)
+    inv_d = (1.0 / _denominator(labels, ignore_index, num_items_in_batch, acc, device)).reshape(1)
+    rows = (labels != ignore_index).nonzero().squeeze(1)  # the one host sync: how many rows have labels
+    if rows.numel() == labels.numel():
+        loss, grad_h, grad_w, grad_b = _labelled_loop(
+            hidden, weight, labels, bias, ignore_index, inv_d, chunk_size, step, need_grads, cdt, acc
+        )
+        return loss, grad_h, grad_w, grad_b
+    loss, grad_rows, grad_w, grad_b = _labelled_loop(
+        hidden.index_select(0, rows), weight, labels.index_select(0, rows), bias, ignore_index, inv_d,
+        chunk_size, step, need_grads, cdt, acc,
+    )  # fmt: skip
+    grad_h = None
+    if grad_rows is not None:
+        grad_h = torch.zeros_like(hidden).index_copy_(0, rows, grad_rows)
+    return loss, grad_h, grad_w, grad_b
+
+
+def _labelled_loop(hidden, weight, labels, bias, ignore_index, inv_d, chunk_size, step, need_grads, cdt, acc):
+    """The chunk loop over rows that (mostly) carry labels; returns loss and gradients for upstream 1."""
     n_tokens, width = hidden.shape
     vocab = weight.shape[0]
     device = hidden.device
-    acc = _acc_dtype(cdt)
     need_h, need_w, need_b = need_grads
     compute_grad = need_h or need_w or need_b
-    labels = labels.to(device)
-    inv_d = (1.0 / _denominator(labels, ignore_index, num_items_in_batch, acc, device)).reshape(1)
-    chunk = chunk_size or default_chunk_size(n_tokens, vocab, width)
+    chunk = chunk_size or default_chunk_size(n_tokens, vocab, width, device.type)
     if chunk < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk}")
     w = weight.to(cdt)
@@ -221,37 +260,35 @@ def _scale_grads(grad_output: torch.Tensor, *grads):
     return tuple(None if g is None else g * grad_output.to(g.dtype) for g in grads)
 
 
-def chunked_forward(ctx, step: CeStep, hidden, weight, labels, bias, ignore_index, num_items_in_batch, chunk_size):
-    """Body of the chunked ``autograd.Function.forward``s: run the loop, save the gradients."""
-    need = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], bias is not None and ctx.needs_input_grad[3])
-    loss, grad_h, grad_w, grad_b = chunked_loss_and_grads(
-        hidden, weight, labels, bias, ignore_index, num_items_in_batch, chunk_size, step, need
-    )
-    ctx.save_for_backward(grad_h, grad_w, grad_b)
-    return loss
-
-
-def chunked_backward(ctx, grad_output):
-    """Body of the chunked ``autograd.Function.backward``s: scale the stored gradients."""
-    grad_h, grad_w, grad_b = _scale_grads(grad_output, *ctx.saved_tensors)
-    return grad_h, grad_w, None, grad_b, None, None, None
-
-
 class ChunkedLinearCrossEntropyFunction(torch.autograd.Function):
-    """``apply(hidden [N, d], weight [V, d], labels [N], bias | None, ignore_index, num_items, chunk_size)``.
-
-    Pure-PyTorch chunked loss; gradients computed in forward (module docstring).
-    """
+    """``apply(hidden [N, d], weight [V, d], labels [N], bias | None, ignore_index, num_items, chunk_size,
+    step)``: the chunk loop with the given per-chunk ``step``; gradients computed in forward (module
+    docstring) and scaled by the upstream gradient in backward."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, labels, bias, ignore_index, num_items_in_batch, chunk_size):
-        return chunked_forward(
-            ctx, ce_chunk_step_torch, hidden, weight, labels, bias, ignore_index, num_items_in_batch, chunk_size
+    def forward(ctx, hidden, weight, labels, bias, ignore_index, num_items_in_batch, chunk_size, step):
+        need = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], bias is not None and ctx.needs_input_grad[3])
+        loss, grad_h, grad_w, grad_b = chunked_loss_and_grads(
+            hidden, weight, labels, bias, ignore_index, num_items_in_batch, chunk_size, step, need
         )
+        ctx.save_for_backward(grad_h, grad_w, grad_b)
+        return loss
 
     @staticmethod
     def backward(ctx, grad_output):
-        return chunked_backward(ctx, grad_output)
+        grad_h, grad_w, grad_b = _scale_grads(grad_output, *ctx.saved_tensors)
+        return grad_h, grad_w, None, grad_b, None, None, None, None
+
+
+def _run_chunked(step: CeStep, hidden, weight, labels, bias, ignore_index, num_items_in_batch, chunk_size):
+    hidden2, labels2 = _flatten(hidden, weight, labels, bias)
+    if not torch.is_grad_enabled():  # evaluation: loss only, no gradient work
+        return chunked_loss_and_grads(
+            hidden2, weight, labels2, bias, ignore_index, num_items_in_batch, chunk_size, step, (False, False, False)
+        )[0]
+    return ChunkedLinearCrossEntropyFunction.apply(
+        hidden2, weight, labels2, bias, ignore_index, num_items_in_batch, chunk_size, step
+    )
 
 
 def chunked_linear_cross_entropy(
@@ -264,15 +301,9 @@ def chunked_linear_cross_entropy(
     num_items_in_batch: torch.Tensor | int | None = None,
     chunk_size: int | None = None,
 ) -> torch.Tensor:
-    """Chunked pure-PyTorch loss (never [N, V] logits); same contract as the reference. Any device."""
-    hidden2, labels2 = _flatten(hidden, weight, labels, bias)
-    if not torch.is_grad_enabled():  # evaluation: loss only, no gradient work
-        return chunked_loss_and_grads(
-            hidden2, weight, labels2, bias, ignore_index, num_items_in_batch, chunk_size,
-            ce_chunk_step_torch, (False, False, False),
-        )[0]  # fmt: skip
-    return ChunkedLinearCrossEntropyFunction.apply(
-        hidden2, weight, labels2, bias, ignore_index, num_items_in_batch, chunk_size
+    """The chunked loss with the PyTorch step on any device (never [N, V] logits); reference contract."""
+    return _run_chunked(
+        ce_chunk_step_torch, hidden, weight, labels, bias, ignore_index, num_items_in_batch, chunk_size
     )
 
 
@@ -286,7 +317,8 @@ def fused_linear_cross_entropy(
     num_items_in_batch: torch.Tensor | int | None = None,
     chunk_size: int | None = None,
 ) -> torch.Tensor:
-    """Dispatching loss: Triton chunked kernel on CUDA (or when forced), the eager reference elsewhere.
+    """The loss the model calls: the chunked loop with the Triton step on CUDA (or when forced), the
+    PyTorch step elsewhere — the one backend decision for this op.
 
     Args:
         hidden: [N, d] (or [..., d]) final hidden states of the generator, the ``lm_head`` input.
@@ -297,20 +329,13 @@ def fused_linear_cross_entropy(
         ignore_index: label value that contributes neither loss nor gradient.
         num_items_in_batch: divide the summed loss by this (gradient accumulation) instead of the
             number of non-ignored labels.
-        chunk_size: tokens per chunk for the chunked paths (default: :func:`default_chunk_size`).
+        chunk_size: tokens per chunk (default: :func:`default_chunk_size` for the device).
 
     Returns:
         0-d loss tensor, fp32 (fp64 for fp64 inputs).
     """
     if use_triton(hidden, weight, bias):
-        from .triton_linear_cross_entropy import fused_linear_cross_entropy_triton
-
-        hidden2, labels2 = _flatten(hidden, weight, labels, bias)
-        return fused_linear_cross_entropy_triton(
-            hidden2, weight, labels2, bias, ignore_index=ignore_index,
-            num_items_in_batch=num_items_in_batch, chunk_size=chunk_size,
-        )  # fmt: skip
-    return linear_cross_entropy_reference(
-        hidden, weight, labels, bias, ignore_index=ignore_index,
-        num_items_in_batch=num_items_in_batch, chunk_size=chunk_size,
-    )  # fmt: skip
+        from .triton_linear_cross_entropy import ce_chunk_step_triton as step
+    else:
+        step = ce_chunk_step_torch
+    return _run_chunked(step, hidden, weight, labels, bias, ignore_index, num_items_in_batch, chunk_size)

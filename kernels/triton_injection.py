@@ -44,6 +44,7 @@ def _latent_injection_fwd_kernel(
     hid_ptr,
     prev_ptr,
     gate_ptr,
+    cgate_ptr,
     params_ptr,
     scale_ptr,
     T,
@@ -51,6 +52,7 @@ def _latent_injection_fwd_kernel(
     d_r,
     GATHER: tl.constexpr,
     HAS_PREV: tl.constexpr,
+    HAS_CGATE: tl.constexpr,
     ACC: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
@@ -80,11 +82,14 @@ def _latent_injection_fwd_kernel(
     coef = tl.load(params_ptr).to(ACC)  # λ·m̄
     eps = tl.load(params_ptr + 1).to(ACC)
     norm = tl.maximum(tl.sqrt(tl.sum(src * src, axis=0)), eps)
-    norm = tl.where(gate != 0.0, norm, 1.0)
-    scale = coef * gate / norm
+    active = (gate != 0.0) & (norm > 0.0)  # a zero state (eps = 0) gets no injection and no gradient
+    scale = tl.where(active, coef * gate / tl.where(active, norm, 1.0), 0.0)
     tl.store(scale_ptr + row, scale)
 
-    out = emb.to(ACC) + tl.where(r_mask, src * scale, 0.0)
+    rescaled = src * scale
+    if HAS_CGATE:
+        rescaled = rescaled * tl.load(cgate_ptr + cols, mask=r_mask, other=0.0).to(ACC)
+    out = emb.to(ACC) + tl.where(r_mask, rescaled, 0.0)
     tl.store(out_ptr + row * d_g + cols, out.to(out_ptr.dtype.element_ty), mask=g_mask)
 
 
@@ -96,11 +101,16 @@ def _latent_injection_bwd_kernel(
     dprev_ptr,
     ids_ptr,
     dtable_ptr,
+    hid_ptr,
+    prev_ptr,
+    cgate_ptr,
+    dcgate_ptr,
     T,
     d_g,
     d_r,
     GATHER: tl.constexpr,
     HAS_PREV: tl.constexpr,
+    HAS_CGATE: tl.constexpr,
     ACC: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
@@ -117,7 +127,20 @@ def _latent_injection_bwd_kernel(
         tl.atomic_add(dtable_ptr + tok * d_g + cols, dout_full, mask=g_mask)
 
     scale = tl.load(scale_ptr + row)
-    dsrc = tl.load(dout_ptr + row * d_g + cols, mask=r_mask, other=0.0).to(ACC) * scale
+    dout_r = tl.load(dout_ptr + row * d_g + cols, mask=r_mask, other=0.0).to(ACC)
+    dsrc = dout_r * scale
+    if HAS_CGATE:
+        # d c += scale · src ⊙ dout (rows with scale 0 contribute nothing and skip the atomics)
+        if i > 0:
+            src = tl.load(hid_ptr + (row - 1) * d_r + cols, mask=r_mask, other=0.0).to(ACC)
+        else:
+            if HAS_PREV:
+                src = tl.load(prev_ptr + b * d_r + cols, mask=r_mask, other=0.0).to(ACC)
+            else:
+                src = tl.zeros([BLOCK], dtype=ACC)
+        if scale != 0.0:
+            tl.atomic_add(dcgate_ptr + cols, dsrc * src, mask=r_mask)
+        dsrc = dsrc * tl.load(cgate_ptr + cols, mask=r_mask, other=0.0).to(ACC)
     if i > 0:
         tl.store(dhid_ptr + (row - 1) * d_r + cols, dsrc.to(dhid_ptr.dtype.element_ty), mask=r_mask)
     else:
@@ -159,6 +182,7 @@ def latent_injection_forward(
     fusion_lambda: float,
     norm_eps: float,
     prev_hidden: torch.Tensor | None,
+    channel_gate: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch the forward kernel. Returns ``(out [B, T, d_G], scale [B*T] in the statistics dtype)``.
 
@@ -185,6 +209,7 @@ def latent_injection_forward(
             torch.tensor(float(norm_eps), dtype=acc, device=device),
         ]
     )
+    cgate = channel_gate.to(device=device, dtype=acc).contiguous() if channel_gate is not None else gate_f
     out = _empty(batch, seq, d_g, dtype=out_dtype, device=device)
     scale = _empty(batch * seq, dtype=acc, device=device)
     if batch * seq == 0:
@@ -192,8 +217,9 @@ def latent_injection_forward(
     block, num_warps = _launch_config(d_g)
     check_kernel_device(_latent_injection_fwd_kernel, out)
     _latent_injection_fwd_kernel[(batch * seq,)](
-        out, emb, ids, table, hid, prev, gate_f, params, scale, seq, d_g, d_r,
-        GATHER=gather, HAS_PREV=prev_hidden is not None, ACC=_tl_dtype(out_dtype), BLOCK=block,
+        out, emb, ids, table, hid, prev, gate_f, cgate, params, scale, seq, d_g, d_r,
+        GATHER=gather, HAS_PREV=prev_hidden is not None, HAS_CGATE=channel_gate is not None,
+        ACC=_tl_dtype(out_dtype), BLOCK=block,
         num_warps=num_warps,
     )  # fmt: skip
     return out, scale
@@ -207,8 +233,15 @@ def latent_injection_backward(
     prev_dtype: torch.dtype | None,
     input_ids: torch.Tensor | None = None,
     num_embeddings: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """Launch the backward kernel. Returns ``(d_hidden, d_prev or None, d_table in fp32/fp64 or None)``."""
+    reasoner_hidden: torch.Tensor | None = None,
+    prev_hidden: torch.Tensor | None = None,
+    channel_gate: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """Launch the backward kernel.
+
+    Returns ``(d_hidden, d_prev or None, d_table in fp32/fp64 or None, d_channel_gate in fp32/fp64 or
+    None)``; with a ``channel_gate`` the sources (``reasoner_hidden``, ``prev_hidden``) are re-read.
+    """
     dout = grad_out.contiguous()
     batch, seq, d_g = dout.shape
     device = dout.device
@@ -217,20 +250,25 @@ def latent_injection_backward(
     d_prev = _empty(batch, d_r, dtype=prev_dtype, device=device) if prev_dtype is not None else None
     table_acc = torch.float64 if dout.dtype == torch.float64 else torch.float32
     d_table = torch.zeros(num_embeddings, d_g, dtype=table_acc, device=device) if gather else None
+    has_cgate = channel_gate is not None
+    d_cgate = torch.zeros(d_r, dtype=scale.dtype, device=device) if has_cgate else None
     if batch * seq == 0:
         if d_prev is not None:
             d_prev.zero_()
-        return d_hidden, d_prev, d_table
+        return d_hidden, d_prev, d_table, d_cgate
     ids = input_ids.contiguous() if gather else dout
+    hid = reasoner_hidden.contiguous() if has_cgate else dout
+    prev = prev_hidden.contiguous() if has_cgate and prev_hidden is not None else hid
+    cgate = channel_gate.to(dtype=scale.dtype).contiguous() if has_cgate else dout
     block, num_warps = _launch_config(d_g)
     check_kernel_device(_latent_injection_bwd_kernel, dout)
     _latent_injection_bwd_kernel[(batch * seq,)](
         dout, scale, d_hidden, d_prev if d_prev is not None else d_hidden, ids,
-        d_table if gather else dout, seq, d_g, d_r,
-        GATHER=gather, HAS_PREV=prev_dtype is not None, ACC=_tl_dtype(scale.dtype), BLOCK=block,
-        num_warps=num_warps,
+        d_table if gather else dout, hid, prev, cgate, d_cgate if has_cgate else dout, seq, d_g, d_r,
+        GATHER=gather, HAS_PREV=prev_dtype is not None, HAS_CGATE=has_cgate, ACC=_tl_dtype(scale.dtype),
+        BLOCK=block, num_warps=num_warps,
     )  # fmt: skip
-    return d_hidden, d_prev, d_table
+    return d_hidden, d_prev, d_table, d_cgate
 
 
 class LatentInjectionFunction(torch.autograd.Function):
@@ -241,28 +279,63 @@ class LatentInjectionFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, inputs_embeds, reasoner_hidden, gate, mean_norm, fusion_lambda, norm_eps, prev_hidden):
+    def forward(
+        ctx, inputs_embeds, reasoner_hidden, gate, mean_norm, fusion_lambda, norm_eps, prev_hidden, channel_gate
+    ):
         out, scale = latent_injection_forward(
-            inputs_embeds, None, None, reasoner_hidden, gate, mean_norm, fusion_lambda, norm_eps, prev_hidden
-        )
-        ctx.save_for_backward(scale)
-        ctx.hidden_dtype = reasoner_hidden.dtype
-        ctx.d_r = reasoner_hidden.shape[-1]
-        ctx.prev_dtype = prev_hidden.dtype if prev_hidden is not None else None
+            inputs_embeds, None, None, reasoner_hidden, gate, mean_norm, fusion_lambda, norm_eps, prev_hidden,
+            channel_gate,
+        )  # fmt: skip
+        _save_sources(ctx, scale, None, reasoner_hidden, prev_hidden, channel_gate)
         ctx.embeds_dtype = inputs_embeds.dtype
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        (scale,) = ctx.saved_tensors
-        need_hid, need_prev = ctx.needs_input_grad[1], ctx.needs_input_grad[6]
-        d_hidden = d_prev = None
-        if need_hid or need_prev:
-            d_hidden, d_prev, _ = latent_injection_backward(
-                grad_out, scale, ctx.hidden_dtype, ctx.d_r, ctx.prev_dtype
-            )
+        need_hid, need_prev, need_cgate = ctx.needs_input_grad[1], ctx.needs_input_grad[6], ctx.needs_input_grad[7]
+        d_hidden, d_prev, _, d_cgate = _backward(ctx, grad_out, need_hid or need_prev or need_cgate, False)
         d_emb = grad_out.to(ctx.embeds_dtype) if ctx.needs_input_grad[0] else None
-        return d_emb, d_hidden if need_hid else None, None, None, None, None, d_prev if need_prev else None
+        return (
+            d_emb,
+            d_hidden if need_hid else None,
+            None,
+            None,
+            None,
+            None,
+            d_prev if need_prev else None,
+            d_cgate if need_cgate else None,
+        )
+
+
+def _save_sources(ctx, scale, input_ids, reasoner_hidden, prev_hidden, channel_gate) -> None:
+    """Save what backward reads: the per-row scale, the ids (gather), and the sources when gated."""
+    gated = channel_gate is not None
+    ctx.save_for_backward(
+        scale,
+        input_ids,
+        reasoner_hidden if gated else None,
+        prev_hidden if gated else None,
+        channel_gate,
+    )
+    ctx.hidden_dtype = reasoner_hidden.dtype
+    ctx.d_r = reasoner_hidden.shape[-1]
+    ctx.prev_dtype = prev_hidden.dtype if prev_hidden is not None else None
+    ctx.cgate_dtype = channel_gate.dtype if gated else None
+
+
+def _backward(ctx, grad_out, needed: bool, need_table: bool):
+    """``(d_hidden, d_prev, d_table, d_channel_gate)`` from the saved tensors (all None when not needed)."""
+    scale, input_ids, reasoner_hidden, prev_hidden, channel_gate = ctx.saved_tensors
+    if not (needed or need_table):
+        return None, None, None, None
+    d_hidden, d_prev, d_table, d_cgate = latent_injection_backward(
+        grad_out, scale, ctx.hidden_dtype, ctx.d_r, ctx.prev_dtype,
+        input_ids=input_ids if need_table else None, num_embeddings=getattr(ctx, "num_embeddings", None),
+        reasoner_hidden=reasoner_hidden, prev_hidden=prev_hidden, channel_gate=channel_gate,
+    )  # fmt: skip
+    if d_cgate is not None:
+        d_cgate = d_cgate.to(ctx.cgate_dtype)
+    return d_hidden, d_prev, d_table, d_cgate
 
 
 class EmbeddingLatentInjectionFunction(torch.autograd.Function):
@@ -274,30 +347,31 @@ class EmbeddingLatentInjectionFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx, input_ids, embedding_weight, reasoner_hidden, gate, mean_norm, fusion_lambda, norm_eps, prev_hidden
+        ctx,
+        input_ids,
+        embedding_weight,
+        reasoner_hidden,
+        gate,
+        mean_norm,
+        fusion_lambda,
+        norm_eps,
+        prev_hidden,
+        channel_gate,
     ):
         out, scale = latent_injection_forward(
             None, input_ids, embedding_weight, reasoner_hidden, gate, mean_norm, fusion_lambda, norm_eps,
-            prev_hidden,
+            prev_hidden, channel_gate,
         )  # fmt: skip
-        ctx.save_for_backward(scale, input_ids)
-        ctx.hidden_dtype = reasoner_hidden.dtype
-        ctx.d_r = reasoner_hidden.shape[-1]
-        ctx.prev_dtype = prev_hidden.dtype if prev_hidden is not None else None
-        ctx.table_shape = tuple(embedding_weight.shape)
+        _save_sources(ctx, scale, input_ids, reasoner_hidden, prev_hidden, channel_gate)
+        ctx.num_embeddings = embedding_weight.shape[0]
         ctx.table_dtype = embedding_weight.dtype
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        scale, input_ids = ctx.saved_tensors
-        need_table, need_hid, need_prev = ctx.needs_input_grad[1], ctx.needs_input_grad[2], ctx.needs_input_grad[7]
-        if not (need_table or need_hid or need_prev):
-            return (None,) * 8
-        d_hidden, d_prev, d_table = latent_injection_backward(
-            grad_out, scale, ctx.hidden_dtype, ctx.d_r, ctx.prev_dtype,
-            input_ids=input_ids if need_table else None, num_embeddings=ctx.table_shape[0],
-        )  # fmt: skip
+        need_table, need_hid = ctx.needs_input_grad[1], ctx.needs_input_grad[2]
+        need_prev, need_cgate = ctx.needs_input_grad[7], ctx.needs_input_grad[8]
+        d_hidden, d_prev, d_table, d_cgate = _backward(ctx, grad_out, need_hid or need_prev or need_cgate, need_table)
         if d_table is not None:
             d_table = d_table.to(ctx.table_dtype)
         return (
@@ -309,22 +383,32 @@ class EmbeddingLatentInjectionFunction(torch.autograd.Function):
             None,
             None,
             d_prev if need_prev else None,
+            d_cgate if need_cgate else None,
         )
 
 
 def latent_injection_triton(
-    inputs_embeds, reasoner_hidden, gate, mean_norm, fusion_lambda, norm_eps=0.0, prev_hidden=None
+    inputs_embeds, reasoner_hidden, gate, mean_norm, fusion_lambda, norm_eps=0.0, prev_hidden=None, channel_gate=None
 ) -> torch.Tensor:
     """Triton latent injection (no shape checks; call :func:`flythinker.kernels.latent_injection`)."""
     return LatentInjectionFunction.apply(
-        inputs_embeds, reasoner_hidden, gate, mean_norm, fusion_lambda, norm_eps, prev_hidden
+        inputs_embeds, reasoner_hidden, gate, mean_norm, fusion_lambda, norm_eps, prev_hidden, channel_gate
     )
 
 
 def embedding_latent_injection_triton(
-    input_ids, embedding_weight, reasoner_hidden, gate, mean_norm, fusion_lambda, norm_eps=0.0, prev_hidden=None
+    input_ids,
+    embedding_weight,
+    reasoner_hidden,
+    gate,
+    mean_norm,
+    fusion_lambda,
+    norm_eps=0.0,
+    prev_hidden=None,
+    channel_gate=None,
 ) -> torch.Tensor:
     """Triton latent injection with the embedding gather fused in (no shape checks)."""
     return EmbeddingLatentInjectionFunction.apply(
-        input_ids, embedding_weight, reasoner_hidden, gate, mean_norm, fusion_lambda, norm_eps, prev_hidden
-    )
+        input_ids, embedding_weight, reasoner_hidden, gate, mean_norm, fusion_lambda, norm_eps, prev_hidden,
+        channel_gate,
+    )  # fmt: skip

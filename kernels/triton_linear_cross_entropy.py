@@ -1,7 +1,8 @@
 """Triton per-chunk softmax / cross-entropy / logits-gradient kernel for the fused linear CE.
 
-Imported lazily (it imports triton). The chunk loop, matmuls (``torch.mm`` per chunk, as Liger-Kernel
-does) and the reduction contract live in ``linear_cross_entropy.py``; this module supplies the step::
+Imported lazily (it imports triton), and imports nothing but the dispatch helpers: the chunk loop,
+matmuls (``torch.mm`` per chunk, as Liger-Kernel does), the autograd Function and the reduction
+contract live in ``linear_cross_entropy.py``, which passes this step into its loop::
 
     one program per row n of a [C, V] logits chunk z (input dtype), fp32 (fp64) statistics:
       pass 1 over V in BLOCK_V columns: online max m and s = Σ exp(z - m)  ->  lse = m + log s
@@ -19,9 +20,8 @@ import triton
 import triton.language as tl
 
 from .dispatch import check_kernel_device, interpreting
-from .linear_cross_entropy import chunked_backward, chunked_forward, chunked_loss_and_grads
 
-__all__ = ["FusedLinearCrossEntropyFunction", "fused_linear_cross_entropy_triton", "ce_chunk_step_triton"]
+__all__ = ["ce_chunk_step_triton"]
 
 
 @triton.jit
@@ -107,44 +107,3 @@ def ce_chunk_step_triton(
         COMPUTE_GRAD=compute_grad, ACC=tl.float64 if loss_out.dtype == torch.float64 else tl.float32,
         BLOCK_V=block, num_warps=num_warps,
     )  # fmt: skip
-
-
-class FusedLinearCrossEntropyFunction(torch.autograd.Function):
-    """``apply(hidden [N, d], weight [V, d], labels [N], bias | None, ignore_index, num_items, chunk_size,
-    block_v=None)``: chunked loss with the Triton step; gradients computed in forward, scaled in backward.
-    """
-
-    @staticmethod
-    def forward(ctx, hidden, weight, labels, bias, ignore_index, num_items_in_batch, chunk_size, block_v=None):
-        def step(z, y, loss_out, inv_d, ignore, compute_grad):
-            ce_chunk_step_triton(z, y, loss_out, inv_d, ignore, compute_grad, block_v)
-
-        return chunked_forward(
-            ctx, step, hidden, weight, labels, bias, ignore_index, num_items_in_batch, chunk_size
-        )
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        return (*chunked_backward(ctx, grad_output), None)
-
-
-def fused_linear_cross_entropy_triton(
-    hidden: torch.Tensor,
-    weight: torch.Tensor,
-    labels: torch.Tensor,
-    bias: torch.Tensor | None = None,
-    *,
-    ignore_index: int = -100,
-    num_items_in_batch: torch.Tensor | int | None = None,
-    chunk_size: int | None = None,
-) -> torch.Tensor:
-    """Triton chunked loss on flattened inputs ([N, d], [N]); see ``fused_linear_cross_entropy``."""
-    if not torch.is_grad_enabled():  # evaluation: loss only, no gradient work
-        return chunked_loss_and_grads(
-            hidden, weight, labels, bias, ignore_index, num_items_in_batch, chunk_size,
-            ce_chunk_step_triton, (False, False, False),
-        )[0]  # fmt: skip
-    return FusedLinearCrossEntropyFunction.apply(
-        hidden, weight, labels, bias, ignore_index, num_items_in_batch, chunk_size
-    )
-

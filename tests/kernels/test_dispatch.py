@@ -40,11 +40,13 @@ def _spy(monkeypatch, module, name):
 
 
 def test_cpu_default_uses_reference(clean_env):
+    """On CPU: the injection's reference, and the loss's chunked loop with the PyTorch step (never full logits)."""
     ref_calls = _spy(clean_env, injection, "latent_injection_reference")
-    ce_calls = _spy(clean_env, linear_cross_entropy, "linear_cross_entropy_reference")
+    ce_calls = _spy(clean_env, linear_cross_entropy, "ce_chunk_step_torch")
+    eager_calls = _spy(clean_env, linear_cross_entropy, "linear_cross_entropy_reference")
     K.latent_injection(*_injection_args())
     K.fused_linear_cross_entropy(torch.randn(4, 8), torch.randn(11, 8), torch.tensor([1, 2, -100, 3]))
-    assert ref_calls == ["latent_injection_reference"] and ce_calls == ["linear_cross_entropy_reference"]
+    assert ref_calls == ["latent_injection_reference"] and ce_calls == ["ce_chunk_step_torch"] and not eager_calls
     assert dispatch.use_triton(torch.zeros(1)) is False
 
 
@@ -57,7 +59,7 @@ def test_force_with_interpreter_runs_triton(clean_env):
 
     inj_calls = _spy(clean_env, triton_injection, "latent_injection_triton")
     emb_calls = _spy(clean_env, triton_injection, "embedding_latent_injection_triton")
-    ce_calls = _spy(clean_env, triton_linear_cross_entropy, "fused_linear_cross_entropy_triton")
+    ce_calls = _spy(clean_env, triton_linear_cross_entropy, "ce_chunk_step_triton")
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     e, h, g, m, lam = (x.to(dev) if torch.is_tensor(x) else x for x in _injection_args())
     out = K.latent_injection(e, h, g, m, lam)

@@ -63,11 +63,15 @@ def _run(fn, hidden, weight, bias, labels, upstream, **kw):
 
 
 def _triton_fn(block_v):
-    from flythinker.kernels.triton_linear_cross_entropy import FusedLinearCrossEntropyFunction
+    from flythinker.kernels.linear_cross_entropy import ChunkedLinearCrossEntropyFunction
+    from flythinker.kernels.triton_linear_cross_entropy import ce_chunk_step_triton
+
+    def step(z, y, loss_out, inv_d, ignore, compute_grad):
+        ce_chunk_step_triton(z, y, loss_out, inv_d, ignore, compute_grad, block_v)
 
     def fn(hidden, weight, labels, bias, *, ignore_index=-100, num_items_in_batch=None, chunk_size=None):
-        return FusedLinearCrossEntropyFunction.apply(
-            hidden, weight, labels, bias, ignore_index, num_items_in_batch, chunk_size, block_v
+        return ChunkedLinearCrossEntropyFunction.apply(
+            hidden, weight, labels, bias, ignore_index, num_items_in_batch, chunk_size, step
         )
 
     return fn
@@ -220,9 +224,32 @@ def test_reference_gradcheck(num_items):
 
 
 def test_default_chunk_size_rule():
-    assert default_chunk_size(8192, 151936, 3584) == 256  # ceil(8192 / 43) = 191 -> 256
+    assert default_chunk_size(8192, 151936, 3584) == 256  # CUDA, Liger's rule: ceil(8192 / 43) = 191 -> 256
     assert default_chunk_size(1, 32000, 576) == 1
     assert default_chunk_size(100, 10, 64) == 100  # never larger than N
+    assert default_chunk_size(8192, 49152, 576, "cpu") == 1365  # CPU: a 256 MiB fp32 chunk
+    assert default_chunk_size(256, 49152, 576, "cpu") == 256  # ... never larger than N
+
+
+def test_unlabelled_rows_are_skipped_before_the_matmul(monkeypatch):
+    """Rows with ignore_index never reach the lm_head matmul, and the result equals the eager loss."""
+    from flythinker.kernels import linear_cross_entropy as lce
+
+    rows_seen = []
+    real_linear = lce.F.linear
+    monkeypatch.setattr(lce.F, "linear", lambda h, w, b=None: rows_seen.append(h.shape[0]) or real_linear(h, w, b))
+    hidden, weight, b, labels = _problem(40, 16, 53, torch.float64, "cpu", True, seed=5)
+    labels[::3] = -100
+    hidden.requires_grad_(True)
+    loss = chunked_linear_cross_entropy(hidden, weight, labels, b)
+    (dh,) = torch.autograd.grad(loss, [hidden])
+    assert sum(rows_seen) == int((labels != -100).sum())
+    monkeypatch.setattr(lce.F, "linear", real_linear)
+    ref = linear_cross_entropy_reference(hidden, weight, labels, b)
+    (dh_ref,) = torch.autograd.grad(ref, [hidden])
+    assert_close(loss, ref, 1e-12, 1e-12, "loss")
+    assert_close(dh, dh_ref, 1e-12, 1e-12, "dH")
+    assert (dh[::3] == 0).all()
     with pytest.raises(ValueError, match="labels"):
         linear_cross_entropy_reference(torch.randn(3, 4), torch.randn(5, 4), torch.zeros(2, dtype=torch.long))
 
@@ -265,10 +292,8 @@ def test_under_cpu_autocast(path, force_triton, poison):
 
 @pytest.mark.parametrize("path", ["triton", "chunked"])
 def test_no_grad_forward_matches(path, device, force_triton, poison):
-    from flythinker.kernels.triton_linear_cross_entropy import fused_linear_cross_entropy_triton
-
     hidden, weight, b, labels = _problem(33, 64, 257, torch.float64, device, True, seed=41)
-    fn = fused_linear_cross_entropy_triton if path == "triton" else chunked_linear_cross_entropy
+    fn = fused_linear_cross_entropy if path == "triton" else chunked_linear_cross_entropy  # forced: Triton
     with torch.no_grad():
         loss = fn(*_leaves(hidden, weight), labels, b, chunk_size=5)
     assert not loss.requires_grad
