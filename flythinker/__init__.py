@@ -1,27 +1,65 @@
 """flythinker: think-while-generating as a 🤗 transformers architecture.
 
 A reasoner LM computes latent token-level reasoning in one parallel pass; its state at position
-i−1 is fused into the generator's input embedding at position i (DESIGN §1). Importing this
-package needs only torch and transformers: triton, flash-attn, peft and trl stay optional.
+i−1 is fused into the generator's input embedding at position i (docs/design.md §1). Importing this
+package registers FlyThinker with transformers' Auto classes (loading only the config module) and
+resolves every public name on first access (PEP 562), so ``import flythinker.kernels`` never loads
+the model or the decoding engine, and triton, flash-attn, peft and trl stay optional.
 """
 
-from flythinker.decoding import generate, stream
-from flythinker.modeling import (
-    FlyThinkerCache,
-    FlyThinkerConfig,
-    FlyThinkerForCausalLM,
-    check_vocab_compatibility,
-    convert_reference_checkpoint,
-)
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "FlyThinkerCache",
-    "FlyThinkerConfig",
-    "FlyThinkerForCausalLM",
-    "check_vocab_compatibility",
-    "convert_reference_checkpoint",
-    "generate",
-    "stream",
-]
+# public name -> module that defines it
+_EXPORTS = {
+    "FlyThinkerCache": "flythinker.modeling",
+    "FlyThinkerConfig": "flythinker.modeling",
+    "FlyThinkerForCausalLM": "flythinker.modeling",
+    "check_vocab_compatibility": "flythinker.modeling",
+    "convert_reference_checkpoint": "flythinker.modeling",
+    "generate": "flythinker.decoding",
+    "stream": "flythinker.decoding",
+}
+
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:  # pragma: no cover - for static analysers only
+    from flythinker.decoding import generate, stream
+    from flythinker.modeling import (
+        FlyThinkerCache,
+        FlyThinkerConfig,
+        FlyThinkerForCausalLM,
+        check_vocab_compatibility,
+        convert_reference_checkpoint,
+    )
+
+
+def _register_with_transformers() -> None:
+    """``import flythinker`` makes saved FlyThinker directories load through transformers' Auto classes
+    without ``trust_remote_code`` (loading only the config module now; see modeling/auto_classes.py)."""
+    from flythinker.modeling.auto_classes import register_auto_classes
+
+    register_auto_classes()
+
+
+_register_with_transformers()
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'flythinker' has no attribute {name!r}")
+    try:
+        value = getattr(importlib.import_module(module), name)
+    except AttributeError as error:  # raised inside the import: surface it, not a "no attribute" of ours
+        raise ImportError(f"importing {module} for flythinker.{name} failed: {error}") from error
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

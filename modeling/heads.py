@@ -1,7 +1,7 @@
 """Empathy reward heads (PERM, PereGRM) and a standalone reward model over any transformers backbone.
 
 A head reads a backbone's *final* hidden states (post final norm) and outputs PERM's four scores
-and the combined reward (``flythinker.rewards.formula``):
+and the combined reward (``flythinker.modeling.reward_formula``):
 
     h_last = hidden[b, last non-pad position]                (left or right padding)
     h_ana  = mean of hidden over the ``# Analysis`` tokens    (``analysis_mask``; learned vector if empty)
@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
 
-from flythinker.rewards.formula import (
+from .reward_formula import (
     COMBINE_MODES,
     DEFAULT_BYSTANDER_COEF,
     DEFAULT_LENGTH_COEF,

@@ -1,8 +1,9 @@
-"""FlyThinkerForCausalLM: a reasoner's latent fused into a generator one position later (DESIGN §1).
+"""FlyThinkerForCausalLM: a reasoner's latent fused into a generator one position later (docs/design.md §1).
 
-Read top to bottom: the pretrained base class (init, m̄ bookkeeping), then the model: ``forward``
-runs the reasoner once, fuses its shifted, rescaled states into the generator's input embeddings
-through ``flythinker.kernels.latent_injection``, runs the generator once, and computes the loss.
+Read top to bottom: the pretrained base class (init), then the model: ``forward`` runs the reasoner
+once, fuses its shifted, rescaled states into the generator's input embeddings through its
+:class:`~flythinker.modeling.fusion.LatentFusion` (the one definition of the equation and of m̄),
+runs the generator once, and computes the loss.
 With a :class:`FlyThinkerCache` the same ``forward`` is the incremental decoder, so the standard
 ``GenerationMixin.generate()`` loop reproduces the teacher-forced forward.
 """
@@ -18,50 +19,15 @@ from transformers import initialization as init
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
-from flythinker.kernels import (
-    chunked_linear_cross_entropy,
-    fused_linear_cross_entropy,
-    latent_injection,
-    mean_embedding_norm,
-    use_triton,
-)
+from flythinker.kernels import fused_linear_cross_entropy
 
+from .auto_classes import register_auto_classes
 from .cache_flythinker import FlyThinkerCache
 from .configuration_flythinker import FlyThinkerConfig
+from .fusion import LatentFusion, default_position_ids, injection_gate
 
 # Generator configs whose logits are not plain ``lm_head(hidden)``: the fused loss would be wrong.
 _LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
-
-
-def default_position_ids(attention_mask: torch.Tensor | None, past_length: int, length: int, device) -> torch.Tensor:
-    """``cumsum(a) - 1`` clipped at 0 over the full mask, sliced to the new positions (DESIGN §1)."""
-    if attention_mask is None:
-        return torch.arange(past_length, past_length + length, device=device)[None]
-    positions = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
-    return positions[:, -length:]
-
-
-def injection_gate(
-    attention_mask: torch.Tensor | None, position_ids: torch.Tensor, past_length: int
-) -> torch.Tensor:
-    """Weight of the injection into each new position: ``a_{i-1} · 1[pos_i != 0]``.
-
-    ``a_{i-1} = 0`` for the first real token after left padding; ``pos_i = 0`` at the start of every
-    packed sequence (and at position 0, which has no predecessor at all).
-    """
-    length = position_ids.shape[-1]
-    gate = position_ids != 0
-    if attention_mask is not None:
-        full = attention_mask.bool()
-        start = full.shape[-1] - length  # index of the first new position in the full mask
-        previous = full[:, max(start - 1, 0) : full.shape[-1] - 1]
-        if start == 0:  # the very first position has no predecessor
-            previous = torch.cat([torch.zeros_like(full[:, :1]), previous], dim=-1)
-        gate = gate & previous
-    elif past_length == 0:
-        gate = gate.clone()
-        gate[:, 0] = False
-    return gate
 
 
 class FusedBackboneView(nn.Module):
@@ -96,12 +62,10 @@ class FlyThinkerPreTrainedModel(PreTrainedModel):
     _can_compile_fullgraph = False
 
     def _init_weights(self, module: nn.Module) -> None:
-        """Covers every parameter FlyThinker adds (projection, reward heads); sub-models init themselves."""
+        """Covers every parameter FlyThinker adds (fusion, reward heads); sub-models init themselves."""
         std = getattr(self.config.get_text_config(), "initializer_range", 0.02)
-        if module is getattr(self, "projection", None):
-            init.normal_(module.weight, mean=0.0, std=std)  # guarded: never overwrites loaded weights
-            if module.bias is not None:
-                init.zeros_(module.bias)
+        if isinstance(module, LatentFusion):
+            module.init_weights(std)  # guarded: never overwrites loaded weights
         elif module is getattr(self, "reward_heads", None):
             from .heads import init_reward_head_weights
 
@@ -119,15 +83,11 @@ class FlyThinkerForCausalLM(FlyThinkerPreTrainedModel, GenerationMixin):
         config.validate_fusion()
         self.generator = AutoModelForCausalLM.from_config(config.generator_config)
         self.reasoner = AutoModel.from_config(config.reasoner_config)
-        d_r, d_g = config.reasoner_hidden_size, config.generator_hidden_size
-        self.projection = nn.Linear(d_r, d_g, bias=False) if config.projection == "linear" else None
+        self.fusion = LatentFusion(config)
         if config.reward_heads:
             from .heads import build_reward_heads
 
-            self.reward_heads = build_reward_heads(config.reward_heads, d_g)
-        # m̄ (DESIGN §1): fp32, no gradient, refreshed whenever the embedding table changes.
-        self.register_buffer("mean_embedding_norm", torch.zeros((), dtype=torch.float32), persistent=False)
-        self._mean_norm_key: tuple | None = None
+            self.reward_heads = build_reward_heads(config.reward_heads, config.generator_hidden_size)
         self.post_init()
 
     @classmethod
@@ -153,23 +113,14 @@ class FlyThinkerForCausalLM(FlyThinkerPreTrainedModel, GenerationMixin):
                                       strict=strict, allow_missing=allow_missing, **kwargs)
 
     # ----------------------------------------------------------------------------------------- m̄
-    def refresh_mean_embedding_norm(self, force: bool = False) -> torch.Tensor:
-        """Recompute m̄ = mean_v ‖E_G[v]‖₂ under ``no_grad`` if the embedding table changed.
+    @property
+    def mean_embedding_norm(self) -> torch.Tensor:
+        """m̄ as last computed by :attr:`fusion` (``refresh_mean_embedding_norm`` brings it up to date)."""
+        return self.fusion.mean_embedding_norm
 
-        The table's version counter moves on every in-place update (optimizer steps,
-        ``load_state_dict``), so m̄ is refreshed after each optimizer step and after loading without a
-        callback; ``force=True`` recomputes unconditionally.
-        """
-        weight = self.generator.get_input_embeddings().weight
-        key = (weight.data_ptr(), weight._version, weight.device, weight.dtype)
-        if force or key != self._mean_norm_key or self.mean_embedding_norm.device != weight.device:
-            value = mean_embedding_norm(weight)
-            if self.mean_embedding_norm.device != weight.device or self.mean_embedding_norm.dtype != value.dtype:
-                self.mean_embedding_norm = value.clone()
-            else:
-                self.mean_embedding_norm.copy_(value)
-            self._mean_norm_key = key
-        return self.mean_embedding_norm
+    def refresh_mean_embedding_norm(self, force: bool = False) -> torch.Tensor:
+        """m̄ = mean_v ‖E_G[v]‖₂ of the current table (see :meth:`LatentFusion.mean_norm`)."""
+        return self.fusion.mean_norm(self.generator.get_input_embeddings().weight, force=force)
 
     # ------------------------------------------------------------------------ standard accessors
     def get_input_embeddings(self) -> nn.Module:
@@ -211,7 +162,7 @@ class FlyThinkerForCausalLM(FlyThinkerPreTrainedModel, GenerationMixin):
         reasoner_cache: Cache | None = None,
         **kwargs: Any,
     ) -> torch.Tensor:
-        """h = R.backbone(x).last_hidden_state (post-final-norm), projected to d_G when configured."""
+        """The fusion's sources u = P_pre(h) − μ of h = R.backbone(x).last_hidden_state (post-final-norm)."""
         outputs = self.reasoner(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -220,27 +171,18 @@ class FlyThinkerForCausalLM(FlyThinkerPreTrainedModel, GenerationMixin):
             use_cache=reasoner_cache is not None,
             **kwargs,
         )
-        hidden = outputs.last_hidden_state
-        return self.projection(hidden) if self.projection is not None else hidden
+        return self.fusion.source(outputs.last_hidden_state)
 
     def fuse(
         self,
         input_ids: torch.LongTensor,
-        reasoner_hidden: torch.Tensor,
+        sources: torch.Tensor,
         gate: torch.Tensor,
-        prev_hidden: torch.Tensor | None = None,
+        prev_source: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """x̃ = E_G[x] + λ·gate·pad(shift(h)·m̄/‖shift(h)‖) through ``flythinker.kernels``."""
-        inputs_embeds = self.generator.get_input_embeddings()(input_ids)
-        return latent_injection(
-            inputs_embeds,
-            reasoner_hidden.to(inputs_embeds.dtype),
-            gate,
-            self.refresh_mean_embedding_norm(),
-            self.config.fusion_lambda,
-            self.config.norm_eps,
-            prev_hidden=None if prev_hidden is None else prev_hidden.to(inputs_embeds.dtype),
-        )
+        """x̃ = E_G[x] + λ·gate·P(c ⊙ shift(u)·m̄/‖shift(u)‖) (see :class:`LatentFusion`)."""
+        embedding = self.generator.get_input_embeddings()
+        return self.fusion(embedding(input_ids), sources, gate, embedding.weight, prev_source)
 
     # ----------------------------------------------------------------------------------- forward
     def backbone(
@@ -368,10 +310,9 @@ class FlyThinkerForCausalLM(FlyThinkerPreTrainedModel, GenerationMixin):
         lm_head = self.generator.get_output_embeddings()
         loss = None
         if labels is not None and self._uses_fused_loss():
-            # Triton kernel where it runs; elsewhere the chunked PyTorch path (same numbers, no [N, V] logits).
-            loss_fn = fused_linear_cross_entropy if use_triton(hidden_states, lm_head.weight) else chunked_linear_cross_entropy
             shifted = nn.functional.pad(labels, (0, 1), value=-100)[:, 1:].to(hidden_states.device)
-            loss = loss_fn(
+            # One function: its own dispatch picks the Triton or the PyTorch per-chunk step.
+            loss = fused_linear_cross_entropy(
                 hidden_states.flatten(0, 1),
                 lm_head.weight,
                 shifted.flatten(),
@@ -413,3 +354,6 @@ class FlyThinkerForCausalLM(FlyThinkerPreTrainedModel, GenerationMixin):
         model_inputs = super().prepare_inputs_for_generation(input_ids, past_key_values=past_key_values, **kwargs)
         model_inputs.pop("inputs_embeds", None)
         return model_inputs
+
+
+register_auto_classes(FlyThinkerForCausalLM)  # the real class replaces the import-time stand-in

@@ -1,10 +1,10 @@
 """The two halves of a decode step and their preallocated caches (DESIGN §1, decoding schedule).
 
-* :class:`ReasonerSide` — ``h = R.backbone(x).last_hidden_state`` (post-final-norm, projected to d_G
-  when the model has a projection). No LM head is ever computed on the reasoner.
-* :class:`GeneratorSide` — ``x̃ = E_G[x] + λ·gate·m̄·pad(h_{i-1})/‖h_{i-1}‖`` through
-  ``flythinker.kernels.latent_injection``, the generator's decoder, and the LM head on the last
-  position only.
+* :class:`ReasonerSide` — the fusion's sources ``u = model.fusion.source(R.backbone(x).last_hidden_state)``.
+  No LM head is ever computed on the reasoner.
+* :class:`GeneratorSide` — ``x̃`` through the model's own :class:`~flythinker.modeling.fusion.LatentFusion`
+  (the one definition of the equation and of m̄), the generator's decoder, and the LM head on the
+  last position only.
 
 Both run on transformers ``StaticCache`` objects allocated once per call at ``prompt + max_new``
 tokens, and always receive the full preallocated ``[B, max_len]`` attention mask (future columns are
@@ -17,8 +17,7 @@ import torch
 from torch import nn
 from transformers import StaticCache
 
-from flythinker.kernels import latent_injection, mean_embedding_norm
-from flythinker.modeling.modeling_flythinker import injection_gate
+from flythinker.modeling.fusion import injection_gate
 
 
 def new_static_cache(config, max_len: int) -> StaticCache:
@@ -39,16 +38,21 @@ def select_cache_rows(cache: StaticCache, rows: torch.Tensor) -> None:
 
 
 class ReasonerSide(nn.Module):
-    """The reasoner backbone (+ optional projection): tokens → latent states, width d_R (or d_G)."""
+    """The reasoner backbone and the fusion's source map: tokens → u, width d_R (or d_G)."""
 
-    def __init__(self, reasoner: nn.Module, projection: nn.Module | None):
+    def __init__(self, reasoner: nn.Module, fusion: nn.Module):
         super().__init__()
         self.reasoner = reasoner
-        self.projection = projection
+        self.fusion = fusion
 
     @property
     def config(self):
         return self.reasoner.config
+
+    @property
+    def width(self) -> int:
+        """Width of the states this side returns (u, as carried between decode steps)."""
+        return self.fusion.source_width
 
     def forward(self, input_ids, attention_mask, position_ids, cache) -> torch.Tensor:
         hidden = self.reasoner(
@@ -58,7 +62,7 @@ class ReasonerSide(nn.Module):
             past_key_values=cache,
             use_cache=True,
         ).last_hidden_state
-        return self.projection(hidden) if self.projection is not None else hidden
+        return self.fusion.source(hidden)
 
 
 class GeneratorSide:
@@ -68,24 +72,13 @@ class GeneratorSide:
         self.model = model
         self.embed = model.generator.get_input_embeddings()
         self.decoder = model.generator.get_decoder()
-        self.fusion_lambda = float(model.config.fusion_lambda)
-        self.norm_eps = float(model.config.norm_eps)
-        self.mean_norm = mean_embedding_norm(self.embed.weight)  # m̄, once per call (weights are frozen here)
+        self.fusion = model.fusion  # m̄ is cached there until the table changes
 
     def forward_chunk(self, input_ids, reasoner_hidden, gate, prev_hidden, attention_mask, position_ids, cache):
         """Generator over a chunk: ``reasoner_hidden`` [B, L, d] holds h for the chunk's own positions,
         ``prev_hidden`` [B, d] (or None at the prompt start) the state just before it. Returns the
         last position's hidden state [B, d_G]."""
-        embeds = self.embed(input_ids)
-        fused = latent_injection(
-            embeds,
-            reasoner_hidden.to(embeds.dtype),
-            gate,
-            self.mean_norm,
-            self.fusion_lambda,
-            self.norm_eps,
-            prev_hidden=None if prev_hidden is None else prev_hidden.to(embeds.dtype),
-        )
+        fused = self.fusion(self.embed(input_ids), reasoner_hidden, gate, self.embed.weight, prev_hidden)
         hidden = self.decoder(
             inputs_embeds=fused,
             attention_mask=attention_mask,

@@ -54,7 +54,7 @@ def test_reasoner_wider_than_generator_needs_projection():
     model = FlyThinkerForCausalLM(config).double()
     input_ids, attention_mask, _ = left_padded_batch([5], seed=22)
     assert torch.isfinite(model(input_ids, attention_mask=attention_mask).logits).all()
-    assert model.projection.weight.shape == (16, 32)
+    assert model.fusion.projection.weight.shape == (16, 32)
 
 
 def test_bad_projection_name_is_rejected():

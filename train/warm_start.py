@@ -1,0 +1,166 @@
+"""Warm starts for the injection: λ warm-up, reasoner centring, and the optimizer groups of the gate.
+
+The equations are in :class:`flythinker.modeling.fusion.LatentFusion`; this module only sets the
+training-time quantities it reads:
+
+* ``s`` (``fusion.lambda_scale``): ``x̃_i = E_G[x_i] + λ·s·a_{i-1}·P(c ⊙ r_{i-1})`` with
+  ``s = min(1, step / N)`` during a warm-up of N optimizer steps (s = 0 at step 0: the base generator);
+* ``μ`` (``fusion.reasoner_center``): the mean reasoner state over the real tokens of some training
+  batches, so ``r = (h − μ)·m̄/‖h − μ‖`` no longer carries the constant outlier channel;
+* the parameters that open a closed start (gate α, a ``zero_linear`` W) may train at a multiple of
+  the base learning rate, without weight decay.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = [
+    "estimate_reasoner_center",
+    "set_lambda_scale",
+    "lambda_scale_at",
+    "warm_start_parameters",
+    "optimizer_groups",
+    "LambdaWarmupCallback",
+]
+
+
+def _fusion(model: nn.Module):
+    fusion = getattr(model, "fusion", None)
+    if fusion is None:
+        raise TypeError(f"{type(model).__name__} has no `fusion` module: warm starts apply to FlyThinker models")
+    return fusion
+
+
+def set_lambda_scale(model: nn.Module, scale: float) -> None:
+    """Set ``s`` in [0, 1] (the injection weight is then λ·s)."""
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or not 0 <= scale <= 1:
+        raise ValueError(f"lambda scale must be a number in [0, 1], got {scale!r}")
+    _fusion(model).lambda_scale = float(scale)
+
+
+def lambda_scale_at(step: int, warmup_steps: int) -> float:
+    """``min(1, step / N)``; 1 when N = 0 (no warm-up)."""
+    if warmup_steps <= 0:
+        return 1.0
+    return min(1.0, max(step, 0) / warmup_steps)
+
+
+@torch.no_grad()
+def estimate_reasoner_center(
+    model: nn.Module, batches: Iterable[Mapping[str, torch.Tensor]], max_batches: int | None = None
+) -> torch.Tensor:
+    """μ = mean of ``P_pre(h)`` over the real tokens (attention_mask = 1) of ``batches``; stored in
+    ``model.fusion.reasoner_center`` and returned. Needs ``center_reasoner=True`` in the config."""
+    fusion = _fusion(model)
+    if fusion.reasoner_center is None:
+        raise ValueError("this model has no reasoner centre: build it with FlyThinkerConfig(center_reasoner=True)")
+    was_training = model.training
+    model.eval()
+    total, count = None, 0
+    try:
+        for index, batch in enumerate(batches):
+            if max_batches is not None and index >= max_batches:
+                break
+            device = fusion.reasoner_center.device
+            input_ids = batch["input_ids"].to(device)
+            mask = batch.get("attention_mask")
+            mask = torch.ones_like(input_ids) if mask is None else mask.to(device)
+            position_ids = batch.get("position_ids")
+            hidden = model.reasoner(
+                input_ids=input_ids,
+                attention_mask=batch.get("attention_mask", None) if position_ids is None else None,
+                position_ids=None if position_ids is None else position_ids.to(device),
+            ).last_hidden_state
+            states = fusion.projection(hidden) if fusion.projection_mode == "linear" else hidden
+            real = mask.bool()
+            part = states[real].double().sum(0)
+            total = part if total is None else total + part
+            count += int(real.sum())
+    finally:
+        model.train(was_training)
+    if count == 0:
+        raise ValueError("estimate_reasoner_center got no real tokens (empty batches or all-padding masks)")
+    center = (total / count).to(fusion.reasoner_center.dtype)
+    fusion.reasoner_center.copy_(center)
+    return center
+
+
+def warm_start_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters that open a closed start: the gate α and a ``zero_linear`` projection's W."""
+    fusion = _fusion(model)
+    params = [fusion.gate_logit] if fusion.gate_logit is not None else []
+    if fusion.projection is not None and fusion.projection_mode == "zero_linear":
+        params.append(fusion.projection.weight)
+    return [p for p in params if p.requires_grad]
+
+
+def optimizer_groups(
+    model: nn.Module, learning_rate: float, weight_decay: float, warm_start_lr_multiplier: float = 1.0
+) -> list[dict[str, Any]]:
+    """AdamW groups: decayed weights, undecayed biases/norms, and the warm-start parameters at
+    ``learning_rate × warm_start_lr_multiplier`` without decay."""
+    special = {id(p) for p in warm_start_parameters(model)} if hasattr(model, "fusion") else set()
+    decay, no_decay, warm = [], [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if id(param) in special:
+            warm.append(param)
+        elif param.dim() < 2 or "norm" in name.lower() or name.endswith(".bias"):
+            no_decay.append(param)
+        else:
+            decay.append(param)
+    groups = [
+        {"params": decay, "lr": learning_rate, "weight_decay": weight_decay},
+        {"params": no_decay, "lr": learning_rate, "weight_decay": 0.0},
+    ]
+    if warm:
+        groups.append({"params": warm, "lr": learning_rate * warm_start_lr_multiplier, "weight_decay": 0.0})
+    return [g for g in groups if g["params"]]
+
+
+def _trainer_callback_base():
+    try:
+        from transformers import TrainerCallback
+    except ImportError:  # pragma: no cover - transformers is a core dependency
+        return object
+    return TrainerCallback
+
+
+class LambdaWarmupCallback(_trainer_callback_base()):
+    """transformers ``TrainerCallback``: ``s = min(1, global_step / N)`` before every step.
+
+    At the end of training, if the warm-up was not finished, λ·s is written into the config and
+    ``s`` reset to 1, so the saved model is the model that was trained.
+    """
+
+    def __init__(self, warmup_steps: int):
+        if warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
+        self.warmup_steps = int(warmup_steps)
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if model is not None:
+            set_lambda_scale(model, lambda_scale_at(state.global_step, self.warmup_steps))
+
+    def on_step_begin(self, args, state, control, model=None, **kwargs):
+        if model is not None:
+            set_lambda_scale(model, lambda_scale_at(state.global_step, self.warmup_steps))
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        if model is not None:
+            bake_lambda_scale(model)
+
+
+def bake_lambda_scale(model: nn.Module) -> None:
+    """Fold ``s`` into the config's λ (and set s = 1): the saved model then equals the trained one."""
+    fusion = _fusion(model)
+    if fusion.lambda_scale != 1.0:
+        model.config.fusion_lambda = fusion.fusion_lambda * fusion.lambda_scale
+        fusion.lambda_scale = 1.0
