@@ -412,7 +412,8 @@ def main(argv: list[str] | None = None) -> int:
         kind = "" if known and type(error).__module__ == "builtins" else f"{type(error).__name__}: "
         tail = "" if getattr(args, "debug", False) else " (rerun with --debug for the traceback)"
         tail = tail if not known or kind else ""
-        print(f"flythinker {args.command}: error: {kind}{_one_line(error)}{tail}", file=sys.stderr)
+        sys.stderr.flush()  # start on a fresh line even after an unfinished progress bar
+        print(f"\nflythinker {args.command}: error: {kind}{_one_line(error)}{tail}", file=sys.stderr)
         return 2 if known else 1
 
 
