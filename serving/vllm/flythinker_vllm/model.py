@@ -1,0 +1,231 @@
+"""FlyThinkerForCausalLM for vLLM: both stacks inside one engine model, token-exact with flythinker.
+
+Equations (DESIGN §1, the paper's defaults; ``flythinker.kernels.latent_injection_reference`` is the
+one definition used here)::
+
+    m̄   = mean over the real V_G rows of ‖E_G[v]‖₂           fp32, after loading (vLLM pads the table)
+    h_i  = R.backbone(x_0..x_i)[i]  (· Wᵀ with projection="linear")
+    x̃_i = E_G[x_i] + λ · a_{i-1} · pad(h_{i-1} · m̄ / max(‖h_{i-1}‖, norm_eps))
+    logits = G(inputs_embeds = x̃)
+
+Each stack is an ordinary vLLM model built by ``init_vllm_registered_model`` from its sub-config,
+so every attention layer of both gets its own paged KV cache; R's LM head is neither built nor
+loaded. h_{t-1} crosses steps (and prefill chunks) in a per-request :class:`LatentSlot`.
+Checkpoint keys route by prefix: ``generator.*`` → G, ``reasoner.*`` → R's backbone,
+``projection.weight`` / ``fusion.projection.weight`` → the projection; reward heads are skipped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+from vllm.config import VllmConfig
+from vllm.model_executor.models.interfaces import HasInnerState, IsHybrid
+from vllm.model_executor.models.utils import (
+    AutoWeightsLoader,
+    PPMissingLayer,
+    WeightsMapper,
+    init_vllm_registered_model,
+    maybe_prefix,
+)
+from vllm.sequence import IntermediateTensors
+
+from .slot import LatentSlot, latent_state_dtype
+
+# Config fields of warm-start options; the plugin serves the paper's equations (all off).
+_OFF = {"fusion_gate": (None, "none"), "center_reasoner": (None, False)}
+
+
+def check_supported(config) -> None:
+    """Raise a clear error at load for FlyThinker options this plugin does not implement."""
+    if getattr(config, "projection", "zero_pad") not in ("zero_pad", "linear"):
+        raise ValueError(
+            f"flythinker-vllm: projection={config.projection!r} is not supported (zero_pad | linear)"
+        )
+    for field, off in _OFF.items():
+        value = getattr(config, field, None)
+        if value not in off:
+            raise NotImplementedError(
+                f"flythinker-vllm: config.{field}={value!r} is not supported yet; serve a checkpoint with "
+                f"{field} off (the paper's equations), or use flythinker's own generate()"
+            )
+    if getattr(config, "generator_config", None) is None or getattr(config, "reasoner_config", None) is None:
+        raise ValueError("flythinker-vllm: the config needs generator_config and reasoner_config")
+
+
+def causal_lm_architecture(sub_config) -> str:
+    """The vLLM architecture name that builds a sub-config (its own ``…ForCausalLM``)."""
+    names = [
+        name for name in (getattr(sub_config, "architectures", None) or []) if name.endswith("ForCausalLM")
+    ]
+    if names:
+        return names[0]
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    name = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(sub_config.model_type)
+    if name is None:
+        raise ValueError(
+            f"flythinker-vllm: no causal-LM architecture is known for model_type {sub_config.model_type!r}"
+        )
+    return name
+
+
+def base_model_prefix(sub_config) -> str:
+    """Attribute of the causal LM holding its backbone (``model`` for Llama/Qwen2/Gemma, ...)."""
+    from transformers import AutoModelForCausalLM
+
+    model_class = AutoModelForCausalLM._model_mapping[type(sub_config)]
+    return model_class.base_model_prefix
+
+
+def real_mean_embedding_norm(embedding: nn.Module) -> torch.Tensor:
+    """m̄ over the real vocabulary rows of a (possibly padded, vocab-parallel) embedding, in fp32."""
+    weight = embedding.weight.detach()
+    shard = getattr(embedding, "shard_indices", None)
+    rows = weight[: shard.num_org_elements] if shard is not None else weight
+    total = torch.linalg.vector_norm(rows.float(), dim=-1).sum()
+    count = getattr(embedding, "org_vocab_size", rows.shape[0])
+    tp_size = getattr(embedding, "tp_size", 1)
+    if tp_size > 1:
+        from vllm.distributed import tensor_model_parallel_all_reduce
+
+        total = tensor_model_parallel_all_reduce(total)
+    return total / count
+
+
+def input_embedding(model: nn.Module) -> nn.Module:
+    """The causal LM's input-embedding table (the first vocab embedding that is not its LM head)."""
+    from vllm.model_executor.layers.vocab_parallel_embedding import ParallelLMHead, VocabParallelEmbedding
+
+    for module in model.modules():
+        if isinstance(module, VocabParallelEmbedding) and not isinstance(module, ParallelLMHead):
+            return module
+    raise ValueError(f"flythinker-vllm: cannot find the input embedding of {type(model).__name__}")
+
+
+class FlyThinkerForCausalLM(nn.Module, HasInnerState, IsHybrid):
+    """Generator G + reasoner R + the latent slot (see the module docstring)."""
+
+    def __init__(self, *, vllm_config: VllmConfig, prefix: str = ""):
+        super().__init__()
+        config = vllm_config.model_config.hf_config
+        check_supported(config)
+        self.config = config
+        generator_config = config.generator_config
+        reasoner_config = config.reasoner_config
+        self.generator = init_vllm_registered_model(
+            vllm_config,
+            hf_config=generator_config,
+            prefix=maybe_prefix(prefix, "generator"),
+            architectures=[causal_lm_architecture(generator_config)],
+        )
+        reasoner = init_vllm_registered_model(
+            vllm_config,
+            hf_config=reasoner_config,
+            prefix=maybe_prefix(prefix, "reasoner"),
+            architectures=[causal_lm_architecture(reasoner_config)],
+        )
+        self.reasoner_prefix = base_model_prefix(reasoner_config)
+        if not hasattr(reasoner, self.reasoner_prefix):
+            raise ValueError(
+                f"flythinker-vllm: vLLM's {type(reasoner).__name__} has no backbone attribute {self.reasoner_prefix!r}"
+            )
+        reasoner.lm_head = PPMissingLayer()  # R's LM head: neither built into the graph nor loaded
+        if hasattr(reasoner, "logits_processor"):
+            del reasoner.logits_processor
+        self.reasoner = reasoner
+        d_r = reasoner_config.get_text_config().hidden_size
+        d_g = generator_config.get_text_config().hidden_size
+        dtype = vllm_config.model_config.dtype
+        self.projection = (
+            nn.Linear(d_r, d_g, bias=False, dtype=dtype) if config.projection == "linear" else None
+        )
+        width = d_g if self.projection is not None else d_r
+        self.latent = nn.ModuleList([LatentSlot(width, prefix=maybe_prefix(prefix, "latent.0"))])
+        self.fusion_lambda = float(config.fusion_lambda)
+        self.norm_eps = float(getattr(config, "norm_eps", 0.0))
+        self.register_buffer("mean_embedding_norm", torch.zeros((), dtype=torch.float32), persistent=False)
+        self.make_empty_intermediate_tensors = getattr(
+            self.generator, "make_empty_intermediate_tensors", None
+        )
+
+    # ------------------------------------------------------------------ vLLM hybrid-model interface
+    @classmethod
+    def _slot_width(cls, vllm_config: VllmConfig) -> int:
+        config = vllm_config.model_config.hf_config
+        if getattr(config, "projection", "zero_pad") == "linear":
+            return config.generator_config.get_text_config().hidden_size
+        return config.reasoner_config.get_text_config().hidden_size
+
+    @classmethod
+    def get_mamba_state_shape_from_config(cls, vllm_config: VllmConfig) -> tuple[tuple[int, ...], ...]:
+        return ((cls._slot_width(vllm_config),),)
+
+    @classmethod
+    def get_mamba_state_dtype_from_config(cls, vllm_config: VllmConfig) -> tuple[torch.dtype, ...]:
+        return latent_state_dtype(vllm_config)
+
+    @classmethod
+    def get_mamba_state_copy_func(cls) -> tuple:
+        from vllm.model_executor.layers.mamba.mamba_utils import MambaStateCopyFuncCalculator
+
+        return MambaStateCopyFuncCalculator.linear_attention_state_copy_func()
+
+    # ------------------------------------------------------------------ forward
+    def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.generator.embed_input_ids(input_ids)
+
+    def fuse(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """x̃ for every scheduled token: R on the batch, the slot's shift, the injection into E_G[x]."""
+        from flythinker.kernels import latent_injection_reference
+
+        hidden = getattr(self.reasoner, self.reasoner_prefix)(input_ids, positions, None, None)
+        if isinstance(hidden, tuple):  # models that also return auxiliary hidden states
+            hidden = hidden[0]
+        if self.projection is not None:
+            hidden = self.projection(hidden)
+        embeds = self.generator.embed_input_ids(input_ids)
+        src, gate = self.latent[0].shift(hidden.to(embeds.dtype))
+        fused = latent_injection_reference(
+            embeds[:, None],
+            src[:, None],
+            gate[:, None],
+            self.mean_embedding_norm,
+            self.fusion_lambda,
+            self.norm_eps,
+            prev_hidden=src,
+        )
+        return fused[:, 0]
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None,
+        positions: torch.Tensor,
+        intermediate_tensors: IntermediateTensors | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        **kwargs,
+    ) -> torch.Tensor:
+        if inputs_embeds is not None or input_ids is None:
+            raise ValueError(
+                "flythinker-vllm needs token ids: the reasoner reads the same tokens as the generator"
+            )
+        fused = self.fuse(input_ids, positions)
+        return self.generator(None, positions, intermediate_tensors, inputs_embeds=fused)
+
+    def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor | None:
+        return self.generator.compute_logits(hidden_states)
+
+    # ------------------------------------------------------------------ weights
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        mapper = WeightsMapper(
+            orig_to_new_prefix={
+                "reasoner.": f"reasoner.{self.reasoner_prefix}.",
+                "fusion.projection.": "projection.",
+            }
+        )
+        loader = AutoWeightsLoader(self, ignore_unexpected_prefixes=["reward_heads."])
+        loaded = loader.load_weights(weights, mapper=mapper)
+        self.mean_embedding_norm.copy_(real_mean_embedding_norm(input_embedding(self.generator)))
+        return loaded
