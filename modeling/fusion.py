@@ -36,6 +36,8 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from flythinker.kernels import latent_injection, mean_embedding_norm
 
+from .sharded_norm import full_mean_embedding_norm
+
 __all__ = ["LatentFusion", "injection_gate", "default_position_ids", "optimizer_steps_taken"]
 
 _optimizer_steps = 0
@@ -163,7 +165,7 @@ class LatentFusion(nn.Module):
         )
         buffer = self.mean_embedding_norm
         if force or key != self._mean_norm_key or buffer.device != embedding_weight.device:
-            value = mean_embedding_norm(embedding_weight)
+            value = full_mean_embedding_norm(embedding_weight)  # full table also under FSDP2 / ZeRO-3
             if buffer.device != value.device or buffer.dtype != value.dtype:
                 self.mean_embedding_norm = value.clone()
             else:
