@@ -73,6 +73,8 @@ class Retriever:
 
     def rank(self, query: str, candidates: Sequence[dict[str, Any]]) -> list[int]:
         """Candidate indices, best first (ties keep the input order)."""
+        if not candidates:
+            return []
         s = self.scores(query, candidates)
         return sorted(range(len(candidates)), key=lambda i: -s[i])
 
