@@ -5,14 +5,16 @@ paper adds BLEU) through the 🤗 ``evaluate`` wrappers. flythinker computes the
 the underlying libraries directly:
 
 * **ROUGE-1 / ROUGE-L**: ``rouge_score.rouge_scorer.RougeScorer`` F-measure per example with
-  :class:`UnicodeRougeTokenizer`: lower-case, every character that is not a letter, digit or
-  combining mark of *any* script → space; each CJK ideograph / kana is a token of its own (Chinese
+  :class:`UnicodeRougeTokenizer`: lower-case; ``a-z``, ``0-9`` and the letters, digits and
+  combining marks of every non-Latin script (Cyrillic, Greek, Arabic, Devanagari, Hangul, ...)
+  form words, everything else → space; each CJK ideograph / kana is a token of its own (Chinese
   and Japanese are written without spaces); the Porter stemmer (``use_stemmer=True`` by default —
   pass ``use_stemmer=False`` to match ``evaluate``'s own default) on ASCII words longer than 3
-  characters. On ASCII text this is exactly rouge-score's default tokenizer (the LongLaMP
-  convention), whose ``[a-z0-9]`` filter would score identical Russian or Chinese texts 0.
-  Scripts written without spaces other than CJK (Thai, Lao, Khmer, ...) are split at spaces only.
-  Averaged over examples. Deviation: ``evaluate`` reports the *median of bootstrap resamples*
+  characters. Latin-script text, accented letters included, is tokenized exactly as by
+  rouge-score's default tokenizer (the LongLaMP convention: English scores are unchanged, and
+  "café" is "caf"), whose ``[a-z0-9]`` filter alone would score identical Russian or Chinese
+  texts 0. Scripts written without spaces other than CJK (Thai, Lao, Khmer, ...) are split at
+  spaces only. Averaged over examples. Deviation: ``evaluate`` reports the *median of bootstrap resamples*
   of the mean (``BootstrapAggregator(...).mid``), which is random and approximates the plain mean
   reported here. With several references per example the best-matching one counts
   (``score_multi``).
@@ -64,11 +66,26 @@ def is_cjk(char: str) -> bool:
     return any(low <= code <= high for low, high in _CJK_RANGES)
 
 
+# Latin-script and symbol blocks that rouge-score's default tokenizer turns into spaces; kept so, so that
+# English (and any Latin-script) text scores exactly as with rouge-score: Latin-1 Supplement to
+# Combining Diacritical Marks, Latin Extended Additional, super/subscripts, letterlike symbols, number
+# forms, enclosed alphanumerics, Latin Extended-C/D/E, Latin ligatures.
+_LATIN_BLOCKS = (
+    (0x0080, 0x036F), (0x1D00, 0x1DFF), (0x1E00, 0x1EFF), (0x2070, 0x209F), (0x2100, 0x218F), (0x2460, 0x24FF),
+    (0x2C60, 0x2C7F), (0xA720, 0xA7FF), (0xAB30, 0xAB6F), (0xFB00, 0xFB06),
+)
+
+
 @lru_cache(maxsize=1 << 16)
 def _char_kind(char: str) -> int:
-    """0: separator; 1: part of a word (letter, digit or combining mark of any script); 2: a CJK token."""
+    """0: separator; 1: part of a word; 2: a CJK token of its own."""
+    code = ord(char)
+    if code < 0x80:
+        return 1 if ("a" <= char <= "z" or "0" <= char <= "9") else 0  # rouge-score's [a-z0-9] (lower-cased)
     if is_cjk(char):
         return 2
+    if any(low <= code <= high for low, high in _LATIN_BLOCKS):
+        return 0
     return 1 if unicodedata.category(char)[0] in "LNM" else 0
 
 
@@ -92,17 +109,17 @@ def unicode_words(text: str) -> list[str]:
 
 
 class UnicodeRougeTokenizer:
-    """rouge-score tokenizer for any script; identical to rouge-score's default on ASCII text.
+    """rouge-score tokenizer for any script; identical to rouge-score's default on Latin-script text.
 
     Default: lower-case, ``[^a-z0-9]+`` → space, Porter-stem words longer than 3 characters, keep only
-    ``[a-z0-9]+`` tokens. Here: letters, digits and combining marks of every script form words, CJK
-    characters are single tokens, and only ASCII words are stemmed (Porter is an English stemmer).
+    ``[a-z0-9]+`` tokens. Here: also the letters, digits and combining marks of non-Latin scripts form
+    words, CJK characters are single tokens, and only ASCII words are stemmed (Porter is English).
     """
 
     def __init__(self, use_stemmer: bool = True):
         from nltk.stem import porter
 
-        self.stemmer = porter.PorterStemmer("ORIGINAL_ALGORITHM") if use_stemmer else None
+        self.stemmer = porter.PorterStemmer() if use_stemmer else None  # as rouge_score.tokenizers
 
     def tokenize(self, text: str) -> list[str]:
         tokens = unicode_words(text)
