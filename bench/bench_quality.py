@@ -884,6 +884,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             generator_probe_loss = float(base.generator(**probe).loss)
         partial["generator_probe_loss"] = generator_probe_loss
         partial["base"] = base.description
+        partial["options"] = dataclasses.asdict(options)
+        partial["command"] = "python bench/bench_quality.py " + " ".join(
+            argv if argv is not None else sys.argv[1:]
+        )
         partial["n_train"] = len(data.train)
         partial["val_indices"], partial["gen_indices"] = data.val_indices, data.gen_indices
         todo = [(r, s) for s in options.seeds for r in recipes if f"{r.name}/{s}" not in partial["runs"]]
@@ -917,8 +921,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ]
     report = {
         "device": device.type,
-        "command": "python bench/bench_quality.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "options": dataclasses.asdict(options),
+        "command": partial.get("command", "python bench/bench_quality.py"),
+        "options": partial.get("options", dataclasses.asdict(options))
+        if getattr(options, "_report_only", False)
+        else dataclasses.asdict(options),
         "base": partial.get("base"),
         "n_train": partial.get("n_train"),
         "val_indices": partial.get("val_indices"),
