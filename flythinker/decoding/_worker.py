@@ -9,7 +9,7 @@ one reply, ``OK`` or ``FAILED`` + the traceback::
 
     hello (pickled {"authkey", "threads"})     the first message; answered OK
     SETUP   batch, max_len  + pickled (side | None, buffers | None)   new call: cache, mask copy
-    FORWARD batch, length   h = R(ids[:b, :L], pos[:b, :L]) written to out[:b, :L]
+    FORWARD batch, length, threads   h = R(ids[:b, :L], pos[:b, :L]) written to out[:b, :L]
     SELECT  batch           keep rows[:b] of the cache and the mask
     END                     drop the call's cache
 
@@ -38,7 +38,8 @@ class Op(enum.IntEnum):
     END = 4
 
 
-COMMAND = struct.Struct("<3q")  # (op, batch rows, length: chunk tokens for FORWARD, max_len for SETUP)
+# (op, batch rows, length: chunk tokens for FORWARD / max_len for SETUP, threads for FORWARD: 0 = keep)
+COMMAND = struct.Struct("<4q")
 OK, FAILED = b"\0", b"\1"
 
 
@@ -83,7 +84,7 @@ def serve(conn: Connection) -> None:
     with torch.no_grad():
         while True:
             try:
-                op, batch, length = COMMAND.unpack(conn.recv_bytes())
+                op, batch, length, threads = COMMAND.unpack(conn.recv_bytes())
             except EOFError:
                 return
             try:
@@ -94,6 +95,8 @@ def serve(conn: Connection) -> None:
                     cache = new_static_cache(side.config, length)
                     mask = buffers.mask[:batch, :length].clone()
                 elif op == Op.FORWARD:
+                    if threads and threads != torch.get_num_threads():
+                        torch.set_num_threads(threads)
                     hidden = side(buffers.ids[:batch, :length], mask, buffers.pos[:batch, :length], cache)
                     buffers.out[:batch, :length].copy_(hidden)
                 elif op == Op.SELECT:

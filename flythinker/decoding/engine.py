@@ -201,7 +201,8 @@ def generate(
         eos_token_id, pad_token_id: explicit, else from ``generation_config``, else from ``tokenizer``.
         tokenizer: decodes ``texts`` and stop strings. stop_strings: a row stops at the token completing one.
         streamer: a transformers streamer (``put``/``end``), fed every step.
-        prefill_chunk: prompt chunk length for the pipelined prefill (default: 256, whole prompt when sequential).
+        prefill_chunk: prompt chunk length for the pipelined prefill (default: the whole prompt for
+            ``sequential`` and ``processes``, where each side prefills alone with every core; else 256).
         check_every: host reads finish flags and checks stop strings every k steps (default 8; no per-token sync).
         shrink_finished: drop finished rows from both models' batches at those checks (default True).
         threads: (generator, reasoner) CPU threads for the processes/threads schedules (default: split cores).

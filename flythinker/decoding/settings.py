@@ -334,8 +334,8 @@ def resolve_settings(
         total = default_cpu_threads()
         split = (max(1, total - total // 2), max(1, total // 2))
     chunk = o.prefill_chunk
-    if chunk is None:
-        chunk = input_ids.shape[1] if schedule == "sequential" else 256
+    if chunk is None:  # processes: each side prefills alone with every core (see ProcessRunner)
+        chunk = input_ids.shape[1] if schedule in ("sequential", "processes") else 256
     chunk = _integer("prefill_chunk", chunk, lambda v: v >= 1, "an integer >= 1 (or None)")
     check_every = _integer("check_every", o.check_every, lambda v: v >= 1, "an integer >= 1")
     compile_mode = None

@@ -102,10 +102,12 @@ class Worker:
         return not self.conn.closed and self.process.poll() is None
 
     # -------------------------------------------------------------------------------- requests
-    def request(self, op: Op, batch: int = 0, length: int = 0, payload=None, wait: bool = True) -> None:
+    def request(
+        self, op: Op, batch: int = 0, length: int = 0, threads: int = 0, payload=None, wait: bool = True
+    ) -> None:
         data = None if payload is None else bytes(ForkingPickler.dumps(payload))  # fails here, not half-sent
         try:
-            self.conn.send_bytes(COMMAND.pack(op, batch, length))
+            self.conn.send_bytes(COMMAND.pack(op, batch, length, threads))
             if data is not None:
                 self.conn.send_bytes(data)
         except OSError as error:
@@ -212,7 +214,11 @@ def _tensors(side: ReasonerSide) -> list[torch.Tensor]:
 class ProcessRunner:
     """R in a persistent worker process; token ids and latents cross through shared memory.
 
-    ``threads`` = (generator, reasoner): the caller's process uses the first for the call, the worker the second.
+    ``threads`` = (generator, reasoner). The first launch of a call runs alone (the generator waits for
+    its states), so the worker uses every thread of the call for it, and the caller's process keeps
+    them all until the second launch (G on the prompt's last chunk); from then on they run side by
+    side with the split. With the whole prompt as one chunk (the default) each side prefills alone
+    with every core, which on a few cores beats pipelining at half the cores each.
     """
 
     def __init__(self, out_device: torch.device, threads: tuple[int, int]):
@@ -224,8 +230,8 @@ class ProcessRunner:
     def setup(self, side: ReasonerSide, attention_mask: torch.Tensor, max_len: int, chunk: int) -> None:
         if next(side.parameters()).device.type != "cpu":
             raise ValueError("the processes schedule needs the reasoner on CPU")
-        self._saved_threads = torch.get_num_threads()
-        torch.set_num_threads(self.threads[0])
+        self._saved_threads, self._launches = torch.get_num_threads(), 0
+        torch.set_num_threads(sum(self.threads))
         worker = self.worker = start_worker(self.threads[1])
         batch = attention_mask.shape[0]
         dtype = next(side.parameters()).dtype
@@ -251,7 +257,11 @@ class ProcessRunner:
         self.buffers.ids[:batch, :length].copy_(ids)
         self.buffers.pos[:batch, :length].copy_(positions)
         self._shape = (batch, length)
-        self.worker.request(Op.FORWARD, batch, length, wait=False)
+        if self._launches == 1:  # from now on G and R run side by side
+            torch.set_num_threads(self.threads[0])
+        threads = sum(self.threads) if self._launches == 0 else self.threads[1]
+        self._launches += 1
+        self.worker.request(Op.FORWARD, batch, length, threads, wait=False)
 
     def finish(self) -> torch.Tensor:
         self.worker.reply()
