@@ -158,6 +158,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir or _timestamped("generate"))
     if run_dir.exists() and not run_dir.is_dir():
         raise NotADirectoryError(f"--run-dir {run_dir}: is a file; expected a (new) run directory")
+    if not Path(args.data).exists():
+        raise FileNotFoundError(f"--data {args.data}: no such file")
     records = read_records(args.data, task=args.task, require_target=False)[: args.max_records]
     if not records:
         raise ValueError(f"--data {args.data}: holds no records; nothing to generate for")
@@ -230,6 +232,8 @@ def _hint(error: BaseException) -> str:
         return " (the weights file is truncated or corrupt: save or copy it again)"
     if "json" in text:
         return " (a JSON file of the model directory is corrupt: restore it from the original model)"
+    if "tokenizer" in text:
+        return " (the directory has no usable tokenizer files: save the tokenizer next to the model)"
     return ""
 
 

@@ -622,6 +622,22 @@ def check_model_options(config: FinetuneConfig) -> None:
         raise ValueError(f"model options ({flags}): {error}") from error
 
 
+def _loading(what: str, load):
+    """Run ``load()``; a failure to read a model or tokenizer becomes one ``ValueError`` naming ``what``."""
+    from flythinker.modeling.loading import CheckpointMismatchError
+
+    try:
+        return load()
+    except (CheckpointMismatchError, TrainingDivergedError):
+        raise
+    except ValueError as error:
+        if str(error).startswith("model options"):
+            raise
+        raise ValueError(f"{what}: {' '.join(str(error).split())}") from error
+    except Exception as error:  # noqa: BLE001 - transformers / safetensors / hub errors of many types
+        raise ValueError(f"{what}: cannot load it: {type(error).__name__}: {' '.join(str(error).split())}") from error
+
+
 def run_finetune(config: FinetuneConfig, callbacks: list[TrainerCallback] | None = None,
                  options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train, save the final model (adapters merged) + tokenizer to ``<output_dir>/model``; return metrics.
@@ -635,12 +651,14 @@ def run_finetune(config: FinetuneConfig, callbacks: list[TrainerCallback] | None
     """
     config.validate()
     check_run_directory(config)
-    check_model_options(config)
+    records = read_training_records(config)
+    models = f"--generator {config.generator}" + (f" / --reasoner {config.reasoner}" if config.reasoner else "")
+    _loading(models, lambda: check_model_options(config))
     torch.manual_seed(config.seed)
-    tokenizer = load_tokenizer(config.generator)
-    dataset = prepare_dataset(config, tokenizer, read_training_records(config))
+    tokenizer = _loading(f"--generator {config.generator} (its tokenizer)", lambda: load_tokenizer(config.generator))
+    dataset = prepare_dataset(config, tokenizer, records)
     dtype = torch.bfloat16 if config.bf16 and not torch.cuda.is_available() else torch.float32
-    model = build_model(config, tokenizer, dtype=dtype)
+    model = _loading(models, lambda: build_model(config, tokenizer, dtype=dtype))
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     args = training_arguments(config, world_size)
     resume = _resolve_resume(config)
