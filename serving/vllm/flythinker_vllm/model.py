@@ -1,18 +1,18 @@
 """FlyThinkerForCausalLM for vLLM: both stacks inside one engine model, token-exact with flythinker.
 
-Equations (DESIGN §1, the paper's defaults; ``flythinker.kernels.latent_injection_reference`` is the
-one definition used here)::
+Equations (DESIGN §1; ``flythinker.modeling.fusion.LatentFusion`` is their one definition, used here
+as is, warm-start options included)::
 
     m̄   = mean over the real V_G rows of ‖E_G[v]‖₂           fp32, after loading (vLLM pads the table)
-    h_i  = R.backbone(x_0..x_i)[i]  (· Wᵀ with projection="linear")
-    x̃_i = E_G[x_i] + λ · a_{i-1} · pad(h_{i-1} · m̄ / max(‖h_{i-1}‖, norm_eps))
+    u_i  = P_pre(h_i) − μ                                     h = R.backbone(x_0..x_i)[i]
+    x̃_i = E_G[x_i] + λ · a_{i-1} · P_post(c ⊙ u_{i-1} · m̄ / ‖u_{i-1}‖)
     logits = G(inputs_embeds = x̃)
 
 Each stack is an ordinary vLLM model built by ``init_vllm_registered_model`` from its sub-config,
 so every attention layer of both gets its own paged KV cache; R's LM head is neither built nor
-loaded. h_{t-1} crosses steps (and prefill chunks) in a per-request :class:`LatentSlot`.
-Checkpoint keys route by prefix: ``generator.*`` → G, ``reasoner.*`` → R's backbone,
-``projection.weight`` / ``fusion.projection.weight`` → the projection; reward heads are skipped.
+loaded. u_{t-1} crosses steps (and prefill chunks) in a per-request :class:`LatentSlot`.
+Checkpoint keys route by prefix: ``generator.*`` → G, ``reasoner.*`` → R's backbone, ``fusion.*``
+(and the older ``projection.weight``) → the fusion module; reward heads are skipped.
 """
 
 from __future__ import annotations
@@ -34,25 +34,23 @@ from vllm.sequence import IntermediateTensors
 
 from .slot import LatentSlot, latent_state_dtype
 
-# Config fields of warm-start options; the plugin serves the paper's equations (all off).
-_OFF = {"fusion_gate": (None, "none"), "center_reasoner": (None, False)}
-
 
 def check_supported(config) -> None:
-    """Raise a clear error at load for FlyThinker options this plugin does not implement."""
-    if getattr(config, "projection", "zero_pad") not in ("zero_pad", "linear"):
-        raise ValueError(
-            f"flythinker-vllm: projection={config.projection!r} is not supported (zero_pad | linear)"
-        )
-    for field, off in _OFF.items():
-        value = getattr(config, field, None)
-        if value not in off:
-            raise NotImplementedError(
-                f"flythinker-vllm: config.{field}={value!r} is not supported yet; serve a checkpoint with "
-                f"{field} off (the paper's equations), or use flythinker's own generate()"
-            )
+    """Raise a clear error at load for checkpoints this plugin cannot serve."""
     if getattr(config, "generator_config", None) is None or getattr(config, "reasoner_config", None) is None:
         raise ValueError("flythinker-vllm: the config needs generator_config and reasoner_config")
+    config.validate_fusion()  # flythinker's own check of projection, gate and widths
+
+
+def served_fusion(config) -> nn.Module:
+    """flythinker's LatentFusion, its m̄ being the value load_weights computes (see the module doc)."""
+    from flythinker.modeling.fusion import LatentFusion
+
+    class ServedFusion(LatentFusion):
+        def mean_norm(self, embedding_weight: torch.Tensor, force: bool = False) -> torch.Tensor:
+            return self.mean_embedding_norm  # over the real rows, all-reduced under tensor parallelism
+
+    return ServedFusion(config)
 
 
 def causal_lm_architecture(sub_config) -> str:
@@ -136,17 +134,10 @@ class FlyThinkerForCausalLM(nn.Module, HasInnerState, IsHybrid):
         if hasattr(reasoner, "logits_processor"):
             del reasoner.logits_processor
         self.reasoner = reasoner
-        d_r = reasoner_config.get_text_config().hidden_size
-        d_g = generator_config.get_text_config().hidden_size
-        dtype = vllm_config.model_config.dtype
-        self.projection = (
-            nn.Linear(d_r, d_g, bias=False, dtype=dtype) if config.projection == "linear" else None
+        self.fusion = served_fusion(config)
+        self.latent = nn.ModuleList(
+            [LatentSlot(self._slot_width(vllm_config), maybe_prefix(prefix, "latent.0"))]
         )
-        width = d_g if self.projection is not None else d_r
-        self.latent = nn.ModuleList([LatentSlot(width, prefix=maybe_prefix(prefix, "latent.0"))])
-        self.fusion_lambda = float(config.fusion_lambda)
-        self.norm_eps = float(getattr(config, "norm_eps", 0.0))
-        self.register_buffer("mean_embedding_norm", torch.zeros((), dtype=torch.float32), persistent=False)
         self.make_empty_intermediate_tensors = getattr(
             self.generator, "make_empty_intermediate_tensors", None
         )
@@ -154,10 +145,8 @@ class FlyThinkerForCausalLM(nn.Module, HasInnerState, IsHybrid):
     # ------------------------------------------------------------------ vLLM hybrid-model interface
     @classmethod
     def _slot_width(cls, vllm_config: VllmConfig) -> int:
-        config = vllm_config.model_config.hf_config
-        if getattr(config, "projection", "zero_pad") == "linear":
-            return config.generator_config.get_text_config().hidden_size
-        return config.reasoner_config.get_text_config().hidden_size
+        """Width of the carried source u: d_G after a pre-norm ``linear`` projection, else d_R."""
+        return int(vllm_config.model_config.hf_config.injected_width)
 
     @classmethod
     def get_mamba_state_shape_from_config(cls, vllm_config: VllmConfig) -> tuple[tuple[int, ...], ...]:
@@ -178,24 +167,20 @@ class FlyThinkerForCausalLM(nn.Module, HasInnerState, IsHybrid):
         return self.generator.embed_input_ids(input_ids)
 
     def fuse(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """x̃ for every scheduled token: R on the batch, the slot's shift, the injection into E_G[x]."""
-        from flythinker.kernels import latent_injection_reference
+        """x̃ for every scheduled token: R on the batch, u, the slot's shift, LatentFusion into E_G[x].
 
+        The batch is flat ([N] tokens of many requests), so each token is passed to LatentFusion as
+        its own length-1 chunk whose ``prev_source`` is the shifted source the slot computed.
+        """
         hidden = getattr(self.reasoner, self.reasoner_prefix)(input_ids, positions, None, None)
         if isinstance(hidden, tuple):  # models that also return auxiliary hidden states
             hidden = hidden[0]
-        if self.projection is not None:
-            hidden = self.projection(hidden)
+        embedding = input_embedding(self.generator)
         embeds = self.generator.embed_input_ids(input_ids)
-        src, gate = self.latent[0].shift(hidden.to(embeds.dtype))
-        fused = latent_injection_reference(
-            embeds[:, None],
-            src[:, None],
-            gate[:, None],
-            self.mean_embedding_norm,
-            self.fusion_lambda,
-            self.norm_eps,
-            prev_hidden=src,
+        sources = self.fusion.source(hidden).to(embeds.dtype)
+        shifted, gate = self.latent[0].shift(sources)
+        fused = self.fusion(
+            embeds[:, None], shifted[:, None], gate[:, None], embedding.weight, prev_source=shifted
         )
         return fused[:, 0]
 
@@ -222,10 +207,10 @@ class FlyThinkerForCausalLM(nn.Module, HasInnerState, IsHybrid):
         mapper = WeightsMapper(
             orig_to_new_prefix={
                 "reasoner.": f"reasoner.{self.reasoner_prefix}.",
-                "fusion.projection.": "projection.",
+                "projection.": "fusion.projection.",  # checkpoints written before LatentFusion
             }
         )
         loader = AutoWeightsLoader(self, ignore_unexpected_prefixes=["reward_heads."])
         loaded = loader.load_weights(weights, mapper=mapper)
-        self.mean_embedding_norm.copy_(real_mean_embedding_norm(input_embedding(self.generator)))
+        self.fusion.mean_embedding_norm = real_mean_embedding_norm(input_embedding(self.generator))
         return loaded

@@ -41,5 +41,11 @@ def save_tiny_pair(directory: Path, seed: int = 0, **fusion) -> Path:
         **fusion,
     )
     model = FlyThinkerForCausalLM(config).eval()
+    with torch.no_grad():  # warm-start options start as identities: move them so that they matter
+        for name, tensor in [*model.fusion.named_parameters(), *model.fusion.named_buffers()]:
+            if name in ("gate_logit", "reasoner_center") or (
+                name == "projection.weight" and tensor.abs().max() == 0
+            ):
+                tensor.normal_(0.0, 0.5)
     model.save_pretrained(directory)
     return Path(directory)
