@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import weakref
 from multiprocessing.connection import Connection
 from multiprocessing.reduction import ForkingPickler
@@ -46,7 +47,7 @@ class WorkerDied(RuntimeError):
 
 
 class Worker:
-    """One persistent worker process (one per reasoner thread count), shared by every call and model."""
+    """One persistent worker process, serving one call at a time (any model); idle between calls."""
 
     def __init__(self, threads: int):
         import torch.multiprocessing  # noqa: F401  (registers torch's shared-memory pickling)
@@ -57,7 +58,7 @@ class Worker:
             raise WorkerStartError(
                 f"no Python executable to start the reasoner worker (sys.executable is empty); {_ADVICE}"
             )
-        self.threads, self.pending = threads, 0
+        self.threads, self.pending, self.busy = threads, 0, False
         self.buffers: SharedBuffers | None = None
         self.side_key: tuple | None = None
         self.side_ref = None
@@ -130,9 +131,9 @@ class Worker:
     # -------------------------------------------------------------------------------- ending
     def close(self, timeout: float = 2.0) -> None:
         """Close the channel (the worker then exits on its own), reap it, kill it if it does not exit."""
-        if _WORKERS.get(self.threads) is self:
-            del _WORKERS[self.threads]
-        self.pending = 0
+        if self in _WORKERS:
+            _WORKERS.remove(self)
+        self.pending, self.busy = 0, False
         with contextlib.suppress(OSError):
             self.conn.close()
         try:
@@ -173,29 +174,37 @@ def _authkey() -> bytes:
     return multiprocessing.current_process().authkey
 
 
-_WORKERS: dict[int, Worker] = {}
+_WORKERS: list[Worker] = []  # live workers; a busy one serves one call (concurrent calls get their own)
+_REGISTRY_LOCK = threading.Lock()
 
 
-def start_worker(threads: int) -> Worker:
-    """The live worker for ``threads`` reasoner threads, started if needed (raises :class:`WorkerStartError`)."""
-    worker = _WORKERS.get(threads)
-    if worker is not None and not worker.alive():
-        worker.close()
-        worker = None
-    if worker is None:
-        worker = _WORKERS[threads] = Worker(threads)
-    return worker
+def start_worker(threads: int, acquire: bool = False) -> Worker:
+    """An idle live worker for ``threads`` reasoner threads, started if there is none (raises
+    :class:`WorkerStartError`); ``acquire`` marks it busy for one call (see :func:`release_worker`)."""
+    with _REGISTRY_LOCK:
+        for worker in [w for w in _WORKERS if not w.alive()]:
+            worker.close()
+        worker = next((w for w in _WORKERS if w.threads == threads and not w.busy), None)
+        if worker is None:
+            worker = Worker(threads)
+            _WORKERS.append(worker)
+        worker.busy = acquire
+        return worker
+
+
+def release_worker(worker: Worker) -> None:
+    worker.busy = False
 
 
 def shutdown_workers() -> None:
     """Stop the persistent reasoner worker processes (they also stop at interpreter exit)."""
     while _WORKERS:
-        _WORKERS.popitem()[1].close()
+        _WORKERS[-1].close()
 
 
 def worker_pids() -> list[int]:
     """Process ids of the running reasoner workers."""
-    return [worker.pid for worker in _WORKERS.values()]
+    return [worker.pid for worker in _WORKERS]
 
 
 atexit.register(shutdown_workers)
@@ -232,7 +241,7 @@ class ProcessRunner:
             raise ValueError("the processes schedule needs the reasoner on CPU")
         self._saved_threads, self._launches = torch.get_num_threads(), 0
         torch.set_num_threads(sum(self.threads))
-        worker = self.worker = start_worker(self.threads[1])
+        worker = self.worker = start_worker(self.threads[1], acquire=True)
         batch = attention_mask.shape[0]
         dtype = next(side.parameters()).dtype
         width = side.width
@@ -284,9 +293,13 @@ class ProcessRunner:
                 worker.request(Op.END)
         except WorkerDied:
             pass  # already reaped and reported by the call; the next call starts a new worker
+        except Exception:
+            worker.close()  # the channel cannot be trusted any more; the next call starts a new worker
         except BaseException:
-            worker.close()  # interrupted mid-exchange: the channel cannot be trusted any more
+            worker.close()  # interrupted while draining (Ctrl-C)
             raise
         finally:
+            if worker is not None:
+                release_worker(worker)
             if hasattr(self, "_saved_threads"):
                 torch.set_num_threads(self._saved_threads)

@@ -78,7 +78,7 @@ def test_a_worker_that_cannot_start_says_why_and_concurrent_falls_back(monkeypat
     from tests.tiny_models import left_padded_batch, tiny_flythinker
 
     monkeypatch.setattr(workers.sys, "executable", "/nonexistent/python")
-    monkeypatch.setattr(workers, "_WORKERS", {})
+    monkeypatch.setattr(workers, "_WORKERS", [])
     model = tiny_flythinker(seed=3)
     ids, mask, _ = left_padded_batch([4, 6], seed=3)
     with pytest.raises(WorkerStartError, match=r"could not start .*/nonexistent/python.*schedule='threads'"):
@@ -88,3 +88,25 @@ def test_a_worker_that_cannot_start_says_why_and_concurrent_falls_back(monkeypat
     assert out.settings.schedule == "threads"
     reference = generate(model, ids, mask, max_new_tokens=4, pad_token_id=0, schedule="sequential")
     assert torch.equal(out.sequences, reference.sequences)
+
+
+@pytest.mark.slow
+def test_interleaved_calls_each_get_their_own_worker():
+    """A half-read stream keeps its worker; a call made meanwhile gets another one (never shares it)."""
+    import torch
+
+    from flythinker.decoding import generate, stream
+    from tests.decoding._helpers import CharTokenizer
+    from tests.tiny_models import left_padded_batch, tiny_flythinker
+
+    model = tiny_flythinker(seed=5)
+    ids, mask, _ = left_padded_batch([3, 7], seed=5)
+    kwargs = dict(max_new_tokens=10, pad_token_id=0)
+    reference = generate(model, ids, mask, schedule="sequential", **kwargs)
+    first = stream(model, ids, mask, tokenizer=CharTokenizer(), schedule="processes", **kwargs)
+    pieces = iter(first)
+    next(pieces)
+    middle = generate(model, ids, mask, schedule="processes", **kwargs)
+    list(pieces)
+    assert torch.equal(middle.sequences, reference.sequences)
+    assert torch.equal(first.output.sequences, reference.sequences)
