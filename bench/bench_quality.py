@@ -44,6 +44,7 @@ every per-step number, per-run wall time), ``<stem>.md`` (tables) and ``<stem>_v
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import dataclasses
 import json
@@ -181,7 +182,12 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     p.add_argument("--train-reasoner", action="store_true", help="train the reasoner too (default: frozen)")
     p.add_argument("--tiny", action="store_true", help="tiny random models and a tiny tokenizer (smoke test)")
     p.add_argument("--device", default=None, help="auto (default), cpu or cuda")
-    p.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float64"))
+    p.add_argument(
+        "--dtype",
+        default=None,
+        choices=("float32", "bfloat16", "float64"),
+        help="bfloat16: fp32 weights + bf16 autocast on CUDA, bf16 weights on CPU",
+    )
     p.add_argument("--data-dir", default=defaults.data_dir)
     p.add_argument(
         "--model", default=None, help="a causal-LM checkpoint directory (default: packaged SmolLM2-135M)"
@@ -419,7 +425,9 @@ def label_tokens(labels: torch.Tensor) -> int:
 
 # ------------------------------------------------------------------------------------ measurement
 @torch.no_grad()
-def val_nll(model, data: Data, pad_id: int, device: torch.device, batch_size: int) -> dict[str, float]:
+def val_nll(
+    model, data: Data, pad_id: int, device: torch.device, batch_size: int, amp=None
+) -> dict[str, float]:
     """Mean NLL in nats per label token over the val subset (token-weighted across records)."""
     was_training = model.training
     model.eval()
@@ -427,7 +435,8 @@ def val_nll(model, data: Data, pad_id: int, device: torch.device, batch_size: in
     for start in range(0, len(data.val), batch_size):
         batch = collate(data.val[start : start + batch_size], pad_id, device)
         n = label_tokens(batch["labels"])
-        total += float(model(**batch).loss.double()) * n
+        with amp if amp is not None else contextlib.nullcontext():
+            total += float(model(**batch).loss.double()) * n
         tokens += n
     model.train(was_training)
     return {"nll": total / tokens, "tokens": tokens}
@@ -447,17 +456,18 @@ def generate(model, data: Data, tokenizer, device: torch.device, options: Option
         for row, prompt in enumerate(prompts):
             ids[row, width - len(prompt) :] = torch.tensor(prompt)
             mask[row, width - len(prompt) :] = 1
-        sequences = model.generate(
-            ids.to(device),
-            attention_mask=mask.to(device),
-            max_new_tokens=options.max_new_tokens,
-            do_sample=False,
-            temperature=None,
-            top_k=None,
-            top_p=None,
-            pad_token_id=pad,
-            eos_token_id=eos,
-        )
+        with autocast(options, device):
+            sequences = model.generate(
+                ids.to(device),
+                attention_mask=mask.to(device),
+                max_new_tokens=options.max_new_tokens,
+                do_sample=False,
+                temperature=None,
+                top_k=None,
+                top_p=None,
+                pad_token_id=pad,
+                eos_token_id=eos,
+            )
         for tokens in sequences[:, width:].tolist():
             if eos in tokens:
                 tokens = tokens[: tokens.index(eos)]
@@ -537,7 +547,8 @@ def run_one(
         from flythinker.train.warm_start import estimate_reasoner_center
 
         center_batches = [collate([data.train[i] for i in idx], pad_id, device) for idx in batches[:n_center]]
-        estimate_reasoner_center(model, center_batches)
+        with autocast(options, device):
+            estimate_reasoner_center(model, center_batches)
     times["center_s"] = time.perf_counter() - t
 
     from flythinker.train.recipes import warmup_steps_for
@@ -556,7 +567,8 @@ def run_one(
     set_scale(0)
     model.eval()
     with torch.no_grad():
-        step0_probe = float(model(**probe).loss)
+        with autocast(options, device):
+            step0_probe = float(model(**probe).loss)
     evals: list[dict[str, Any]] = []
 
     def evaluate(step: int, scale: float) -> None:
@@ -565,7 +577,7 @@ def run_one(
             {
                 "step": step,
                 "lambda_scale": scale,
-                **val_nll(model, data, pad_id, device, options.eval_batch_size),
+                **val_nll(model, data, pad_id, device, options.eval_batch_size, autocast(options, device)),
             }
         )
         times["eval_s"] = times.get("eval_s", 0.0) + time.perf_counter() - e
@@ -597,7 +609,8 @@ def run_one(
         total_tokens = max(1, sum(counts))
         loss_value = 0.0
         for chunk, n in zip(chunks, counts):
-            loss = model(**chunk).loss * (n / total_tokens)  # token-weighted: equals the whole batch's mean
+            with autocast(options, device):
+                loss = model(**chunk).loss * (n / total_tokens)  # token-weighted: the whole batch's mean
             loss.backward()
             loss_value += float(loss.detach())
         grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, options.max_grad_norm))
@@ -812,6 +825,13 @@ def versions() -> dict[str, str]:
     return {"torch": torch.__version__, "transformers": transformers.__version__}
 
 
+def autocast(options: Options, device: torch.device):
+    """bf16 autocast on CUDA when ``--dtype bfloat16`` (weights and optimizer state stay fp32)."""
+    if options.dtype == "bfloat16" and device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 def resolve(options: Options) -> tuple[torch.device, torch.dtype, str]:
     device = torch.device(
         "cuda"
@@ -819,8 +839,8 @@ def resolve(options: Options) -> tuple[torch.device, torch.dtype, str]:
         else ("cpu" if options.device == "auto" else options.device)
     )
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}[options.dtype]
-    if device.type == "cpu" and dtype == torch.bfloat16 and options.scale == "paper":
-        dtype = torch.float32
+    if dtype == torch.bfloat16 and (device.type == "cuda" or options.scale == "paper"):
+        dtype = torch.float32  # CUDA: fp32 master weights under bf16 autocast; CPU + paper preset: fp32
     stem = options.stem or f"quality_{device.type}"
     return device, dtype, stem
 
