@@ -28,6 +28,8 @@ from .fusion import LatentFusion, default_position_ids, injection_gate
 
 # Generator configs whose logits are not plain ``lm_head(hidden)``: the fused loss would be wrong.
 _LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
+# forward kwargs meant for the generator's outputs only; the reasoner gets the attention kwargs.
+_GENERATOR_ONLY_KWARGS = ("output_attentions", "output_hidden_states", "return_dict")
 
 
 class FusedBackboneView(nn.Module):
@@ -75,6 +77,10 @@ class FlyThinkerPreTrainedModel(PreTrainedModel):
 class FlyThinkerForCausalLM(FlyThinkerPreTrainedModel, GenerationMixin):
     """Generator G + reasoner R. ``.generator`` is a standard causal LM, ``.reasoner`` a standard
     backbone (no LM head). See DESIGN §1 for the equations this forward implements."""
+
+    # The cache carries the last reasoner state, which cannot be rolled back to a shorter prefix:
+    # generate(assistant_model=...) then fails early with transformers' own clear message.
+    _is_stateful = True
 
     def __init__(self, config: FlyThinkerConfig):
         super().__init__(config)
@@ -137,6 +143,20 @@ class FlyThinkerForCausalLM(FlyThinkerPreTrainedModel, GenerationMixin):
 
     def get_decoder(self) -> nn.Module:
         return self.generator.get_decoder()
+
+    def resize_token_embeddings(self, new_num_tokens=None, pad_to_multiple_of=None, mean_resizing=True) -> nn.Embedding:
+        """Resize the generator's and the reasoner's token tables together (both read the same ids) and
+        recompute m̄ = mean_v ‖E_G[v]‖₂ of the new generator table; returns the generator's embedding."""
+        embeddings = self.generator.resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
+        if new_num_tokens is None and pad_to_multiple_of is None:
+            return embeddings
+        vocab_size = embeddings.weight.shape[0]
+        self.reasoner.resize_token_embeddings(vocab_size, mean_resizing=mean_resizing)
+        for sub_config in (self.config.generator_config, self.config.reasoner_config):
+            sub_config.get_text_config().vocab_size = vocab_size
+        self.vocab_size = vocab_size
+        self.refresh_mean_embedding_norm(force=True)
+        return embeddings
 
     def save_pretrained(self, save_directory, *args: Any, **kwargs: Any):
         """``PreTrainedModel.save_pretrained`` plus the remote-code shim of ``flythinker.modeling.remote_code``,
@@ -221,7 +241,9 @@ class FlyThinkerForCausalLM(FlyThinkerPreTrainedModel, GenerationMixin):
         gate = injection_gate(attention_mask, position_ids, past_length)
 
         reasoner_cache = past_key_values.reasoner_cache if past_key_values is not None else None
-        hidden = self.reasoner_states(input_ids, attention_mask, position_ids, reasoner_cache, **kwargs)
+        kwargs.pop("return_dict", None)  # both sub-models return their output objects
+        reasoner_kwargs = {k: v for k, v in kwargs.items() if k not in _GENERATOR_ONLY_KWARGS}
+        hidden = self.reasoner_states(input_ids, attention_mask, position_ids, reasoner_cache, **reasoner_kwargs)
         prev_hidden = past_key_values.last_reasoner_state if past_length > 0 else None
         fused = self.fuse(input_ids, hidden, gate, prev_hidden)
         if past_key_values is not None:
@@ -267,22 +289,32 @@ class FlyThinkerForCausalLM(FlyThinkerPreTrainedModel, GenerationMixin):
             labels: [B, L] next-token targets (shifted inside, ignore_index −100).
             logits_to_keep: as in transformers: keep the last k positions' logits (0 = all).
             return_logits: with the fused loss, also compute logits (default: only when no labels).
-            kwargs: ``num_items_in_batch`` for gradient accumulation; attention kwargs for the sub-models.
+            use_cache: build and return a :class:`FlyThinkerCache`; ``None`` reads ``config.use_cache``
+                (unset by default: no cache, so packed rows stay separated).
+            kwargs: ``num_items_in_batch`` for gradient accumulation; ``shift_labels`` ([B, L] targets
+                already aligned with the logits, from context-parallel trainers; replace ``labels``'
+                shift); ``return_dict=False`` for a tuple; ``output_attentions`` / ``output_hidden_states``
+                (the generator's); attention kwargs for both sub-models.
         """
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
+        shift_labels = kwargs.pop("shift_labels", None)  # already-shifted targets (context parallelism)
+        return_dict = kwargs.pop("return_dict", None)
+        if use_cache is None:  # config.use_cache when set; unset (the default): no cache, packed rows stay apart
+            use_cache = getattr(self.config, "use_cache", None)
         outputs = self.backbone(
             input_ids, attention_mask, position_ids, past_key_values, inputs_embeds, use_cache, cache, **kwargs
         )
         loss, logits = self._loss_and_logits(
-            outputs.last_hidden_state, labels, logits_to_keep, return_logits, num_items_in_batch
+            outputs.last_hidden_state, labels, logits_to_keep, return_logits, num_items_in_batch, shift_labels
         )
-        return CausalLMOutputWithPast(
+        output = CausalLMOutputWithPast(
             loss=loss,
             logits=logits,
             past_key_values=outputs.past_key_values,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
         )
+        return output if (self.config.return_dict if return_dict is None else return_dict) else output.to_tuple()
 
     def score_rewards(
         self,
@@ -305,12 +337,17 @@ class FlyThinkerForCausalLM(FlyThinkerPreTrainedModel, GenerationMixin):
         generator_config = self.config.get_text_config()
         return not any(getattr(generator_config, name, None) for name in _LOGIT_TRANSFORMS)
 
-    def _loss_and_logits(self, hidden_states, labels, logits_to_keep, return_logits, num_items_in_batch):
-        """Next-token CE on label positions (fused, chunked when configured) and the requested logits."""
+    def _loss_and_logits(self, hidden_states, labels, logits_to_keep, return_logits, num_items_in_batch,
+                         shift_labels=None):
+        """Next-token CE on label positions (fused, chunked when configured) and the requested logits.
+        ``shift_labels`` ([B, L], target of position i at i) replaces the shift of ``labels`` when given."""
         lm_head = self.generator.get_output_embeddings()
         loss = None
+        if shift_labels is not None and labels is None:
+            labels = shift_labels  # only a marker that a loss is wanted: shift_labels are the targets
         if labels is not None and self._uses_fused_loss():
-            shifted = nn.functional.pad(labels, (0, 1), value=-100)[:, 1:].to(hidden_states.device)
+            shifted = shift_labels if shift_labels is not None else nn.functional.pad(labels, (0, 1), value=-100)[:, 1:]
+            shifted = shifted.to(hidden_states.device)
             # One function: its own dispatch picks the Triton or the PyTorch per-chunk step.
             loss = fused_linear_cross_entropy(
                 hidden_states.flatten(0, 1),
@@ -329,6 +366,7 @@ class FlyThinkerForCausalLM(FlyThinkerPreTrainedModel, GenerationMixin):
                 labels=labels,
                 vocab_size=self.config.get_text_config().vocab_size,
                 num_items_in_batch=num_items_in_batch,
+                shift_labels=shift_labels,
             )
         return loss, logits
 
