@@ -62,8 +62,64 @@ def _close(fragment: str) -> str:
     return text + "".join(reversed(stack))
 
 
+def _can_close(rest: str) -> bool:
+    """Whether the text after a quote lets that quote end a string: ``: } ]``, the end, or a comma
+    followed by the start of a JSON value (``" { [``, a digit, ``-``, true / false / null) or the end."""
+    rest = rest.lstrip()
+    if not rest or rest[0] in ":}]":
+        return True
+    if rest[0] != ",":
+        return False
+    after = rest[1:].lstrip()
+    return not after or after[0] in '"{[-0123456789' or after.startswith(("true", "false", "null"))
+
+
+def escape_stray_quotes(text: str) -> str:
+    """Escape a ``"`` inside a string unless what follows can end a string (see :func:`_can_close`).
+
+    Small models write ``"value": "the word "you" is wrong"``; this turns the inner quotes into
+    ``\\"`` so the value parses.
+    """
+    out: list[str] = []
+    in_str = esc = False
+    for i, ch in enumerate(text):
+        if in_str:
+            if esc:
+                esc = False
+            elif ch == "\\":
+                esc = True
+            elif ch == '"':
+                if not _can_close(text[i + 1 :]):
+                    out.append('\\"')
+                    continue
+                in_str = False
+        elif ch == '"':
+            in_str = True
+        out.append(ch)
+    return "".join(out)
+
+
 def extract_json(text: str, max_cuts: int = 8) -> tuple[Any, list[str]]:
-    """(the first JSON object/array in ``text``, the list of repairs applied)."""
+    """(the first JSON object/array in ``text``, the list of repairs applied).
+
+    Tries the text as it is, then with stray quotes escaped (:func:`escape_stray_quotes`).
+    """
+    try:
+        return _extract_json(text, max_cuts)
+    except OutputParseError as first:
+        starts = [i for i in (text.find("{"), text.find("[")) if i != -1]
+        body = text[min(starts) :] if starts else text
+        fixed = escape_stray_quotes(body)
+        if fixed == body:
+            raise
+        try:
+            value, repairs = _extract_json(fixed, max_cuts)
+        except OutputParseError:
+            raise first from None
+        return value, ["escaped stray quotes", *repairs]
+
+
+def _extract_json(text: str, max_cuts: int) -> tuple[Any, list[str]]:
     repairs: list[str] = []
     fence = _FENCE.search(text)
     if fence and ("{" in fence.group(1) or "[" in fence.group(1)):

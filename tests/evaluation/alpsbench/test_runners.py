@@ -29,6 +29,11 @@ def test_extract_json_variants():
     assert value == {"memory_items": [{"label": "A"}, {"label": "B"}]} and repairs[0].startswith("cut 1")
     assert extract_json('{"x": "a \\" } still string"}')[0] == {"x": 'a " } still string'}
     assert extract_json('{"a": "中文", "b": {"c":')[0] == {"a": "中文", "b": {"c": None}}
+    # unescaped quotes inside a string (SmolLM2 wrote this for a CF row), cut off by the token limit
+    raw = '{"used_memory_fact": "The sentence uses "you" and "at now", which is wrong. The sen'
+    value, repairs = extract_json('Note "this": ' + raw)
+    assert value == {"used_memory_fact": 'The sentence uses "you" and "at now", which is wrong. The sen'}
+    assert repairs == ["escaped stray quotes", "closed a truncated value"]
     for bad in ("no json here", '{"a": tru e}'):
         with pytest.raises(OutputParseError):
             extract_json(bad)
@@ -77,7 +82,7 @@ def test_retry_then_failure_rows_are_written(tmp_path):
 
     # call 1 (rows 0, 1): row 0 continues the pre-fill, row 1 breaks the JSON; the retry of row 1 restarts
     # the JSON (accepted); call 2 (row 2): broken, and broken again on its one retry
-    bad = 'a" "b"} garbage'  # after the pre-fill: a complete but invalid object
+    bad = 'a": 1} garbage'  # after the pre-fill: a complete but invalid object, which no repair fixes
     respond.queue = [
         'owns a Tesla", "answer": "ok"}',
         bad,
