@@ -712,6 +712,9 @@ def summarise(runs: Sequence[dict[str, Any]], variant_order: Sequence[str]) -> d
         for m in METRICS:
             row[f"{m}_mean"], row[f"{m}_std"] = _mean_std([rs[s]["generation"][m] for s in seeds])
         row["run_seconds_mean"], _ = _mean_std([rs[s]["seconds"]["total_s"] for s in seeds])
+        row["run_cpu_seconds_mean"], _ = _mean_std(
+            [rs[s]["seconds"].get("process_cpu_s", math.nan) for s in seeds]
+        )
         out[variant] = row
     return out
 
@@ -771,14 +774,15 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         "ROUGE and METEOR in [0, 1], BLEU in [0, 100].",
         "",
-        "| variant | ROUGE-1 | ROUGE-L | METEOR | BLEU | s/run |",
-        "|---|---|---|---|---|---|",
+        "| variant | ROUGE-1 | ROUGE-L | METEOR | BLEU | wall s/run | CPU s/run |",
+        "|---|---|---|---|---|---|---|",
     ]
     for variant, row in summary.items():
         lines.append(
             f"| {variant} | {_pm(row['rouge1_mean'], row['rouge1_std'])} | "
             f"{_pm(row['rougeL_mean'], row['rougeL_std'])} | {_pm(row['meteor_mean'], row['meteor_std'])} | "
-            f"{_pm(row['bleu_mean'], row['bleu_std'], 2)} | {row['run_seconds_mean']:.0f} |"
+            f"{_pm(row['bleu_mean'], row['bleu_std'], 2)} | {row['run_seconds_mean']:.0f} | "
+            f"{row['run_cpu_seconds_mean']:.0f} |"
         )
     lines += ["", "## Recipes", ""]
     seen: set[str] = set()
