@@ -157,9 +157,15 @@ def score_entries(
     all_rows: list[dict[str, Any]] = []
     summaries = []
     by_level: dict[str, dict[str, float]] = {}
+    unscored = []
     for track, method, path in entries:
         td = loaded[track]
         predictions = load_predictions(path, track, [r["benchmark_id"] for r in td.inputs])
+        if td.references is None:  # the test split: the file is the submission, checked but not scored
+            unscored.append(
+                {"track": track, "method": method, "predictions": str(path), "rows": len(predictions)}
+            )
+            continue
         rows = score_track(td, predictions, method, _status(Path(path)))
         if judge_lm is not None and td.task == "task4":
             _judge_rows(judge_lm, td, predictions, rows)
@@ -170,6 +176,8 @@ def score_entries(
         if td.level is not None:
             by_level.setdefault(method, {})[str(td.level)] = s["main_score"]
     summary = {"split": split, "tracks": summaries, "task3_accuracy_by_level": by_level}
+    if unscored:
+        summary["not_scored"] = unscored  # hidden references: submit these predictions
     write_reports(out, summary, all_rows)
     return summary
 

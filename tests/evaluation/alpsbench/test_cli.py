@@ -144,3 +144,36 @@ def test_contract_errors_are_one_readable_line(tmp_path, capsys):
     assert rc != 0 and "no track has all their ids" in capsys.readouterr().err
     rc = main(["alpsbench", "run", "--data", str(tmp_path), "--out", str(tmp_path / "o"), "--track", "t1"])
     assert rc != 0 and "found neither examples/ nor task1" in capsys.readouterr().err
+
+
+def test_a_test_split_gets_contract_checked_predictions_but_no_scores(tmp_path):
+    import shutil
+
+    split = tmp_path / "benchmark_data" / "test"
+    shutil.copytree(EXAMPLES, split)
+    for ref in split.rglob("reference_output.jsonl"):
+        ref.unlink()  # the public test split hides its gold
+    out = tmp_path / "o"
+    assert (
+        main(
+            [
+                "alpsbench",
+                "run",
+                "--data",
+                str(tmp_path / "benchmark_data"),
+                "--split",
+                "test",
+                "--track",
+                "t3",
+                "--baselines",
+                "bm25",
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["tracks"] == [] and summary["not_scored"][0]["track"] == "task3_d100"
+    assert len(read_jsonl(out / "task3_d100" / "baselines" / "bm25" / "predictions.jsonl")) == 1
