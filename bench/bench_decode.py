@@ -60,30 +60,19 @@ def generator_alone(model, input_ids, attention_mask, max_new_tokens: int) -> di
     mask = torch.cat([attention_mask, attention_mask.new_ones(batch, max_new_tokens)], dim=1)
     positions = (attention_mask.cumsum(-1) - 1).clamp_min(0)
     cache = StaticCache(config=generator.config, max_cache_len=length + max_new_tokens)
+
+    def forward(ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        kwargs = dict(attention_mask=mask, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        return generator(input_ids=ids, position_ids=position_ids, **kwargs).logits[:, -1]
+
     begin = time.perf_counter()
-    logits = generator(
-        input_ids=input_ids,
-        attention_mask=mask,
-        position_ids=positions,
-        past_key_values=cache,
-        use_cache=True,
-        logits_to_keep=1,
-    ).logits[:, -1]
-    token = logits.argmax(-1)
+    token = forward(input_ids, positions).argmax(-1)
     first = time.perf_counter()
     position, steps = positions[:, -1:], []
     for _ in range(max_new_tokens - 1):
         tick = time.perf_counter()
         position = position + 1
-        logits = generator(
-            input_ids=token[:, None],
-            attention_mask=mask,
-            position_ids=position,
-            past_key_values=cache,
-            use_cache=True,
-            logits_to_keep=1,
-        ).logits[:, -1]
-        token = logits.argmax(-1)
+        token = forward(token[:, None], position).argmax(-1)
         steps.append(time.perf_counter() - tick)
     end = time.perf_counter()
     return {

@@ -308,17 +308,8 @@ def resolve_settings(
         )
     if o.streamer is not None and not (hasattr(o.streamer, "put") and hasattr(o.streamer, "end")):
         _fail("streamer", o.streamer, "an object with put() and end(), like transformers' TextStreamer")
-    sampling = resolve_sampling(
-        config,
-        o.logits_processor,
-        do_sample=o.do_sample,
-        temperature=o.temperature,
-        top_k=o.top_k,
-        top_p=o.top_p,
-        min_p=o.min_p,
-        repetition_penalty=o.repetition_penalty,
-        seed=o.seed,
-    )
+    knobs = ("do_sample", "temperature", "top_k", "top_p", "min_p", "repetition_penalty", "seed")
+    sampling = resolve_sampling(config, o.logits_processor, **{name: getattr(o, name) for name in knobs})
 
     generator_device = model.generator.get_input_embeddings().weight.device
     reasoner_device = next(model.reasoner.parameters()).device

@@ -132,9 +132,8 @@ class Transcript:
         done, rows, lengths = state.done.tolist(), state.rows.tolist(), state.length.tolist()
         stops = self.settings.stop_strings
         if stops and self.tokenizer is not None:
-            live = [
-                i for i, r in enumerate(rows) if self.reasons[r] is None
-            ]  # EOS rows too: a stop may precede
+            # Rows not yet ended by a stop string, EOS rows included: a stop string may precede the EOS.
+            live = [i for i, r in enumerate(rows) if self.reasons[r] is None]
             texts = self.tokens[[rows[i] for i in live], : step + 1].tolist() if live else []
             for i, row_tokens in zip(live, texts):
                 found = find_stop(self.tokenizer, row_tokens[: min(lengths[i], step + 1)], stops)

@@ -207,7 +207,19 @@ def worker_pids() -> list[int]:
     return [worker.pid for worker in _WORKERS]
 
 
+def _forget_workers_after_fork() -> None:
+    """A forked child must not talk to its parent's workers: drop its copies of their channels."""
+    global _REGISTRY_LOCK
+    for worker in _WORKERS:
+        with contextlib.suppress(OSError):
+            worker.conn.close()
+    _WORKERS.clear()
+    _REGISTRY_LOCK = threading.Lock()
+
+
 atexit.register(shutdown_workers)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_workers_after_fork)
 
 
 def _side_key(side: ReasonerSide) -> tuple:
