@@ -70,6 +70,7 @@ def test_saved_directory_has_auto_map_and_a_tiny_shim(saved):
         )
 
 
+@pytest.mark.slow  # a fresh interpreter (about 10 s of imports)
 def test_fresh_process_loads_with_trust_remote_code_and_reproduces_logits(saved, tmp_path):
     _, directory = saved
     result = _run_fresh(
@@ -102,6 +103,7 @@ def test_fresh_process_loads_with_trust_remote_code_and_reproduces_logits(saved,
     assert "OK Qwen2Config" in result.stdout
 
 
+@pytest.mark.slow  # a fresh interpreter (about 10 s of imports)
 def test_fresh_process_without_flythinker_says_how_to_install(saved, tmp_path):
     _, directory = saved
     result = _run_fresh(
@@ -150,6 +152,7 @@ def test_config_auto_map_always_exists(tmp_path):
     assert restored.auto_map == {**AUTO_MAP, "AutoTokenizer": ["tok.Slow", None]}
 
 
+@pytest.mark.slow  # a fresh interpreter (about 10 s of imports)
 def test_plain_import_flythinker_registers_the_auto_classes(saved, tmp_path):
     _, directory = saved
     result = _run_fresh(
