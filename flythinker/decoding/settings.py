@@ -347,7 +347,7 @@ def resolve_settings(
         prefill_chunk=chunk,
         check_every=1 if streaming else check_every,
         shrink_finished=_flag("shrink_finished", o.shrink_finished),
-        threads=split,
+        threads=split if schedule in ("threads", "processes") else None,  # untouched otherwise
         compile=compile_mode,
         generator_device=str(generator_device),
         reasoner_device=str(reasoner_device),
