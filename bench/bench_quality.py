@@ -475,6 +475,33 @@ def generate(model, data: Data, tokenizer, device: torch.device, options: Option
     return out
 
 
+@dataclass
+class Probe:
+    """A fixed PEP batch (the first ``--batch-size`` user_train records) and the base generator on it."""
+
+    batch: dict[str, torch.Tensor]
+    generator_loss: float  # float64 cross-entropy from the generator's logits (see probe_logits)
+    generator_logits: torch.Tensor  # fp32 logits at the label positions, on the CPU
+
+
+@torch.no_grad()
+def probe_logits(model, batch: dict[str, torch.Tensor], amp=None) -> tuple[float, torch.Tensor]:
+    """``(loss, logits)``: logits (no labels passed) at the positions that predict a label, and their
+    mean cross-entropy computed in float64 by one function for every model, so a difference between
+    two models is a difference of their logits, not of their loss kernels."""
+    was_training = model.training
+    model.eval()
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    with amp if amp is not None else contextlib.nullcontext():
+        logits = model(**inputs).logits
+    model.train(was_training)
+    targets = batch["labels"][:, 1:]
+    keep = targets != IGNORE_INDEX
+    selected = logits[:, :-1][keep].float()
+    loss = torch.nn.functional.cross_entropy(selected.double(), targets[keep])
+    return float(loss), selected.cpu()
+
+
 def score(predictions: list[str], references: list[str]) -> dict[str, float]:
     from flythinker.evaluation.metrics import compute_metrics
 
@@ -524,8 +551,7 @@ def run_one(
     seed: int,
     options: Options,
     device: torch.device,
-    probe: dict[str, torch.Tensor],
-    generator_probe_loss: float,
+    probe: Probe,
 ) -> dict[str, Any]:
     """Train one (recipe, seed) and measure it; returns the run's record (all per-step numbers)."""
     from tqdm.auto import tqdm
@@ -568,7 +594,10 @@ def run_one(
     model.eval()
     with torch.no_grad():
         with autocast(options, device):
-            step0_probe = float(model(**probe).loss)
+            step0_model_loss = float(model(**probe.batch).loss)
+    step0_probe, step0_logits = probe_logits(model, probe.batch, autocast(options, device))
+    step0_logit_diff = float((step0_logits - probe.generator_logits).abs().max())
+    del step0_logits
     evals: list[dict[str, Any]] = []
 
     def evaluate(step: int, scale: float) -> None:
@@ -656,8 +685,10 @@ def run_one(
         "recipe": recipe_dict(recipe),
         "trainable_parameters": sum(p.numel() for p in trainable),
         "step0_probe_loss": step0_probe,
-        "generator_probe_loss": generator_probe_loss,
-        "step0_probe_diff": step0_probe - generator_probe_loss,
+        "generator_probe_loss": probe.generator_loss,
+        "step0_probe_diff": step0_probe - probe.generator_loss,
+        "step0_probe_logits_max_abs_diff": step0_logit_diff,
+        "step0_probe_model_loss": step0_model_loss,  # the model's own (fused) loss, for reference
         "train": steps,
         "val": evals,
         "final_val_nll": evals[-1]["nll"],
@@ -698,6 +729,9 @@ def summarise(runs: Sequence[dict[str, Any]], variant_order: Sequence[str]) -> d
         row["final_val_nll_mean"], row["final_val_nll_std"] = _mean_std(nll)
         row["step0_val_nll_mean"], _ = _mean_std([rs[s]["val"][0]["nll"] for s in seeds])
         row["step0_probe_diff_max_abs"] = max(abs(rs[s]["step0_probe_diff"]) for s in seeds)
+        row["step0_logits_diff_max_abs"] = max(
+            rs[s].get("step0_probe_logits_max_abs_diff", math.nan) for s in seeds
+        )
         if sft is not None:
             paired = [
                 rs[s]["final_val_nll"] - by_variant[sft][s]["final_val_nll"]
@@ -753,7 +787,7 @@ def markdown(report: dict[str, Any]) -> str:
         "Paired difference = variant − SFT for each seed (same data order); negative = better than SFT.",
         "",
         "| variant | final val NLL | step-0 val NLL | Δ vs SFT mean ± std | Δ min / max | seeds < SFT "
-        "| step-0 probe loss − generator |",
+        "| step-0 probe loss − generator | step-0 max abs logit diff |",
         "|---|---|---|---|---|---|---|",
     ]
     for variant, row in summary.items():
@@ -766,7 +800,7 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(
             f"| {variant} | {_pm(row['final_val_nll_mean'], row['final_val_nll_std'])} | "
             f"{row['step0_val_nll_mean']:.4f} | {diff} | {span} | {better} | "
-            f"{row['step0_probe_diff_max_abs']:.2e} |"
+            f"{row['step0_probe_diff_max_abs']:.2e} | {row['step0_logits_diff_max_abs']:.2e} |"
         )
     lines += [
         "",
@@ -902,11 +936,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if not getattr(options, "_report_only", False):
         base = load_base(options, device, dtype)
         data = load_data(options, base.tokenizer)
-        probe = collate(data.train[: options.batch_size], base.tokenizer.pad_token_id, device)
-        base.generator.eval()
-        with torch.no_grad():
-            generator_probe_loss = float(base.generator(**probe).loss)
-        partial["generator_probe_loss"] = generator_probe_loss
+        probe_batch = collate(data.train[: options.batch_size], base.tokenizer.pad_token_id, device)
+        loss, logits = probe_logits(base.generator, probe_batch, autocast(options, device))
+        probe = Probe(batch=probe_batch, generator_loss=loss, generator_logits=logits)
+        partial["generator_probe_loss"] = loss
         partial["base"] = base.description
         partial["options"] = dataclasses.asdict(options)
         partial["command"] = "python bench/bench_quality.py " + " ".join(
@@ -922,7 +955,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         from tqdm.auto import tqdm
 
         for recipe, seed in tqdm(todo, desc="runs", unit="run"):
-            record = run_one(base, data, recipe, seed, options, device, probe, generator_probe_loss)
+            record = run_one(base, data, recipe, seed, options, device, probe)
             partial["runs"][f"{recipe.name}/{seed}"] = record
             tmp = partial_path.with_suffix(".tmp")
             tmp.write_text(json.dumps(partial))

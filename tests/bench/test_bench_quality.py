@@ -134,7 +134,8 @@ def test_harness_end_to_end_on_tiny_models_and_resumes(tmp_path, capsys):
     tokens = {k: [s["records"] for s in r["train"]] for k, r in runs.items()}
     assert all(tokens[(n, 0)] == tokens[("sft", 0)] for n in names)
     assert tokens[("sft", 1)] == tokens[("paper", 1)] != tokens[("sft", 0)]
-    assert runs[("sft", 0)]["step0_probe_diff"] == 0.0
+    assert runs[("sft", 0)]["step0_probe_diff"] == 0.0 == runs[("sft", 0)]["step0_probe_logits_max_abs_diff"]
+    assert runs[("paper", 0)]["step0_probe_logits_max_abs_diff"] > 0
     # warm starts that make step 0 the generator: the probe loss equals the generator's
     for name, recipe in RECIPES.items():
         overrides = dict(recipe.config_overrides)
@@ -144,7 +145,8 @@ def test_harness_end_to_end_on_tiny_models_and_resumes(tmp_path, capsys):
             or (recipe.lambda_warmup_steps or 0) > 0
         )
         if exact:
-            assert abs(runs[(name, 0)]["step0_probe_diff"]) < 1e-6, name
+            run = runs[(name, 0)]  # bit-for-bit: logits and the float64 loss computed from them
+            assert run["step0_probe_logits_max_abs_diff"] == 0.0 and run["step0_probe_diff"] == 0.0, name
     # λ warm-up: s = min(1, step/N) before each step, the evaluation after s steps uses min(1, s/N)
     from flythinker.train.recipes import warmup_steps_for
 
