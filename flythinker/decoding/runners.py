@@ -16,7 +16,7 @@ from __future__ import annotations
 import queue
 import threading
 import warnings
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import torch
 
@@ -24,6 +24,7 @@ from .settings import DecodingSettings
 from .steps import ReasonerSide, new_static_cache, select_cache_rows
 
 
+@runtime_checkable
 class ReasonerRunner(Protocol):
     """The reasoner's half of every decode step, placed somewhere."""
 

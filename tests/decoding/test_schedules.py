@@ -106,6 +106,15 @@ def test_projection_model_all_schedules_agree():
         assert torch.equal(out.sequences, hf), schedule
 
 
+def test_every_runner_implements_the_runner_protocol():
+    from flythinker.decoding.runners import DeviceRunner, ReasonerRunner, ThreadRunner
+    from flythinker.decoding.workers import ProcessRunner
+
+    cpu = torch.device("cpu")
+    for runner in (DeviceRunner(cpu), ThreadRunner(cpu, 1), ProcessRunner(cpu, (1, 1))):
+        assert isinstance(runner, ReasonerRunner), type(runner).__name__
+
+
 def test_bad_inputs_raise_clear_errors(model):
     input_ids, mask, _ = left_padded_batch([3, 5], seed=1)
     with pytest.raises(ValueError, match="max_new_tokens"):
