@@ -16,32 +16,39 @@ ENGINE = {"max_model_len": 1024}
 
 @pytest.fixture(scope="module")
 def uneven(tiny_dir, tmp_path_factory):
-    prompts = [random_prompt(n, seed=n) for n in (1, 5, 17, 40)]
-    spec = {"model": str(tiny_dir), "engine": ENGINE, "rounds": [prompts], "max_tokens": 12, "logprobs": 5}
-    return prompts, run_engine(tmp_path_factory.mktemp("uneven"), spec, multiprocess=True)
+    """Two rounds of prompts of 1, 5, 17 and 40 tokens: the second round's requests get slots that
+    the first round's requests used (stale bytes a new request must not read)."""
+    rounds = [[random_prompt(n, seed=n + offset) for n in (1, 5, 17, 40)] for offset in (0, 1000)]
+    spec = {"model": str(tiny_dir), "engine": ENGINE, "rounds": rounds, "max_tokens": 12, "logprobs": 5}
+    return rounds, run_engine(tmp_path_factory.mktemp("uneven"), spec, multiprocess=True)
 
 
 def test_uneven_batch_in_engine_process_is_exact(uneven, tiny_reference):
-    prompts, result = uneven
-    for prompt, output in zip(prompts, result["rounds"][0]):
-        assert_matches_reference(tiny_reference, prompt, output)
+    rounds, result = uneven
+    for prompts, outputs in zip(rounds, result["rounds"]):
+        for prompt, output in zip(prompts, outputs):
+            assert_matches_reference(tiny_reference, prompt, output)
 
 
 def test_top_k_logprobs_within_tolerance(uneven, tiny_reference):
-    prompts, result = uneven
-    for prompt, output in zip(prompts, result["rounds"][0]):
+    rounds, result = uneven
+    for prompt, output in zip(rounds[0], result["rounds"][0]):
         assert len(output["logprobs"][0]) >= 5
         assert_matches_reference(tiny_reference, prompt, output, logprob_tolerance=LOGPROB_TOLERANCE)
 
 
 def test_chunked_prefill_long_prompts_are_exact(tiny_dir, tiny_reference, tmp_path):
-    prompts = [random_prompt(n, seed=100 + n) for n in (600, 150, 3)]
+    """Long prompts in 64-token chunks (the slot carries u across chunks), then new requests on reused slots."""
+    rounds = [
+        [random_prompt(n, seed=100 + n) for n in (600, 150, 3)],
+        [random_prompt(n, seed=n) for n in (90, 2)],
+    ]
     engine = dict(ENGINE, max_num_batched_tokens=64, enable_prefix_caching=False)
-    result = run_engine(
-        tmp_path, {"model": str(tiny_dir), "engine": engine, "rounds": [prompts], "max_tokens": 8}
-    )
-    for prompt, output in zip(prompts, result["rounds"][0]):
-        assert_matches_reference(tiny_reference, prompt, output)
+    spec = {"model": str(tiny_dir), "engine": engine, "rounds": rounds, "max_tokens": 8}
+    result = run_engine(tmp_path, spec)
+    for prompts, outputs in zip(rounds, result["rounds"]):
+        for prompt, output in zip(prompts, outputs):
+            assert_matches_reference(tiny_reference, prompt, output)
 
 
 def test_prefix_cache_hits_are_exact(tiny_dir, tiny_reference, tmp_path):
