@@ -147,6 +147,7 @@ class LatentFusion(nn.Module):
                 init.zeros_(self.projection.weight)
             else:
                 init.normal_(self.projection.weight, mean=0.0, std=std)
+        init.zeros_(self.mean_embedding_norm)
         self._mean_norm_key = None  # m̄ is recomputed from the (loaded) table at the next forward
 
     # ----------------------------------------------------------------------------------------- m̄
