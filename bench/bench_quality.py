@@ -35,6 +35,13 @@ every per-step number, per-run wall time), ``<stem>.md`` (tables) and ``<stem>_v
 (val NLL vs step, mean over seeds with a ±1 std band). Each finished run is written to
 ``<stem>.partial.json`` as soon as it ends; a restarted command skips the runs found there.
 
+Sizing (CPU defaults: 12 steps of batch 2 at max length 256 / target 96, val NLL on 8 records at
+steps 0, 6, 12, greedy generation of 8 records × 32 tokens; the first step has lr 0, transformers'
+warm-up convention): one run costs ~100–120 CPU-seconds of SmolLM2-135M on one thread (measured:
+SFT 117 s, paper 101 s), so the matrix (8 recipes × 3 seeds) is ~45 CPU-minutes: ~45–50 min
+wall on one free core, several times that when the 2 cores are shared (at load ≈ 10 a run took
+~450–500 s wall). Each run's wall and CPU seconds are in the results.
+
     python bench/bench_quality.py                          # CPU default matrix (every recipe, seeds 0,1,2)
     python bench/bench_quality.py --variants sft,paper,gate_scalar --seeds 0
     python bench/bench_quality.py --scale paper            # the paper's budget, for a GPU
