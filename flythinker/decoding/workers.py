@@ -91,8 +91,7 @@ class Worker:
         except (OSError, EOFError, RuntimeError) as error:
             self.close()
             raise WorkerStartError(
-                f"the reasoner worker process did not start ({self._exit_text()}){self._log_tail()}; "
-                f"{_ADVICE}"
+                f"the reasoner worker process did not start ({self._exit_text()}); {_ADVICE}{self._log_tail()}"
             ) from error
 
     @property
@@ -145,9 +144,9 @@ class Worker:
     def _died(self, cause: BaseException):
         self.close(timeout=2.0)
         raise WorkerDied(
-            f"the reasoner worker process (pid {self.pid}) died ({self._exit_text()}){self._log_tail()}. "
-            f"This call was stopped and the worker reaped; the next call starts a new one. If it "
-            f"keeps dying (e.g. out of memory), {_ADVICE}"
+            f"the reasoner worker process (pid {self.pid}) died ({self._exit_text()}). This call was "
+            f"stopped and the worker reaped; the next call starts a new one. If it keeps dying (e.g. out "
+            f"of memory), {_ADVICE}{self._log_tail()}"
         ) from cause
 
     def _exit_text(self) -> str:
@@ -164,7 +163,7 @@ class Worker:
             self.log.seek(0)
             tail = self.log.read().decode(errors="replace").strip().splitlines()[-lines:]
             if tail:
-                return "; its output ended with:\n" + "\n".join(tail) + "\n"
+                return "\nIts output ended with:\n" + "\n".join(tail)
         return ""
 
 

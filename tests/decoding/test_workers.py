@@ -118,3 +118,14 @@ def test_interleaved_calls_each_get_their_own_worker():
     list(pieces)
     assert torch.equal(middle.sequences, reference.sequences)
     assert torch.equal(first.output.sequences, reference.sequences)
+
+
+def test_a_worker_that_dies_while_starting_quotes_its_output(monkeypatch):
+    from flythinker.decoding import WorkerStartError, workers
+
+    monkeypatch.setattr(workers, "_BOOT", "import sys; print('no module named something'); sys.exit(3)")
+    with pytest.raises(
+        WorkerStartError,
+        match=r"(?s)did not start \(exit code 3\); use schedule='threads'.*\nno module named something$",
+    ):
+        workers.Worker(1)
