@@ -128,3 +128,40 @@ def judge_task4(lm, ability: str, items: Sequence[dict[str, Any]]) -> list[dict[
     if ability == "ability5":
         return EIJudge(lm).score(items)
     return BinaryJudge(lm).score(items)
+
+
+MATCH_QUESTION = "Does the predicted memory state the same fact about the user as the gold memory?"
+
+
+class LMMatchJudge:
+    """A local-LM judge for :func:`~.matching.score_memory_match` (``judge=``), in [0, 100].
+
+    Ours, not the release's review schema: each accepted pair gets P("yes") that the predicted
+    memory states the gold memory's fact; unmatched items on either side count 0, so
+
+        judge_score_100 = 100 · Σ_pairs p_yes / max(#gold, #pred)     (0 when both are empty)
+    """
+
+    def __init__(self, lm) -> None:
+        self.binary = BinaryJudge(lm)
+
+    def __call__(self, payload: dict[str, Any]) -> float:
+        pairs = payload["pairs"]
+        n = max(len(payload["gold_memory_items"]), len(payload["pred_memory_items"]))
+        if not n or not pairs:
+            return 0.0
+        lm = self.binary.lm
+        prompts = []
+        for p in pairs:
+            user = (
+                f"Gold memory: {p['gold'].get('label', '')}: {p['gold'].get('value', '')}\n"
+                f"Predicted memory: {p['pred'].get('label', '')}: {p['pred'].get('value', '')}\n\n"
+                f"Question: {MATCH_QUESTION} Answer yes or no."
+            )
+            messages = [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": user}]
+            prompts.append(lm.render(messages, self.binary.prefix))
+        logp = lm.next_token_logprobs(prompts, desc="match judge")
+        p_yes = (
+            logp[:, self.binary.yes_ids].logsumexp(-1) - logp[:, self.binary.no_ids].logsumexp(-1)
+        ).sigmoid()
+        return float(100.0 * p_yes.double().sum() / n)

@@ -166,7 +166,12 @@ def score_entries(
                 {"track": track, "method": method, "predictions": str(path), "rows": len(predictions)}
             )
             continue
-        rows = score_track(td, predictions, method, _status(Path(path)))
+        match_judge = None
+        if judge_lm is not None and td.task in ("task1", "task2"):
+            from flythinker.evaluation.alpsbench.judges import LMMatchJudge
+
+            match_judge = LMMatchJudge(judge_lm)
+        rows = score_track(td, predictions, method, _status(Path(path)), match_judge)
         if judge_lm is not None and td.task == "task4":
             _judge_rows(judge_lm, td, predictions, rows)
         s = summarize_track(track, method, rows)

@@ -28,8 +28,13 @@ def score_track(
     predictions: Mapping[str, dict[str, Any]],
     method: str,
     status: Mapping[str, str] | None = None,
+    match_judge=None,
 ) -> list[dict[str, Any]]:
-    """Score rows (input order) of one method's contract predictions on one track."""
+    """Score rows (input order) of one method's contract predictions on one track.
+
+    ``match_judge`` (T1/T2): a :data:`~.matching.MatchJudge` blended into the matcher's
+    ``final_score_100`` (reported with ``judge_score_100``).
+    """
     if data.references is None:
         raise ValueError(f"{data.directory}: no reference_output.jsonl; this split cannot be scored locally")
     rows = []
@@ -45,8 +50,12 @@ def score_track(
         if data.task in ("task1", "task2"):
             gold = ref["gold"]["memory_items"] if data.task == "task1" else ref["gold"]["answer"]
             for matching in ("greedy", "hungarian"):
-                m = score_memory_match(gold, pred["memory_items"], matching)
+                m = score_memory_match(gold, pred["memory_items"], matching, judge=match_judge)
                 row[f"match_{matching}"] = {k: m[k] for k in MATCH_KEYS}
+                if match_judge is not None:
+                    row[f"match_{matching}"].update(
+                        judge_score_100=m["judge_score_100"], final_score_100=m["final_score_100"]
+                    )
         if status is not None:
             row["status"] = status.get(bid, "unknown")
         rows.append(row)
@@ -63,7 +72,7 @@ def summarize_track(track: str, method: str, rows: Sequence[Mapping[str, Any]]) 
     for matching in ("greedy", "hungarian"):
         key = f"match_{matching}"
         if rows and key in rows[0]:
-            out[key] = {k: _mean([r[key][k] for r in rows]) for k in MATCH_KEYS}
+            out[key] = {k: _mean([r[key][k] for r in rows]) for k in rows[0][key]}
     judged = [r["judge"] for r in rows if r.get("judge")]
     if judged:
         dims = sorted({d for j in judged for d in j})
@@ -95,6 +104,8 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
         algo = "–"
         if "match_greedy" in s:
             algo = f"{_fmt(s['match_greedy']['algo_score_100'], 2)} / {_fmt(s['match_hungarian']['algo_score_100'], 2)}"
+            if "final_score_100" in s["match_greedy"]:
+                algo += f" (with judge: {_fmt(s['match_greedy']['final_score_100'], 2)} greedy)"
         judge = ", ".join(f"{d} {_fmt(v, 3)}" for d, v in s.get("judge", {}).items()) or "–"
         lines.append(
             f"| {_track_label(s['track'])} | {s['method']} | {s['num_rows']} | {s['main_metric']} | "

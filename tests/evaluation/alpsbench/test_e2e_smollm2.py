@@ -65,6 +65,12 @@ def test_all_tracks_with_smollm2_and_its_judges(smollm2, tmp_path):
     for k in range(1, 5):
         judge = by[(f"task4_ability{k}", "SmolLM2")]["judge"]
         assert judge and all(0.0 <= v <= 1.0 for v in judge.values())
+    for track in ("task1", "task2"):  # the LM match judge blends into the matcher's final score
+        m = by[(track, "SmolLM2")]["match_greedy"]
+        assert 0.0 <= m["judge_score_100"] <= 100.0
+        assert m["final_score_100"] == pytest.approx(
+            0.5 * m["algo_score_100"] + 0.5 * m["judge_score_100"], abs=1e-3
+        )
     ei = by[("task4_ability5", "SmolLM2")]["judge"]
     assert set(ei) == {"resonation", "expression", "reception", "ei"} and 1.0 <= ei["ei"] <= 5.0
     # a second run resumes: every row is already there, nothing is generated or written again

@@ -110,3 +110,24 @@ def test_binary_judge_probability_of_yes():
     assert judge.score(
         [{"ability": "ability9", "memory": "", "query": "", "answer": "", "used_memory_fact": ""}]
     ) == [{}]
+
+
+def test_lm_match_judge_blend():
+    from flythinker.evaluation.alpsbench.judges import LMMatchJudge
+    from flythinker.evaluation.alpsbench.matching import score_memory_match
+
+    lm = FakeLM(pick=lambda prompt: 10 if "tortoise" in prompt else 11)
+    gold = [
+        {"memory_id": "g1", "label": "Possessions/Pet", "value": "Has a tortoise", "type": "direct"},
+        {"memory_id": "g2", "label": "Plans/Schedule", "value": "Flies to Berlin", "type": "direct"},
+    ]
+    pred = [
+        {"memory_id": "p1", "label": "Possessions/Pet", "value": "Has a pet tortoise", "type": "direct"},
+        {"memory_id": "p2", "label": "Plans/Schedule", "value": "Flies to Bern", "type": "direct"},
+        {"memory_id": "p3", "label": "Z", "value": "", "type": "other"},
+    ]
+    got = score_memory_match(gold, pred, judge=LMMatchJudge(lm))
+    p_yes, p_no = math.exp(5) / (math.exp(5) + 1), 1 / (1 + math.exp(5))
+    assert got["judge_score_100"] == round(100 * (p_yes + p_no) / 3, 4)  # two pairs, max(2, 3) items
+    assert got["final_score_100"] == round(0.5 * got["algo_score_100"] + 0.5 * 100 * (p_yes + p_no) / 3, 4)
+    assert LMMatchJudge(lm)({"pairs": [], "gold_memory_items": [], "pred_memory_items": []}) == 0.0
