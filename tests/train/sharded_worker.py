@@ -186,3 +186,26 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def dtensor_mean_norms(rank: int, world: int, port: int, table: torch.Tensor, out: str) -> None:
+    """``torch.multiprocessing.spawn`` target: m̄ of ``table`` distributed by rows, by columns, replicated."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Replicate, Shard, distribute_tensor
+
+    from flythinker.modeling.sharded_norm import full_mean_embedding_norm
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        mesh = init_device_mesh("cpu", (world,))
+        values = {}
+        for name, placement in {"rows": Shard(0), "cols": Shard(1), "replicated": Replicate()}.items():
+            values[name] = float(full_mean_embedding_norm(distribute_tensor(table, mesh, [placement])))
+        gathered = [None] * world
+        dist.all_gather_object(gathered, values)
+        if rank == 0:
+            torch.save(gathered, out)
+    finally:
+        dist.destroy_process_group()

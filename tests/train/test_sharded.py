@@ -79,6 +79,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
+def test_dtensor_rows_columns_and_replicas(tmp_path):
+    """Uneven shards (19 rows, 7 columns over 2 ranks): every placement gives the full table's m̄."""
+    table = torch.randn(19, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    out = tmp_path / "norms.pt"
+    torch.multiprocessing.spawn(worker.dtensor_mean_norms, args=(2, _free_port(), table, str(out)), nprocs=2)
+    want = float(mean_embedding_norm(table))
+    for rank_values in torch.load(out):
+        for name, value in rank_values.items():
+            assert value == pytest.approx(want, rel=1e-12), name
+
+
 def _launch(engine: str, init: Path, out: Path, phase: str) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env.update(PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
