@@ -103,6 +103,12 @@ def _common(p: argparse.ArgumentParser) -> None:
         help="'hf' (model.generate) or 'flythinker' (our decoding engine; FlyThinker models)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--debug",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="on an error, also print the Python traceback",
+    )
 
 
 def add_subparser(subparsers) -> None:

