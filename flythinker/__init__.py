@@ -25,7 +25,15 @@ _EXPORTS = {
     "stream": "flythinker.decoding",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "FlyThinkerCache",
+    "FlyThinkerConfig",
+    "FlyThinkerForCausalLM",
+    "check_vocab_compatibility",
+    "convert_reference_checkpoint",
+    "generate",
+    "stream",
+]
 
 if TYPE_CHECKING:  # pragma: no cover - for static analysers only
     from flythinker.decoding import generate, stream

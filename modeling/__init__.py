@@ -19,7 +19,15 @@ _EXPORTS = {
     "convert_reference_checkpoint": ".conversion",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "FlyThinkerCache",
+    "FlyThinkerConfig",
+    "FlyThinkerForCausalLM",
+    "FlyThinkerPreTrainedModel",
+    "LatentFusion",
+    "check_vocab_compatibility",
+    "convert_reference_checkpoint",
+]
 
 if TYPE_CHECKING:  # pragma: no cover
     from .cache_flythinker import FlyThinkerCache

@@ -5,7 +5,8 @@
 (no ``trust_remote_code``) while ``import flythinker.kernels`` still loads only the config module on
 top of the kernels. Any attribute of the stand-in (``from_pretrained``, ``from_config``,
 ``config_class``, …) is the real :class:`~flythinker.modeling.FlyThinkerForCausalLM`'s, imported on
-first use; importing ``flythinker.modeling.modeling_flythinker`` registers the real class over it.
+first use, and the stand-in carries the real class's name (pipelines check model names); what the
+Auto classes build is always an instance of the real class.
 """
 
 from __future__ import annotations
@@ -34,13 +35,16 @@ class _DeferredModelClass(type):
 
 
 class DeferredFlyThinkerForCausalLM(metaclass=_DeferredModelClass):
-    """Stand-in for FlyThinkerForCausalLM in the Auto mappings until the model module is imported."""
+    """Stand-in for FlyThinkerForCausalLM in the Auto mappings (forwards to the real class)."""
 
     config_class = FlyThinkerConfig  # read by ``register``; everything else comes from the real class
 
 
+DeferredFlyThinkerForCausalLM.__name__ = DeferredFlyThinkerForCausalLM.__qualname__ = "FlyThinkerForCausalLM"
+
+
 def register_auto_classes(model_class: type = DeferredFlyThinkerForCausalLM) -> None:
-    """Register the config and ``model_class`` (the real class, or the stand-in) with transformers."""
+    """Register the config and ``model_class`` (by default the stand-in) with transformers."""
     AutoConfig.register(FlyThinkerConfig.model_type, FlyThinkerConfig, exist_ok=True)
     AutoModelForCausalLM.register(FlyThinkerConfig, model_class, exist_ok=True)
     AutoModel.register(FlyThinkerConfig, model_class, exist_ok=True)  # the only model class

@@ -1,7 +1,7 @@
 """FlyThinkerCache: the generator's KV cache, plus the reasoner's cache and its last state.
 
 It *is* the generator's ``DynamicCache`` (so ``generate()`` sees the usual sequence length and
-mask sizes), and carries two more things that incremental decoding needs (DESIGN §1):
+mask sizes), and carries two more things that incremental decoding needs (docs/design.md §1):
 
 * ``reasoner_cache`` — the reasoner backbone's own ``DynamicCache``;
 * ``last_reasoner_state`` — ``h`` of the last position already consumed, ``[B, d]`` (after the

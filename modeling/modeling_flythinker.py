@@ -15,16 +15,15 @@ from typing import Any
 import torch
 from torch import nn
 from transformers import AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
-from transformers import initialization as init
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 from flythinker.kernels import fused_linear_cross_entropy
 
-from .auto_classes import register_auto_classes
 from .cache_flythinker import FlyThinkerCache
 from .configuration_flythinker import FlyThinkerConfig
 from .fusion import LatentFusion, default_position_ids, injection_gate
+from .input_checks import validate_model_inputs
 
 # Generator configs whose logits are not plain ``lm_head(hidden)``: the fused loss would be wrong.
 _LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
@@ -232,8 +231,7 @@ class FlyThinkerForCausalLM(FlyThinkerPreTrainedModel, GenerationMixin):
         if use_cache and past_key_values is None:
             past_key_values = self.new_cache()
         past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
-        from .input_checks import validate_model_inputs  # cheap: one host sync on prefill, none per decode token
-
+        # cheap: one host sync on prefill, none per decode token
         validate_model_inputs(self.config, input_ids, attention_mask, past_length, position_ids)
         if position_ids is None:
             position_ids = default_position_ids(attention_mask, past_length, input_ids.shape[1], input_ids.device)
@@ -393,5 +391,3 @@ class FlyThinkerForCausalLM(FlyThinkerPreTrainedModel, GenerationMixin):
         model_inputs.pop("inputs_embeds", None)
         return model_inputs
 
-
-register_auto_classes(FlyThinkerForCausalLM)  # the real class replaces the import-time stand-in

@@ -82,7 +82,7 @@ def test_fresh_process_loads_with_trust_remote_code_and_reproduces_logits(saved,
         ids = torch.tensor({IDS.tolist()})
         with torch.no_grad():
             gap = (model(ids).logits - torch.load({str(tmp_path / "logits.pt")!r})).abs().max().item()
-        assert gap == 0.0, gap
+        assert gap <= 1e-6, gap  # float32; thread counts may differ between the two processes
         assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
         import flythinker
         assert isinstance(model, flythinker.FlyThinkerForCausalLM)
