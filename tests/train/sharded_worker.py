@@ -115,6 +115,13 @@ def main() -> None:
                 mean_embedding_norm(weight.to_local()).reshape(1)
             )
         elif is_zero3_param(weight):
+            # The GatheredParameters fallback (used where the flat partition is not readable, e.g. NVMe).
+            saved, weight.ds_tensor.final_location = weight.ds_tensor.final_location, "force-gather-fallback"
+            try:
+                fallback = full_mean_embedding_norm(weight)
+            finally:
+                weight.ds_tensor.final_location = saved
+            result.setdefault("mbar_gather_fallback", {})[key] = gather_all(fallback.reshape(1))
             with torch.no_grad():
                 plain = weight.detach().float()
                 result.setdefault("mbar_shard_only", {})[key] = gather_all(

@@ -201,6 +201,8 @@ def test_mean_norm_is_the_full_tables_on_every_rank(runs, reference):
     if engine == "zero3":
         # Outside forward the parameter is a 0-size placeholder: a local computation gives NaN.
         assert train["weight_kind"] == "zero3" and train["local_numel"] == 0
+        for key, values in train["mbar_gather_fallback"].items():  # the GatheredParameters path
+            assert values == pytest.approx([full[key]] * 2, rel=RTOL_MBAR), (key, values)
         assert all(math.isnan(v) for v in shard_only)
     else:
         assert train["weight_kind"] == "dtensor" and 0 < train["local_numel"] < numel
