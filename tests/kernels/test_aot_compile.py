@@ -27,6 +27,7 @@ def records() -> list[dict]:
     return payload["records"]
 
 
+@pytest.mark.slow  # one child process compiling ~660 configurations with 2 workers (~60 s on 2 free cores)
 def test_every_configuration_compiles_without_spills_within_shared_memory(records):
     bad = [p for r in records for p in aot.problems(r)]
     assert not bad, f"{len(bad)} of {len(records)} kernel configurations fail:\n" + "\n".join(bad)
@@ -37,6 +38,7 @@ def test_every_configuration_compiles_without_spills_within_shared_memory(record
         )
 
 
+@pytest.mark.slow  # one child process compiling ~660 configurations with 2 workers (~60 s on 2 free cores)
 def test_every_kernel_target_and_dtype_is_compiled(records):
     seen = {
         (r["kernel"], r["arch"], next(v for v in r["signature"].values() if v.startswith("*")))
@@ -46,6 +48,7 @@ def test_every_kernel_target_and_dtype_is_compiled(records):
     assert want <= seen, sorted(want - seen)
 
 
+@pytest.mark.slow  # one child process compiling ~660 configurations with 2 workers (~60 s on 2 free cores)
 def test_block_and_warps_are_the_launchers_choices(records, monkeypatch):
     """The recorded launches carry the launchers' (BLOCK, num_warps) for every width of the table."""
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # the helpers read it at call time
@@ -63,6 +66,7 @@ def test_block_and_warps_are_the_launchers_choices(records, monkeypatch):
     assert {w for _, w in want_inj} == {4, 8, 16} and {w for _, w in compiled("ce_chunk")} == {8, 16, 32}
 
 
+@pytest.mark.slow  # one child process compiling ~660 configurations with 2 workers (~60 s on 2 free cores)
 def test_channel_gate_variants_are_compiled_when_the_launcher_has_them(records):
     flags = {r["constexprs"].get("HAS_CGATE") for r in records if r["kernel"].startswith("latent_injection")}
     expected = set(aot._optional(aot._INJ, "latent_injection_forward", "channel_gate")())
