@@ -30,9 +30,21 @@ FINETUNE_HELP = {
     "max_target_tokens": "the target is cut to this many tokens (plus the end-of-turn token)",
     "profile_drop": "which profile items go first when the prompt is too long: 'oldest' or 'least_relevant'",
     "packing": "pack several examples per row (position ids restart; the injection is zeroed at each start)",
+    "recipe": "training recipe (flythinker.train.recipes): 'default' (the measured best: see "
+    "bench/results/quality_cpu.md), 'paper' (the paper's untrained λ injection), or a warm-start variant "
+    "(gate_scalar, gate_channel, lambda_warmup, center, zero_linear, gate_center); the options below override it",
     "fusion_lambda": "λ, the weight of the injected reasoner state (paper: 0.5)",
-    "projection": "'zero_pad' (h fills the first d_R channels; needs d_R <= d_G) or 'linear' (a learned "
-    "Linear(d_R, d_G); required when the reasoner is wider than the generator)",
+    "fusion_gate": "learned gate c = tanh(α), α = 0 at start: 'none', 'scalar' or 'channel' (default: from --recipe)",
+    "center_reasoner": "subtract the mean reasoner state μ (estimated on training batches) before the rescale "
+    "(default: from --recipe)",
+    "lambda_warmup_steps": "ramp λ from 0 over this many optimizer steps (a fraction in (0, 1): of all steps; "
+    "0 = off; default: from --recipe)",
+    "center_reasoner_batches": "training batches that estimate μ for --center-reasoner (default: from --recipe)",
+    "warm_start_lr_multiplier": "learning-rate multiplier of the gate α / zero_linear W, without weight decay "
+    "(default: from --recipe)",
+    "projection": "'zero_pad' (h fills the first d_R channels; needs d_R <= d_G), 'linear' (a learned "
+    "Linear(d_R, d_G) before the rescale) or 'zero_linear' (a zero-initialised Linear after it); a reasoner "
+    "wider than the generator needs one of the last two (default: from --recipe)",
     "norm_eps": "lower bound on the reasoner-state norm ‖h‖ (0 reproduces the paper's equations)",
     "reasoner_mode": "'full' (train the reasoner), 'freeze', or 'lora' (peft LoRA adapters on the reasoner)",
     "lora_generator": "also train the generator through LoRA adapters instead of fully",

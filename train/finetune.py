@@ -37,7 +37,10 @@ logger = logging.getLogger(__name__)
 METHODS = ("flythinker", "sft")
 REASONER_MODES = ("full", "freeze", "lora")
 LORA_TARGETS = r".*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"  # peft full-matches names
-MODEL_OPTION_FIELDS: tuple[str, ...] = ("fusion_lambda", "norm_eps", "projection")
+MODEL_OPTION_FIELDS: tuple[str, ...] = ("fusion_lambda", "norm_eps", "projection", "fusion_gate", "center_reasoner")
+RECIPE_FIELDS: tuple[str, ...] = ("projection", "fusion_gate", "center_reasoner", "lambda_warmup_steps",
+                                  "center_reasoner_batches", "warm_start_lr_multiplier")
+"""FinetuneConfig fields a ``--recipe`` fills in when they are left unset (None)."""
 """FinetuneConfig fields passed unchanged to ``FlyThinkerConfig`` (a new config option: add a field of the same
 name to FinetuneConfig, its name here and its help in ``flythinker.cli.FINETUNE_HELP``; the CLI exposes it)."""
 COMPLETE_MARKER = "checkpoint_complete.json"
@@ -60,8 +63,14 @@ class FinetuneConfig:
     max_target_tokens: int = 512
     profile_drop: str = "oldest"
     packing: bool = False
+    recipe: str = "default"
     fusion_lambda: float = 0.5
-    projection: str = "zero_pad"
+    projection: str | None = None
+    fusion_gate: str | None = None
+    center_reasoner: bool | None = None
+    lambda_warmup_steps: float | None = None
+    center_reasoner_batches: int | None = None
+    warm_start_lr_multiplier: float | None = None
     norm_eps: float = 0.0
     reasoner_mode: str = "full"
     lora_generator: bool = False
@@ -88,11 +97,43 @@ class FinetuneConfig:
     overwrite: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def resolve_recipe(self) -> None:
+        """Fill every unset (None) recipe field from ``--recipe`` (flythinker.train.recipes); explicit
+        options win. For ``--method sft`` the recipe's model options do not apply (the generator alone)."""
+        from .recipes import RECIPES, get_recipe
+
+        recipes = ["default", *(name for name in RECIPES if RECIPES[name].method == "flythinker")]
+        if self.recipe not in recipes:
+            raise ValueError(f"--recipe must be one of {recipes}, got {self.recipe!r} (the SFT baseline is --method sft)")
+        recipe = get_recipe(self.recipe)
+        values = {
+            "projection": recipe.config_overrides.get("projection", "zero_pad"),
+            "fusion_gate": recipe.config_overrides.get("fusion_gate", "none"),
+            "center_reasoner": recipe.config_overrides.get("center_reasoner", False),
+            "lambda_warmup_steps": recipe.lambda_warmup_steps,
+            "center_reasoner_batches": recipe.center_reasoner_batches,
+            "warm_start_lr_multiplier": recipe.gate_lr_multiplier,
+        }
+        for name in RECIPE_FIELDS:
+            if getattr(self, name) is None:
+                setattr(self, name, values[name])
+
     def validate(self) -> None:
         """Check every option (type, range, paths) before anything is loaded or written.
 
         Raises ``ValueError`` / ``FileNotFoundError`` naming the option, the value and what is allowed.
         """
+        self.resolve_recipe()
+        _check_choice("fusion_gate", self.fusion_gate, ("none", "scalar", "channel"))
+        _check_choice("projection", self.projection, ("zero_pad", "linear", "zero_linear"))
+        if not isinstance(self.center_reasoner, bool):
+            raise ValueError(f"--center-reasoner must be true or false, got {self.center_reasoner!r}")
+        _check_float("lambda_warmup_steps", self.lambda_warmup_steps, low=0.0,
+                     hint=" (steps, or a fraction in (0, 1) of all steps; 0 = off)")  # fmt: skip
+        _check_int("center_reasoner_batches", self.center_reasoner_batches, 0)
+        if self.center_reasoner and self.center_reasoner_batches < 1 and self.method == "flythinker":
+            raise ValueError("--center-reasoner true needs --center-reasoner-batches >= 1 (batches that estimate μ)")
+        _check_float("warm_start_lr_multiplier", self.warm_start_lr_multiplier, low=0.0, low_open=True)
         _check_choice("method", self.method, METHODS)
         _check_choice("reasoner_mode", self.reasoner_mode, REASONER_MODES)
         _check_choice("profile_drop", self.profile_drop, ("oldest", "least_relevant"))
@@ -342,7 +383,8 @@ def guarded_trainer_class():
     class GuardedTrainer(Trainer):
         """Trainer that stops on a non-finite loss and never saves non-finite weights."""
 
-        def __init__(self, *args, checkpoints: Path, **kwargs):
+        def __init__(self, *args, checkpoints: Path, warm_start_lr_multiplier: float = 1.0, **kwargs):
+            self.warm_start_lr_multiplier = warm_start_lr_multiplier
             super().__init__(*args, **kwargs)
             self.checkpoints = checkpoints
 
@@ -355,6 +397,17 @@ def guarded_trainer_class():
                     f"{_last_good(self.checkpoints)}"
                 )
             return loss
+
+        def create_optimizer(self, *args, **kwargs):
+            """The Trainer's optimizer, with the warm-start parameters (gate α, zero_linear W) in their
+            own group at ``lr × warm_start_lr_multiplier`` (``flythinker.train.warm_start``)."""
+            optimizer = super().create_optimizer(*args, **kwargs)
+            if self.warm_start_lr_multiplier != 1.0:
+                from .warm_start import boost_warm_start_parameters
+
+                inner = getattr(optimizer, "optimizer", optimizer)  # accelerate may wrap it
+                boost_warm_start_parameters(inner, self.model, self.warm_start_lr_multiplier)
+            return optimizer
 
         def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
             bad = non_finite_parameter(self.model)
@@ -622,6 +675,25 @@ def check_model_options(config: FinetuneConfig) -> None:
         raise ValueError(f"model options ({flags}): {error}") from error
 
 
+def warm_start_callbacks(config: FinetuneConfig) -> list[TrainerCallback]:
+    """The λ warm-up of the recipe (none for SFT or without a warm-up)."""
+    if config.method != "flythinker" or not config.lambda_warmup_steps:
+        return []
+    from .warm_start import LambdaWarmupCallback
+
+    return [LambdaWarmupCallback(config.lambda_warmup_steps)]
+
+
+def estimate_center(model, dataset, collator, config: FinetuneConfig) -> None:
+    """μ from the first ``center_reasoner_batches`` batches of the training data, before step 0
+    (on resume, μ comes back with the checkpoint's weights)."""
+    from .warm_start import estimate_reasoner_center
+
+    size = config.per_device_batch_size
+    batches = (collator(dataset[i : i + size]) for i in range(0, len(dataset), size))
+    estimate_reasoner_center(model, batches, max_batches=config.center_reasoner_batches)
+
+
 def _loading(what: str, load):
     """Run ``load()``; a failure to read a model or tokenizer becomes one ``ValueError`` naming ``what``."""
     from flythinker.modeling.loading import CheckpointMismatchError
@@ -689,9 +761,13 @@ def run_finetune(config: FinetuneConfig, callbacks: list[TrainerCallback] | None
         data_collator=counter,
         processing_class=tokenizer,
         checkpoints=checkpoints_dir(config),
+        warm_start_lr_multiplier=config.warm_start_lr_multiplier if config.method == "flythinker" else 1.0,
         callbacks=[MeanNormAndThroughputCallback(counter), DivergenceGuard(checkpoints_dir(config)),
-                   AtomicCheckpoints(checkpoints_dir(config), config.save_total_limit), *(callbacks or [])],
+                   AtomicCheckpoints(checkpoints_dir(config), config.save_total_limit),
+                   *warm_start_callbacks(config), *(callbacks or [])],
     )
+    if config.method == "flythinker" and config.center_reasoner and resume is None:
+        estimate_center(model, dataset, collator, config)
     try:
         if resume is not None and _checkpoint_is_final(Path(resume), args):
             # killed after the last checkpoint (e.g. while writing model/): nothing is left to train, and

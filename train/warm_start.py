@@ -26,7 +26,9 @@ __all__ = [
     "lambda_scale_at",
     "warm_start_parameters",
     "optimizer_groups",
+    "boost_warm_start_parameters",
     "LambdaWarmupCallback",
+    "bake_lambda_scale",
 ]
 
 
@@ -125,6 +127,33 @@ def optimizer_groups(
     return [g for g in groups if g["params"]]
 
 
+def boost_warm_start_parameters(optimizer: torch.optim.Optimizer, model: nn.Module, multiplier: float) -> int:
+    """Move the warm-start parameters of a freshly built optimizer into their own group at
+    ``lr × multiplier`` without weight decay (the Trainer's other groups stay as they are).
+
+    Call before the first step (the optimizer holds no state yet) and before the LR scheduler is
+    built, so the scheduler scales the new group too. Returns how many parameters moved.
+    """
+    if multiplier == 1.0 or not hasattr(model, "fusion"):
+        return 0
+    if optimizer.state:
+        raise RuntimeError("boost_warm_start_parameters needs an optimizer that has not stepped yet")
+    special = {id(p) for p in warm_start_parameters(model)}
+    moved: list[nn.Parameter] = []
+    for group in optimizer.param_groups:
+        keep = [p for p in group["params"] if id(p) not in special]
+        moved += [p for p in group["params"] if id(p) in special]
+        group["params"] = keep
+    if moved:
+        base = optimizer.param_groups[0]
+        optimizer.add_param_group({**{k: v for k, v in base.items() if k != "params"}, "params": moved,
+                                   "lr": base["lr"] * multiplier, "weight_decay": 0.0})  # fmt: skip
+        if "initial_lr" in base:
+            optimizer.param_groups[-1]["initial_lr"] = base["initial_lr"] * multiplier
+    optimizer.param_groups[:] = [g for g in optimizer.param_groups if g["params"]]
+    return len(moved)
+
+
 def _trainer_callback_base():
     try:
         from transformers import TrainerCallback
@@ -136,16 +165,20 @@ def _trainer_callback_base():
 class LambdaWarmupCallback(_trainer_callback_base()):
     """transformers ``TrainerCallback``: ``s = min(1, global_step / N)`` before every step.
 
-    At the end of training, if the warm-up was not finished, λ·s is written into the config and
-    ``s`` reset to 1, so the saved model is the model that was trained.
+    ``warmup_steps`` is N, or a fraction in (0, 1) of the run's total optimizer steps. At the end of
+    training, if the warm-up was not finished, λ·s is written into the config and ``s`` reset to 1, so
+    the saved model is the model that was trained.
     """
 
-    def __init__(self, warmup_steps: int):
+    def __init__(self, warmup_steps: float):
         if warmup_steps < 0:
             raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
-        self.warmup_steps = int(warmup_steps)
+        self.requested = warmup_steps
+        self.warmup_steps = int(warmup_steps) if warmup_steps >= 1 or warmup_steps == 0 else 0
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if 0 < self.requested < 1:
+            self.warmup_steps = max(1, round(self.requested * state.max_steps))
         if model is not None:
             set_lambda_scale(model, lambda_scale_at(state.global_step, self.warmup_steps))
 

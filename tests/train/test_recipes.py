@@ -1,0 +1,76 @@
+"""`--recipe` through the fine-tuning entry point: what each recipe builds, trains and saves."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from flythinker.modeling import FlyThinkerForCausalLM
+from flythinker.train.finetune import FinetuneConfig, run_finetune
+from flythinker.train.recipes import DEFAULT_RECIPE, RECIPES, get_recipe
+from flythinker.train.warm_start import boost_warm_start_parameters
+from tests.tiny_models import tiny_flythinker
+
+
+def _config(workspace, output_dir, **overrides):
+    values = dict(
+        train_file=workspace["train"], output_dir=str(output_dir), generator=str(workspace["root"] / "generator"),
+        reasoner=str(workspace["root"] / "reasoner"), max_length=256, max_target_tokens=64, learning_rate=1e-3,
+        warmup_ratio=0.0, max_steps=3, global_batch_size=2, per_device_batch_size=1, save_steps=100, seed=3,
+        logging_steps=1,
+    )  # fmt: skip
+    values.update(overrides)
+    return FinetuneConfig(**values)
+
+
+def test_recipe_table_and_default():
+    assert get_recipe("default") is RECIPES[DEFAULT_RECIPE]
+    assert RECIPES["paper"].config_overrides == {} and RECIPES["sft"].method == "sft"
+    with pytest.raises(ValueError, match="unknown recipe"):
+        get_recipe("bogus")
+
+
+def test_explicit_options_override_the_recipe(workspace, tmp_path):
+    config = _config(workspace, tmp_path / "x", recipe="gate_center", fusion_gate="channel")
+    config.resolve_recipe()
+    assert config.fusion_gate == "channel" and config.center_reasoner is True
+    assert config.center_reasoner_batches == RECIPES["gate_center"].center_reasoner_batches
+    with pytest.raises(ValueError, match="--recipe must be one of"):
+        _config(workspace, tmp_path / "y", recipe="sft").validate()
+
+
+def test_paper_recipe_trains_the_papers_model(workspace, tmp_path):
+    run_finetune(_config(workspace, tmp_path / "paper", recipe="paper"))
+    saved = json.loads((tmp_path / "paper" / "model" / "config.json").read_text())
+    assert saved["fusion_gate"] == "none" and saved["center_reasoner"] is False and saved["projection"] == "zero_pad"
+    model = FlyThinkerForCausalLM.from_pretrained(tmp_path / "paper" / "model")
+    assert model.fusion.gate_logit is None and model.fusion.reasoner_center is None
+
+
+def test_gate_center_recipe_opens_the_gate_and_saves_the_centre(workspace, tmp_path):
+    run_finetune(_config(workspace, tmp_path / "gc", recipe="gate_center"))
+    model = FlyThinkerForCausalLM.from_pretrained(tmp_path / "gc" / "model")
+    assert model.config.fusion_gate == "scalar" and model.config.center_reasoner is True
+    assert model.fusion.gate_logit.abs().item() > 1e-3  # trained at lr × 100 from α = 0
+    assert model.fusion.reasoner_center.abs().max().item() > 0  # estimated before step 0
+
+
+def test_lambda_warmup_recipe_bakes_an_unfinished_ramp(workspace, tmp_path):
+    run_finetune(_config(workspace, tmp_path / "lw", recipe="lambda_warmup", lambda_warmup_steps=10))
+    saved = json.loads((tmp_path / "lw" / "model" / "config.json").read_text())
+    # the last of 3 steps ran at s = 2/10: the saved λ is the one that was trained
+    assert saved["fusion_lambda"] == pytest.approx(0.5 * 2 / 10)
+
+
+def test_warm_start_group_gets_the_multiplied_lr_without_decay():
+    model = tiny_flythinker(dtype=torch.float32, fusion_gate="scalar")
+    optimizer = torch.optim.AdamW(
+        [{"params": [p for n, p in model.named_parameters() if "norm" not in n], "weight_decay": 0.1}], lr=1e-3
+    )
+    assert boost_warm_start_parameters(optimizer, model, 100.0) == 1
+    group = optimizer.param_groups[-1]
+    assert group["params"] == [model.fusion.gate_logit] and group["lr"] == pytest.approx(0.1)
+    assert group["weight_decay"] == 0.0
+    assert all(model.fusion.gate_logit is not p for g in optimizer.param_groups[:-1] for p in g["params"])
