@@ -29,6 +29,7 @@ class DemoOptions:
     max_new_tokens: int = 64
     n_users: int = 8
     reasoner_mode: str = "full"
+    recipe: str = "default"  # flythinker.train.recipes; "paper" for the paper's untrained injection
     fusion_lambda: float = 0.5
     seed: int = 0
 
@@ -81,6 +82,7 @@ def run_demo(options: DemoOptions) -> dict:
             global_batch_size=options.batch_size,
             per_device_batch_size=options.batch_size,
             reasoner_mode=options.reasoner_mode,
+            recipe=options.recipe,
             fusion_lambda=options.fusion_lambda,
             save_steps=options.steps,
             save_total_limit=1,
@@ -103,7 +105,11 @@ def run_demo(options: DemoOptions) -> dict:
 
     _say(6, total, "results on the held-out synthetic requests")
     print(format_table(results))
-    print(f"(synthetic data; {options.steps} steps each; total {time.perf_counter() - started:.0f} s; "
+    from flythinker.train.recipes import DEFAULT_RECIPE
+
+    recipe = DEFAULT_RECIPE if options.recipe == "default" else options.recipe
+    print(f"(synthetic data; FlyThinker recipe '{recipe}'; {options.steps} steps each; "
+          f"total {time.perf_counter() - started:.0f} s; "
           f"run directory {out})")
     (out / "demo_results.json").write_text(json.dumps(results, indent=2))
     return results
