@@ -36,6 +36,20 @@ __all__ = [
 
 
 @triton.jit
+def _source_row(hid_ptr, prev_ptr, row, b, i, d_r, cols, r_mask, HAS_PREV: tl.constexpr, ACC: tl.constexpr,
+                BLOCK: tl.constexpr):  # fmt: skip
+    """The source of output row (b, i): u[b, i-1] for i ≥ 1, ``prev[b]`` (zeros without one) for i = 0."""
+    if i > 0:
+        src = tl.load(hid_ptr + (row - 1) * d_r + cols, mask=r_mask, other=0.0).to(ACC)
+    else:
+        if HAS_PREV:
+            src = tl.load(prev_ptr + b * d_r + cols, mask=r_mask, other=0.0).to(ACC)
+        else:
+            src = tl.zeros([BLOCK], dtype=ACC)
+    return src
+
+
+@triton.jit
 def _latent_injection_fwd_kernel(
     out_ptr,
     emb_ptr,
@@ -70,14 +84,10 @@ def _latent_injection_fwd_kernel(
         emb = tl.load(emb_ptr + row * d_g + cols, mask=g_mask, other=0.0)
 
     gate = tl.load(gate_ptr + row).to(ACC)
-    if i > 0:
-        src = tl.load(hid_ptr + (row - 1) * d_r + cols, mask=r_mask, other=0.0).to(ACC)
-    else:
-        if HAS_PREV:
-            src = tl.load(prev_ptr + b * d_r + cols, mask=r_mask, other=0.0).to(ACC)
-        else:
-            src = tl.zeros([BLOCK], dtype=ACC)
-            gate = gate * 0.0
+    src = _source_row(hid_ptr, prev_ptr, row, b, i, d_r, cols, r_mask, HAS_PREV, ACC, BLOCK)
+    if not HAS_PREV:
+        if i == 0:
+            gate = gate * 0.0  # the first position of a prompt has no predecessor
 
     coef = tl.load(params_ptr).to(ACC)  # λ·m̄
     eps = tl.load(params_ptr + 1).to(ACC)
@@ -131,13 +141,7 @@ def _latent_injection_bwd_kernel(
     dsrc = dout_r * scale
     if HAS_CGATE:
         # d c += scale · src ⊙ dout (rows with scale 0 contribute nothing and skip the atomics)
-        if i > 0:
-            src = tl.load(hid_ptr + (row - 1) * d_r + cols, mask=r_mask, other=0.0).to(ACC)
-        else:
-            if HAS_PREV:
-                src = tl.load(prev_ptr + b * d_r + cols, mask=r_mask, other=0.0).to(ACC)
-            else:
-                src = tl.zeros([BLOCK], dtype=ACC)
+        src = _source_row(hid_ptr, prev_ptr, row, b, i, d_r, cols, r_mask, HAS_PREV, ACC, BLOCK)
         if scale != 0.0:
             tl.atomic_add(dcgate_ptr + cols, dsrc * src, mask=r_mask)
         dsrc = dsrc * tl.load(cgate_ptr + cols, mask=r_mask, other=0.0).to(ACC)

@@ -270,3 +270,37 @@ def test_gpu_large_shapes(shape, dtype, force_triton, poison):
     assert_close(out, ref, atol, rtol, "out")
     for name, g, rg in zip(["d_embeds", "d_hidden", "d_prev"], grads, ref_grads):
         assert_close(g, rg, atol, rtol, name)
+
+
+@pytest.mark.parametrize("gather", [False, True], ids=["embeds", "gather"])
+@pytest.mark.parametrize("with_prev", [False, True], ids=["no_prev", "prev"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
+def test_channel_gate_and_its_gradient_vs_float64_reference(gather, with_prev, dtype, device, force_triton, poison):
+    """out = e + λ·g·m̄·pad(c ⊙ src)/‖src‖ with a learned c: d c is summed over rows by the kernel."""
+    batch, seq, d_g, d_r = 3, 9, 96, 64
+    e, h, prev, gate, dout = _inputs(batch, seq, d_g, d_r, dtype, device, with_prev, seed=11)
+    h[0, 4] = 0.0  # a zero state at an open position: scale 0, no NaN, no gradient
+    gen = torch.Generator().manual_seed(12)
+    c = torch.tanh(torch.randn(d_r, generator=gen)).to(device, dtype)
+    table = torch.randn(40, d_g, generator=gen).to(device, dtype)
+    ids = torch.randint(0, 40, (batch, seq), generator=gen).to(device)
+    mean_norm = torch.tensor(1.9, device=device)
+
+    def run(fn_plain, fn_gather, to=None):
+        first = [_leaf(table, to)] if gather else [_leaf(e, to)]
+        hid, prv, cg = _leaf(h, to), _leaf(prev, to), _leaf(c, to)
+        args = (ids, first[0]) if gather else (first[0],)
+        fn = fn_gather if gather else fn_plain
+        out = fn(*args, hid, gate, mean_norm if to is None else mean_norm.double(), LAMBDA, 0.0, prv, cg)
+        return out, _grads(out, [*first, hid, prv, cg], dout if to is None else dout.double())
+
+    out, grads = run(latent_injection, embedding_latent_injection)
+    ref, ref_grads = run(latent_injection_reference, embedding_latent_injection_reference, torch.float64)
+    atol, rtol = TOL[dtype]
+    assert_close(out, ref, atol, rtol, "out")
+    names = ["d_first", "d_hidden", *(["d_prev"] if with_prev else []), "d_channel_gate"]
+    for name, g, rg in zip(names, grads, ref_grads):
+        assert torch.isfinite(g).all(), name
+        # d c sums B·T rows: its rounding grows with the row count in low precision
+        scale = math.sqrt(batch * seq) if name == "d_channel_gate" and dtype != torch.float64 else 1.0
+        assert_close(g, rg, atol * scale, rtol * scale, name)
