@@ -1,4 +1,4 @@
-"""Micro-benchmarks of the fused kernels (DESIGN §4, issue 3).
+"""Micro-benchmarks of the fused kernels (docs/design.md §4, issue 3).
 
 One command runs everything and writes ``kernels_<device>.json`` / ``.csv`` / ``.png`` to ``--out``::
 

@@ -1,6 +1,6 @@
 """flythinker.kernels: the fused ops of think-while-generating.
 
-Every op comes in layers (see DESIGN §4): a pure-PyTorch reference, a Triton kernel wrapped in a
+Every op comes in layers (see docs/design.md §4): a pure-PyTorch reference, a Triton kernel wrapped in a
 ``torch.autograd.Function``, and a dispatching functional that picks Triton for CUDA tensors (or when
 ``FLYTHINKER_FORCE_TRITON=1`` under ``TRITON_INTERPRET=1``) and the reference elsewhere
 (``FLYTHINKER_DISABLE_TRITON=1`` forces the reference). Nothing here imports triton at module import

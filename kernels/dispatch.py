@@ -1,6 +1,6 @@
 """Backend choice for the fused ops: Triton kernel or pure-PyTorch reference.
 
-Rules (DESIGN §4), evaluated on every call (environment read at call time, never at import time):
+Rules (docs/design.md §4), evaluated on every call (environment read at call time, never at import time):
 
 * ``FLYTHINKER_DISABLE_TRITON=1`` -> always the reference.
 * ``FLYTHINKER_FORCE_TRITON=1``   -> always the Triton kernel. On CPU tensors this needs

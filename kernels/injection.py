@@ -1,6 +1,6 @@
 """Latent injection: fuse a reasoner's hidden states into a generator's input embeddings.
 
-Contract (DESIGN §1), for every batch row b and position i::
+Contract (docs/design.md §1), for every batch row b and position i::
 
     src[b, i] = h[b, i - 1]                  for i >= 1
     src[b, 0] = prev_hidden[b]               (zero, and gate forced to 0, when prev_hidden is None)

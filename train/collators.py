@@ -8,7 +8,7 @@ only what the model's ``forward`` accepts.
 multiple of ``pad_to_multiple_of``). Pads get ``pad_token_id``, label -100 and attention mask 0.
 ``padding_side="left"`` is required for generation batches (every prompt then ends at the last
 column, where decoding continues); ``"right"`` is the training default — with the mask the model
-computes ``position_ids = cumsum(mask) − 1`` (DESIGN §1), so both sides give the same per-example
+computes ``position_ids = cumsum(mask) − 1`` (docs/design.md §1), so both sides give the same per-example
 loss, and right padding keeps the real tokens at positions 0.. without shifting.
 
 **Packing** (:class:`PackingCollator`): several examples share one row, back to back:
@@ -25,7 +25,7 @@ loss, and right padding keeps the real tokens at positions 0.. without shifting.
   KV cache is passed, and models whose config has ``use_cache=True`` create one on their own.
   The model's forward must accept ``use_cache`` (every transformers causal LM does).
 
-The FlyThinker model zeroes the reasoner injection wherever ``position_ids == 0`` (DESIGN §1), so a
+The FlyThinker model zeroes the reasoner injection wherever ``position_ids == 0`` (docs/design.md §1), so a
 packed row gives each example exactly the logits it gets alone.
 """
 

@@ -1,4 +1,4 @@
-"""The two halves of a decode step and their preallocated caches (DESIGN §1, decoding schedule).
+"""The two halves of a decode step and their preallocated caches (docs/design.md §1, decoding schedule).
 
 * :class:`ReasonerSide` — the fusion's sources ``u = model.fusion.source(R.backbone(x).last_hidden_state)``.
   No LM head is ever computed on the reasoner.

