@@ -30,8 +30,17 @@ def tiny_model_dir(workspace):  # noqa: F811
 
 
 def _run_main(argv):
+    import threading
+
+    from tqdm import tqdm
+    from tqdm.auto import tqdm as auto_tqdm
+
     from flythinker.cli import main
 
+    # tqdm's write lock is a multiprocessing lock inherited through fork: a child killed while holding it
+    # would block the test process's next progress bar forever. The child gets a lock of its own.
+    for cls in (tqdm, auto_tqdm):
+        cls.set_lock(threading.RLock())
     os._exit(main(argv))
 
 

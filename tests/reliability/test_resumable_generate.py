@@ -20,6 +20,8 @@ def _argv(workspace, model_dir, run_dir, **extra):
         "--max-new-tokens": "24",
         "--batch-size": "2",
         "--schedule": "sequential",
+        "--do-sample": "true",  # sampled (seeded per batch): the outputs vary, so equality means something
+        "--top-k": "50",
         **extra,
     }
     argv = ["generate", "--model", str(model_dir), "--data", workspace["train"], "--run-dir", str(run_dir)]
