@@ -175,6 +175,9 @@ class FinetuneConfig:
         if Path(self.output_dir).exists() and not Path(self.output_dir).is_dir():
             raise NotADirectoryError(f"--output-dir {self.output_dir}: is a file; expected a (new) run directory")
         resume = self.resume_from_checkpoint
+        if resume is not None and self.overwrite:
+            raise ValueError("--overwrite deletes the run's checkpoints, --resume-from-checkpoint continues from one: "
+                             "pass only one of them")
         if resume not in (None, "last"):
             if not Path(resume).is_dir():
                 raise FileNotFoundError(f"--resume-from-checkpoint {resume}: no such checkpoint directory "

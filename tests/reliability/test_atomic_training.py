@@ -8,12 +8,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from flythinker.train.finetune import (
-    COMPLETE_MARKER,
-    FinetuneConfig,
-    last_complete_checkpoint,
-    run_finetune,
-)
+from flythinker.train import finetune
+from flythinker.train.finetune import FinetuneConfig, run_finetune
 from tests.reliability.conftest import kill_when, run_cli, start_cli
 
 
@@ -84,7 +80,9 @@ def test_kill_9_at_several_points_then_resume_last_equals_an_uninterrupted_run(w
         extra = ("--resume-from-checkpoint", "last") if number else ()
         kills += kill_when(start_cli(_argv(workspace, run, *extra)), trigger)
         for checkpoint in (run / "checkpoints").glob("checkpoint-*"):  # whatever is visible is complete
-            assert (checkpoint / COMPLETE_MARKER).is_file() and (checkpoint / "trainer_state.json").is_file()
+            assert (checkpoint / finetune.COMPLETE_MARKER).is_file() and (
+                checkpoint / "trainer_state.json"
+            ).is_file()
         assert not (run / "model").exists() or (run / "train_metrics.json").exists()
     assert kills >= 3
     assert run_cli(_argv(workspace, run, "--resume-from-checkpoint", "last")) == 0
@@ -104,9 +102,9 @@ def test_last_skips_an_incomplete_checkpoint(tmp_path):
         folder.mkdir(parents=True)
         (folder / "model.safetensors").write_bytes(b"\0" * 8)
         if complete:
-            (folder / COMPLETE_MARKER).write_text("{}")
+            (folder / finetune.COMPLETE_MARKER).write_text("{}")
     (checkpoints / "checkpoint-6" / "trainer_state.json").write_text('{"global_st')  # torn by a kill
-    assert last_complete_checkpoint(checkpoints) == checkpoints / "checkpoint-4"
+    assert finetune.last_complete_checkpoint(checkpoints) == checkpoints / "checkpoint-4"
 
 
 def test_an_incomplete_checkpoint_is_refused_by_name(workspace, tmp_path):

@@ -8,7 +8,8 @@ from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 from flythinker.cli import main
-from flythinker.train.finetune import FinetuneConfig, TrainingDivergedError, run_finetune
+from flythinker.train import finetune
+from flythinker.train.finetune import FinetuneConfig, run_finetune
 
 
 def _config(workspace, output_dir, **overrides):
@@ -63,7 +64,7 @@ def test_a_nan_weight_stops_the_run_and_keeps_the_last_good_checkpoint(
     workspace, tmp_path, poison_step, message, kept
 ):
     run = tmp_path / "run"
-    with pytest.raises(TrainingDivergedError, match=message):
+    with pytest.raises(finetune.TrainingDivergedError, match=message):
         run_finetune(_config(workspace, run, save_steps=2), callbacks=[PoisonAfter(poison_step)])
     checkpoints = sorted((run / "checkpoints").glob("checkpoint-*"))
     assert [c.name for c in checkpoints] == kept and all(_all_finite(c) for c in checkpoints)

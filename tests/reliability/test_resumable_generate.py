@@ -6,8 +6,8 @@ import json
 
 import pytest
 
+from flythinker import predict
 from flythinker.cli import main
-from flythinker.predict import PredictionLog
 from flythinker.train.readers import read_records
 from tests.reliability.conftest import kill_when, line_count, run_cli, start_cli
 
@@ -63,13 +63,13 @@ def test_kill_9_at_several_points_then_resume_equals_an_uninterrupted_run(
 
 def test_rows_are_on_disk_before_the_next_batch_and_resume_skips_them(workspace, tmp_path):
     records = read_records(workspace["train"])[:3]
-    log = PredictionLog(tmp_path / "p.jsonl", records)
+    log = predict.PredictionLog(tmp_path / "p.jsonl", records)
     assert log.resume() == 0
     log.append(0, [{"prediction": "a", "new_tokens": 1}, {"prediction": "b", "new_tokens": 1}])
     assert line_count(tmp_path / "p.jsonl") == 2  # flushed: visible to another process at once
     with open(tmp_path / "p.jsonl", "ab") as handle:
         handle.write(b'{"index": 2, "pred')  # torn by a kill
-    again = PredictionLog(tmp_path / "p.jsonl", records)
+    again = predict.PredictionLog(tmp_path / "p.jsonl", records)
     assert again.resume() == 2
     assert line_count(tmp_path / "p.jsonl") == 2 and (tmp_path / "p.jsonl").read_bytes().endswith(b"\n")
     with pytest.raises(RuntimeError, match="out of order"):

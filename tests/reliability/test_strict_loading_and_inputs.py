@@ -9,8 +9,7 @@ from transformers import AutoModelForCausalLM
 
 from flythinker import FlyThinkerForCausalLM
 from flythinker.cli import main
-from flythinker.modeling.input_checks import validate_model_inputs
-from flythinker.modeling.loading import CheckpointMismatchError
+from flythinker.modeling import loading
 from tests.tiny_models import left_padded_batch, tiny_flythinker, tiny_qwen2_config
 
 
@@ -25,7 +24,8 @@ def test_a_missing_key_fails_by_default_naming_it(tmp_path):
     _drop_key(tmp_path, "reasoner.layers.1.mlp.down_proj.weight")
     for load in (FlyThinkerForCausalLM.from_pretrained, AutoModelForCausalLM.from_pretrained):
         with pytest.raises(
-            CheckpointMismatchError, match=r"missing keys \(reasoner\.layers\.1\.mlp\.down_proj\.weight"
+            loading.CheckpointMismatchError,
+            match=r"missing keys \(reasoner\.layers\.1\.mlp\.down_proj\.weight",
         ):
             load(tmp_path)
     loaded = FlyThinkerForCausalLM.from_pretrained(tmp_path, strict=False)  # the explicit opt-out
@@ -37,14 +37,14 @@ def test_a_plain_qwen2_state_dict_in_a_flythinker_directory_fails(tmp_path):
     torch.manual_seed(0)
     AutoModelForCausalLM.from_config(tiny_qwen2_config()).save_pretrained(tmp_path / "qwen2")
     (tmp_path / "model.safetensors").write_bytes((tmp_path / "qwen2" / "model.safetensors").read_bytes())
-    with pytest.raises(CheckpointMismatchError, match=r"unexpected keys \(model\..*plain causal LM"):
+    with pytest.raises(loading.CheckpointMismatchError, match=r"unexpected keys \(model\..*plain causal LM"):
         FlyThinkerForCausalLM.from_pretrained(tmp_path)
 
 
 def test_adding_reward_heads_to_a_trained_model_is_an_allowed_opt_out(tmp_path):
     tiny_flythinker().save_pretrained(tmp_path)
     heads = {"quality": {"kind": "perm"}}
-    with pytest.raises(CheckpointMismatchError, match="reward_heads"):
+    with pytest.raises(loading.CheckpointMismatchError, match="reward_heads"):
         FlyThinkerForCausalLM.from_pretrained(tmp_path, reward_heads=heads)
     model = FlyThinkerForCausalLM.from_pretrained(
         tmp_path, reward_heads=heads, allow_missing=("reward_heads.",)
@@ -115,6 +115,8 @@ def test_out_of_range_token_ids_are_a_clear_error(bad_id):
 
 
 def test_valid_inputs_pass_and_decode_steps_are_not_synchronised(monkeypatch):
+    from flythinker.modeling.input_checks import validate_model_inputs
+
     model = tiny_flythinker()
     input_ids, attention_mask, _ = left_padded_batch([5, 3])
     calls = []

@@ -9,14 +9,7 @@ import pytest
 from rouge_score import rouge_scorer
 
 from flythinker.cli import main
-from flythinker.evaluation.metrics import (
-    UnicodeRougeTokenizer,
-    bleu_tokenization,
-    compute_metrics,
-    corpus_bleu,
-    meteor_tokenize,
-    rouge_scores,
-)
+from flythinker.evaluation import metrics
 
 PEPS = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "peps" / "user_val.jsonl"
 
@@ -46,7 +39,7 @@ def test_english_scores_are_exactly_rouge_scores_default(use_stemmer):
     pairs = _english_pairs()
     types = ["rouge1", "rouge2", "rougeL"]
     default = rouge_scorer.RougeScorer(types, use_stemmer=use_stemmer)
-    ours = rouge_scores(
+    ours = metrics.rouge_scores(
         [p for p, _ in pairs], [r for _, r in pairs], rouge_types=types, use_stemmer=use_stemmer
     )
     for i, (pred, ref) in enumerate(pairs):
@@ -68,24 +61,24 @@ def test_english_scores_are_exactly_rouge_scores_default(use_stemmer):
     ],
 )
 def test_identical_non_latin_text_scores_one(text):
-    scores = rouge_scores([text], [text])
+    scores = metrics.rouge_scores([text], [text])
     assert scores["rouge1"][0] == 1.0 and scores["rougeL"][0] == 1.0
-    assert compute_metrics([text], [text], metrics=["bleu"])["bleu"] == pytest.approx(100.0)
+    assert metrics.compute_metrics([text], [text], metrics=["bleu"])["bleu"] == pytest.approx(100.0)
 
 
 def test_chinese_is_segmented_per_character_for_rouge_meteor_and_bleu():
-    tokens = UnicodeRougeTokenizer().tokenize("我喜欢Python编程")
+    tokens = metrics.UnicodeRougeTokenizer().tokenize("我喜欢Python编程")
     assert tokens == ["我", "喜", "欢", "python", "编", "程"]
-    assert rouge_scores(["我喜欢猫"], ["我喜欢狗"])["rouge1"][0] == pytest.approx(0.75)
-    assert meteor_tokenize("我喜欢猫。") == ["我", "喜", "欢", "猫", "。"]
-    assert bleu_tokenization(["我喜欢猫"], ["我喜欢狗"]) == "zh"
-    assert bleu_tokenization(["the cat"], ["the dog"]) == "13a"
-    assert 0.0 < corpus_bleu(["我今天很喜欢这只猫"], ["我今天很喜欢这只狗"]) < 100.0
-    assert compute_metrics(["a"], ["a"], metrics=["bleu"])["bleu_tokenize"] == "13a"
+    assert metrics.rouge_scores(["我喜欢猫"], ["我喜欢狗"])["rouge1"][0] == pytest.approx(0.75)
+    assert metrics.meteor_tokenize("我喜欢猫。") == ["我", "喜", "欢", "猫", "。"]
+    assert metrics.bleu_tokenization(["我喜欢猫"], ["我喜欢狗"]) == "zh"
+    assert metrics.bleu_tokenization(["the cat"], ["the dog"]) == "13a"
+    assert 0.0 < metrics.corpus_bleu(["我今天很喜欢这只猫"], ["我今天很喜欢这只狗"]) < 100.0
+    assert metrics.compute_metrics(["a"], ["a"], metrics=["bleu"])["bleu_tokenize"] == "13a"
 
 
 def test_russian_partial_overlap_counts_words():
-    score = rouge_scores(["кошка сидит на окне"], ["кошка спит на окне"])["rouge1"][0]
+    score = metrics.rouge_scores(["кошка сидит на окне"], ["кошка спит на окне"])["rouge1"][0]
     assert score == pytest.approx(0.75)
 
 
