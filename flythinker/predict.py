@@ -186,10 +186,19 @@ class PredictionLog:
         data = self.path.read_bytes()
         complete = data[: data.rfind(b"\n") + 1]  # a kill can tear the last line: it is redone
         count = 0
-        for lineno, line in enumerate(complete.decode("utf-8").splitlines(), start=1):
+        try:
+            lines = complete.decode("utf-8").splitlines()
+        except UnicodeDecodeError:
+            raise ValueError(f"{self.path}: not UTF-8, so not written by flythinker generate; pass --overwrite "
+                             "to start again") from None
+        for lineno, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
-            row = json.loads(line)
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{self.path} line {lineno}: invalid JSON ({exc.msg}); pass --overwrite to start "
+                                 "again") from None
             if count >= len(self.records):
                 raise ValueError(f"{self.path} line {lineno}: more predictions than records; it belongs to another "
                                  "run (pass --overwrite to start again)")
