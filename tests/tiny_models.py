@@ -60,6 +60,18 @@ def tiny_flythinker(
     return FlyThinkerForCausalLM(config).to(dtype).eval()
 
 
+def teacher_forced_greedy(model, input_ids, attention_mask, steps):
+    """Step-by-step argmax of the full (no-cache) forward over the growing sequence."""
+    ids, mask, logits_per_step = input_ids, attention_mask, []
+    for _ in range(steps):
+        with torch.no_grad():
+            logits = model(ids, attention_mask=mask).logits[:, -1]
+        logits_per_step.append(logits)
+        ids = torch.cat([ids, logits.argmax(-1, keepdim=True)], dim=1)
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+    return ids, torch.stack(logits_per_step, dim=1)
+
+
 def left_padded_batch(lengths: list[int], seed: int = 0, vocab: int = VOCAB, pad_id: int = 0):
     """Random rows of the given lengths, left-padded with ``pad_id``: (input_ids, attention_mask, rows)."""
     generator = torch.Generator().manual_seed(seed)

@@ -9,8 +9,7 @@ import torch
 from flythinker.decoding import generate
 from flythinker.decoding.engine import run
 from tests.decoding._helpers import call_for
-from tests.modeling.test_generate import teacher_forced_greedy
-from tests.tiny_models import left_padded_batch, tiny_flythinker
+from tests.tiny_models import left_padded_batch, teacher_forced_greedy, tiny_flythinker
 
 STEPS = 12
 BATCHES = {"batch1": [7], "batch4": [5, 9, 2, 7]}

@@ -5,19 +5,7 @@ from __future__ import annotations
 import torch
 
 from flythinker import FlyThinkerCache
-from tests.tiny_models import left_padded_batch, tiny_flythinker
-
-
-def teacher_forced_greedy(model, input_ids, attention_mask, steps):
-    """Step-by-step argmax of the full (no-cache) forward over the growing sequence."""
-    ids, mask, logits_per_step = input_ids, attention_mask, []
-    for _ in range(steps):
-        with torch.no_grad():
-            logits = model(ids, attention_mask=mask).logits[:, -1]
-        logits_per_step.append(logits)
-        ids = torch.cat([ids, logits.argmax(-1, keepdim=True)], dim=1)
-        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-    return ids, torch.stack(logits_per_step, dim=1)
+from tests.tiny_models import left_padded_batch, teacher_forced_greedy, tiny_flythinker
 
 
 def test_greedy_generate_equals_teacher_forced_argmax_and_logits():

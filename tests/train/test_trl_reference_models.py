@@ -8,8 +8,7 @@ import pytest
 import torch
 
 from flythinker import FlyThinkerConfig, FlyThinkerForCausalLM
-
-from ..heads.conftest import build_word_tokenizer, tiny_llama
+from tests.word_models import build_word_tokenizer, tiny_llama
 
 pytest.importorskip("trl")
 

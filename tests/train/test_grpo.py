@@ -9,8 +9,7 @@ from flythinker.rewards.judge import LocalJudge
 from flythinker.rewards.samples import EmpathySample
 from flythinker.rewards.trl_rewards import PermRewardFunctions
 from flythinker.train.grpo import build_grpo_dataset, make_grpo_trainer
-
-from .conftest import tiny_llama
+from tests.word_models import tiny_llama
 
 pytest.importorskip("trl")
 

@@ -66,6 +66,6 @@ def test_smollm2_judge_valid_deterministic_and_ranking_rate(record_property):
     wins = sum(g > b for g, b in zip(scores[0::2], scores[1::2]))
     record_property("smollm2_reception_good_above_bad", f"{wins}/{len(GOOD_BAD)}")
     print(f"SmolLM2-135M reception: good above bad in {wins}/{len(GOOD_BAD)} pairs")
-    # Other batch composition: equal up to float rounding (exact repeat determinism: tests/heads/test_judge.py).
+    # Other batch composition: equal up to float rounding (exact repeat determinism: tests/rewards/test_judge.py).
     again = judge.score(samples[:8], ["reception"])["reception"]
     torch.testing.assert_close(torch.tensor(again), torch.tensor(scores[:8]), rtol=0, atol=1e-4)

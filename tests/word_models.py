@@ -1,10 +1,10 @@
-"""Fixtures for the reward-head tests: a tiny word-level fast tokenizer and tiny random LMs."""
+"""A tiny word-level fast tokenizer over the reward prompts and tiny random Llama LMs (reward, judge and
+GRPO tests of every folder use them; the fixtures are in tests/conftest.py)."""
 
 from __future__ import annotations
 
 import re
 
-import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
@@ -43,20 +43,10 @@ def build_word_tokenizer() -> PreTrainedTokenizerFast:
     return fast
 
 
-@pytest.fixture(scope="session")
-def word_tokenizer() -> PreTrainedTokenizerFast:
-    return build_word_tokenizer()
-
-
 def tiny_llama(vocab_size: int, hidden: int = 32, layers: int = 2, seed: int = 0) -> LlamaForCausalLM:
     torch.manual_seed(seed)
     config = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden,
                          num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
                          max_position_embeddings=4096, pad_token_id=0, bos_token_id=2, eos_token_id=3,
-                         tie_word_embeddings=False)
+                         tie_word_embeddings=False)  # fmt: skip
     return LlamaForCausalLM(config).eval()
-
-
-@pytest.fixture()
-def tiny_lm(word_tokenizer) -> LlamaForCausalLM:
-    return tiny_llama(len(word_tokenizer))
