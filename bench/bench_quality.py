@@ -795,7 +795,7 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         "| variant | final val NLL | step-0 val NLL | Δ vs SFT mean ± std | Δ min / max | seeds < SFT "
         "| step-0 probe loss − generator | step-0 max abs logit diff |",
-        "|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for variant, row in summary.items():
         if "paired_diff_mean" in row:
