@@ -78,7 +78,13 @@ def _injection_inputs(tokens, width, dtype, device, batch=1):
     e = torch.randn(batch, seq, width, dtype=dtype, device=device, requires_grad=True)
     h = torch.randn(batch, seq, width, dtype=dtype, device=device, requires_grad=True)
     gate = torch.ones(batch, seq, device=device)
-    return e, h, gate, torch.tensor(1.3, device=device), torch.randn(batch, seq, width, dtype=dtype, device=device)
+    return (
+        e,
+        h,
+        gate,
+        torch.tensor(1.3, device=device),
+        torch.randn(batch, seq, width, dtype=dtype, device=device),
+    )
 
 
 def injection_fns(provider: str, device: str):
@@ -133,23 +139,29 @@ def _run_case(op, provider, mode, size, dtype, device):
         e, h, gate, m, dout = _injection_inputs(tokens, width, dtype, device)
         fn = injection_fns(provider, device)
         if mode == "forward":
+
             def run():
                 with torch.no_grad():
                     fn(e, h, gate, m, 0.5)
         else:
+
             def run():
                 torch.autograd.grad(fn(e, h, gate, m, 0.5), (e, h), dout)
+
         return run
     tokens, width, vocab = size
     h, w, y = _ce_inputs(tokens, width, vocab, dtype, device)
     fn = ce_fns(provider, device)
     if mode == "forward":
+
         def run():
             with torch.no_grad():
                 fn(h, w, y)
     else:
+
         def run():
             torch.autograd.grad(fn(h, w, y), (h, w))
+
     return run
 
 
@@ -252,11 +264,23 @@ def benchmark(ops, device, out_dir: Path, quick=False):
                     copy_cache[nbytes] = _copy_gbps(nbytes, device)
                 add("injection", "copy", mode, "gbps", "tokens", tokens, copy_cache[nbytes], params, "GB/s")
                 for provider in providers:
-                    vals = _time_ms(_run_case("injection", provider, mode, (tokens, width), dtype, device), device)
+                    vals = _time_ms(
+                        _run_case("injection", provider, mode, (tokens, width), dtype, device), device
+                    )
                     add("injection", provider, mode, "time", "tokens", tokens, vals, params, "ms")
                     gbps = nbytes / (vals[0] * 1e-3) / 1e9
                     add("injection", provider, mode, "gbps", "tokens", tokens, gbps, params, "GB/s")
-                    add("injection", provider, mode, "copy_frac", "tokens", tokens, gbps / copy_cache[nbytes], params, "")
+                    add(
+                        "injection",
+                        provider,
+                        mode,
+                        "copy_frac",
+                        "tokens",
+                        tokens,
+                        gbps / copy_cache[nbytes],
+                        params,
+                        "",
+                    )
             for provider in providers:
                 if device == "cuda" or provider != "compiled":
                     add("injection", provider, "full", "peak_mem", "tokens", tokens,
@@ -270,7 +294,9 @@ def benchmark(ops, device, out_dir: Path, quick=False):
             params = {"tokens": tokens, "width": width, "vocab": vocab}
             for mode in ("forward", "full"):
                 for provider in ce_providers:
-                    vals = _time_ms(_run_case("ce", provider, mode, (tokens, width, vocab), dtype, device), device)
+                    vals = _time_ms(
+                        _run_case("ce", provider, mode, (tokens, width, vocab), dtype, device), device
+                    )
                     add("ce", provider, mode, "time", "tokens", tokens, vals, params, "ms")
             for provider in ce_providers:
                 peak = _peak_mb("ce", provider, (tokens, width, vocab), dtype, device)
@@ -281,7 +307,9 @@ def benchmark(ops, device, out_dir: Path, quick=False):
     tag = "cuda_" + torch.cuda.get_device_name().replace(" ", "_") if device == "cuda" else "cpu"
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = out_dir / f"kernels_{tag}"
-    stem.with_suffix(".json").write_text(json.dumps({"meta": meta, "summary": summary, "rows": rows}, indent=1))
+    stem.with_suffix(".json").write_text(
+        json.dumps({"meta": meta, "summary": summary, "rows": rows}, indent=1)
+    )
     with open(stem.with_suffix(".csv"), "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=sorted({k for r in rows for k in r}))
         writer.writeheader()
@@ -315,7 +343,9 @@ def _summarise(rows):
             for p in ("ours", "compiled"):
                 if (p, "peak_mem") in by:
                     entry[f"peak_mem_{p}_mb"] = by[(p, "peak_mem")]
-                    entry[f"peak_mem_ratio_{p}_vs_eager"] = by[(p, "peak_mem")] / max(by[("eager", "peak_mem")], 1e-9)
+                    entry[f"peak_mem_ratio_{p}_vs_eager"] = by[(p, "peak_mem")] / max(
+                        by[("eager", "peak_mem")], 1e-9
+                    )
         if len(entry) > len(key):
             out.append({k2: v for k2, v in entry.items() if v is not None})
     return out
@@ -327,13 +357,20 @@ def _plot(rows, meta, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [("injection", "full", "time"), ("injection", "full", "gbps"), ("ce", "full", "time"), ("ce", "full", "peak_mem")]
+    panels = [
+        ("injection", "full", "time"),
+        ("injection", "full", "gbps"),
+        ("ce", "full", "time"),
+        ("ce", "full", "peak_mem"),
+    ]
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4))
     for ax, (op, mode, metric) in zip(axes, panels):
         sel = [r for r in rows if r["op"] == op and r["mode"] == mode and r["metric"] == metric]
         series: dict = {}
         for r in sel:
-            label = r["provider"] + (f" d={r['width']}" if op == "injection" else f" d={r['width']} V={r['vocab']}")
+            label = r["provider"] + (
+                f" d={r['width']}" if op == "injection" else f" d={r['width']} V={r['vocab']}"
+            )
             series.setdefault(label, []).append((r["x_value"], r["p50"]))
         for label, pts in sorted(series.items()):
             pts.sort()

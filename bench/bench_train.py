@@ -87,8 +87,9 @@ def load_pair(path: str, dtype: torch.dtype, device: torch.device):
 
     tokenizer = load_tokenizer(path)
     reasoner_lm = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa")
-    model = FlyThinkerForCausalLM.from_components(generator=path, reasoner=reasoner_lm, dtype=dtype,
-                                                  tokenizer=tokenizer, use_fused_loss=True)
+    model = FlyThinkerForCausalLM.from_components(
+        generator=path, reasoner=reasoner_lm, dtype=dtype, tokenizer=tokenizer, use_fused_loss=True
+    )
     model.to(device)
     reasoner_lm.to(device)
     if model.reasoner is not reasoner_lm.get_decoder():
@@ -96,13 +97,14 @@ def load_pair(path: str, dtype: torch.dtype, device: torch.device):
     return model, reasoner_lm, tokenizer
 
 
-def encode_features(tokenizer, data: str | os.PathLike, records: int, offset: int, max_length: int,
-                    max_target_tokens: int) -> list[dict[str, Any]]:
+def encode_features(
+    tokenizer, data: str | os.PathLike, records: int, offset: int, max_length: int, max_target_tokens: int
+) -> list[dict[str, Any]]:
     """``records`` PEP records from ``offset`` (file order), encoded by ``PromptBuilder``."""
     from flythinker.train.prompts import PromptBuilder
     from flythinker.train.readers import read_records
 
-    rows = read_records(data)[offset:offset + records]
+    rows = read_records(data)[offset : offset + records]
     if len(rows) < records:
         raise ValueError(f"{data} has only {len(rows)} records from offset {offset}; asked for {records}")
     builder = PromptBuilder(tokenizer, max_length=max_length, max_target_tokens=max_target_tokens)
@@ -131,9 +133,15 @@ def _shape(batch: Mapping[str, Any]) -> tuple[int, int]:
     return int(rows), int(width)
 
 
-def build_variants(model, reasoner_lm, features: Sequence[Mapping[str, Any]], pad_token_id: int,
-                   max_length: int, row_length: int = REFERENCE_ROW_LENGTH,
-                   device: torch.device | str = "cpu") -> dict[str, Variant]:
+def build_variants(
+    model,
+    reasoner_lm,
+    features: Sequence[Mapping[str, Any]],
+    pad_token_id: int,
+    max_length: int,
+    row_length: int = REFERENCE_ROW_LENGTH,
+    device: torch.device | str = "cpu",
+) -> dict[str, Variant]:
     """The five step kinds of the module docstring, on the same ``features``."""
     from flythinker.kernels import fused_linear_cross_entropy
     from flythinker.modeling.modeling_flythinker import default_position_ids
@@ -148,21 +156,34 @@ def build_variants(model, reasoner_lm, features: Sequence[Mapping[str, Any]], pa
     reference = ReferenceRecipe(model.generator, reasoner_lm, model.config.fusion_lambda)
 
     def sft_loss() -> torch.Tensor:
-        hidden = model.generator.get_decoder()(input_ids=padded["input_ids"], attention_mask=padded["attention_mask"],
-                                               position_ids=positions, use_cache=False).last_hidden_state
+        hidden = model.generator.get_decoder()(
+            input_ids=padded["input_ids"],
+            attention_mask=padded["attention_mask"],
+            position_ids=positions,
+            use_cache=False,
+        ).last_hidden_state
         lm_head = model.generator.get_output_embeddings()
         shifted = torch.nn.functional.pad(padded["labels"], (0, 1), value=-100)[:, 1:]
-        return fused_linear_cross_entropy(hidden.flatten(0, 1), lm_head.weight, shifted.flatten(),
-                                          getattr(lm_head, "bias", None))
+        return fused_linear_cross_entropy(
+            hidden.flatten(0, 1), lm_head.weight, shifted.flatten(), getattr(lm_head, "bias", None)
+        )
 
     def reasoner_loss() -> torch.Tensor:
-        hidden = model.reasoner(input_ids=padded["input_ids"], attention_mask=padded["attention_mask"],
-                                position_ids=positions, use_cache=False).last_hidden_state
+        hidden = model.reasoner(
+            input_ids=padded["input_ids"],
+            attention_mask=padded["attention_mask"],
+            position_ids=positions,
+            use_cache=False,
+        ).last_hidden_state
         return hidden.float().square().mean()
 
     return {
-        "flythinker_padded": Variant("flythinker_padded", lambda: model(**padded).loss, real, *_shape(padded)),
-        "flythinker_packed": Variant("flythinker_packed", lambda: model(**packed).loss, real, *_shape(packed)),
+        "flythinker_padded": Variant(
+            "flythinker_padded", lambda: model(**padded).loss, real, *_shape(padded)
+        ),
+        "flythinker_packed": Variant(
+            "flythinker_packed", lambda: model(**packed).loss, real, *_shape(packed)
+        ),
         "reference": Variant("reference", lambda: reference(**ref_batch), real, *_shape(ref_batch)),
         "sft": Variant("sft", sft_loss, real, *_shape(padded)),
         "reasoner_fwd_bwd": Variant("reasoner_fwd_bwd", reasoner_loss, real, *_shape(padded)),
@@ -209,8 +230,14 @@ def run_step(variant: Variant, optimizer: torch.optim.Optimizer, device: torch.d
     optimizer.zero_grad(set_to_none=True)
     _sync(device)
     t3 = time.perf_counter()
-    return {"forward_s": t1 - t0, "backward_s": t2 - t1, "optimizer_s": t3 - t2, "fwd_bwd_s": t2 - t0,
-            "step_s": t3 - t0, "loss": float(loss.detach())}
+    return {
+        "forward_s": t1 - t0,
+        "backward_s": t2 - t1,
+        "optimizer_s": t3 - t2,
+        "fwd_bwd_s": t2 - t0,
+        "step_s": t3 - t0,
+        "loss": float(loss.detach()),
+    }
 
 
 def measured_memory_step(model, variant: Variant, optimizer, device: torch.device) -> tuple[dict, dict]:
@@ -222,15 +249,31 @@ def measured_memory_step(model, variant: Variant, optimizer, device: torch.devic
         start = torch.cuda.memory_allocated(device)
         timings = run_step(variant, optimizer, device)
         peak = torch.cuda.max_memory_allocated(device)
-        return timings, {"method": "torch.cuda.max_memory_allocated", "peak_bytes": peak,
-                         "peak_above_start_bytes": peak - start, "static_bytes": static}
+        return timings, {
+            "method": "torch.cuda.max_memory_allocated",
+            "peak_bytes": peak,
+            "peak_above_start_bytes": peak - start,
+            "static_bytes": static,
+        }
     timings, delta = profiled_peak_delta(lambda: run_step(variant, optimizer, device))
-    return timings, {"method": "torch.profiler CPU memory events + live parameters/optimizer state",
-                     "peak_bytes": static + delta, "peak_above_start_bytes": delta, "static_bytes": static}
+    return timings, {
+        "method": "torch.profiler CPU memory events + live parameters/optimizer state",
+        "peak_bytes": static + delta,
+        "peak_above_start_bytes": delta,
+        "static_bytes": static,
+    }
 
 
-def measure(model, variants: Mapping[str, Variant], optimizer, device: torch.device, repeats: int,
-            reference_repeats: int, warmup: int = 1, log: Callable[[str], None] = print) -> dict[str, Any]:
+def measure(
+    model,
+    variants: Mapping[str, Variant],
+    optimizer,
+    device: torch.device,
+    repeats: int,
+    reference_repeats: int,
+    warmup: int = 1,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
     """Interleaved rounds: ``warmup`` rounds (the first one measures peak memory), then rounds in an
     order rotated by one each time; the reference runs in the first ``reference_repeats`` rounds only."""
     names = list(variants)
@@ -244,11 +287,13 @@ def measure(model, variants: Mapping[str, Variant], optimizer, device: torch.dev
             else:
                 timings = run_step(variants[name], optimizer, device)
             warm[name].append(timings)
-            log(f"warm-up {w + 1} {name:18s} {timings['step_s']:8.2f} s  loss {timings['loss']:.4f}"
-                + (f"  peak {memory[name]['peak_bytes'] / 2**20:,.0f} MiB" if w == 0 else ""))
+            log(
+                f"warm-up {w + 1} {name:18s} {timings['step_s']:8.2f} s  loss {timings['loss']:.4f}"
+                + (f"  peak {memory[name]['peak_bytes'] / 2**20:,.0f} MiB" if w == 0 else "")
+            )
     rounds = max(repeats, reference_repeats)
     for r in range(rounds):
-        order = names[r % len(names):] + names[:r % len(names)]
+        order = names[r % len(names) :] + names[: r % len(names)]
         for name in order:
             if r >= (reference_repeats if name == "reference" else repeats):
                 continue
@@ -268,16 +313,23 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return None if a is None or not b else a / b
 
 
-def _paired(samples: Mapping[str, list[dict]], num: str, den: Sequence[str], key_num: str = "step_s",
-            key_den: Sequence[str] | None = None) -> float | None:
+def _paired(
+    samples: Mapping[str, list[dict]],
+    num: str,
+    den: Sequence[str],
+    key_num: str = "step_s",
+    key_den: Sequence[str] | None = None,
+) -> float | None:
     """Median over rounds where all variants ran of ``num[key] / sum(den[key])``."""
     key_den = key_den or [key_num] * len(den)
     by_round = {name: {s["round"]: s for s in samples.get(name, [])} for name in [num, *den]}
     common = set(by_round[num])
     for name in den:
         common &= set(by_round[name])
-    ratios = [by_round[num][r][key_num] / sum(by_round[n][r][k] for n, k in zip(den, key_den))
-              for r in sorted(common)]
+    ratios = [
+        by_round[num][r][key_num] / sum(by_round[n][r][k] for n, k in zip(den, key_den))
+        for r in sorted(common)
+    ]
     return _median(ratios)
 
 
@@ -287,15 +339,21 @@ def summarize(variants: Mapping[str, Variant], result: Mapping[str, Any]) -> dic
     per: dict[str, dict[str, Any]] = {}
     for name, variant in variants.items():
         rows = samples.get(name, [])
-        med = {k: _median([s[k] for s in rows]) for k in ("forward_s", "backward_s", "optimizer_s", "fwd_bwd_s",
-                                                           "step_s")}
+        med = {
+            k: _median([s[k] for s in rows])
+            for k in ("forward_s", "backward_s", "optimizer_s", "fwd_bwd_s", "step_s")
+        }
         per[name] = {
-            "steps": len(rows), **{f"median_{k}": v for k, v in med.items()},
-            "real_tokens": variant.real_tokens, "rows": variant.rows, "width": variant.width,
+            "steps": len(rows),
+            **{f"median_{k}": v for k, v in med.items()},
+            "real_tokens": variant.real_tokens,
+            "rows": variant.rows,
+            "width": variant.width,
             "token_slots": variant.rows * variant.width,
             "pad_fraction": 1 - variant.real_tokens / (variant.rows * variant.width),
             "real_tokens_per_s": _ratio(variant.real_tokens, med["step_s"]),
-            "memory": memory.get(name), "losses": [s["loss"] for s in rows],
+            "memory": memory.get(name),
+            "losses": [s["loss"] for s in rows],
             "warmup_loss": result["warmup"][name][0]["loss"] if result["warmup"].get(name) else None,
             "warmup_step_s": [s["step_s"] for s in result["warmup"].get(name, [])],
             "step_s_samples": [s["step_s"] for s in rows],
@@ -308,28 +366,43 @@ def summarize(variants: Mapping[str, Variant], result: Mapping[str, Any]) -> dic
     t_r = per["reasoner_fwd_bwd"]["median_fwd_bwd_s"]
     t_r_opt = per["reasoner_fwd_bwd"]["median_optimizer_s"]
     ratios = {
-        "throughput_padded_vs_reference": _ratio(per["flythinker_padded"]["real_tokens_per_s"],
-                                                 per["reference"]["real_tokens_per_s"]),
-        "throughput_packed_vs_reference": _ratio(per["flythinker_packed"]["real_tokens_per_s"],
-                                                 per["reference"]["real_tokens_per_s"]),
-        "throughput_padded_vs_reference_paired": _ratio(1.0, _paired(samples, "flythinker_padded", ["reference"])),
+        "throughput_padded_vs_reference": _ratio(
+            per["flythinker_padded"]["real_tokens_per_s"], per["reference"]["real_tokens_per_s"]
+        ),
+        "throughput_packed_vs_reference": _ratio(
+            per["flythinker_packed"]["real_tokens_per_s"], per["reference"]["real_tokens_per_s"]
+        ),
+        "throughput_padded_vs_reference_paired": _ratio(
+            1.0, _paired(samples, "flythinker_padded", ["reference"])
+        ),
         "peak_memory_padded_vs_reference": _ratio(mem("flythinker_padded"), mem("reference")),
         "peak_memory_packed_vs_reference": _ratio(mem("flythinker_packed"), mem("reference")),
-        "step_memory_padded_vs_reference": _ratio(mem("flythinker_padded", "peak_above_start_bytes"),
-                                                  mem("reference", "peak_above_start_bytes")),
-        "step_memory_packed_vs_reference": _ratio(mem("flythinker_packed", "peak_above_start_bytes"),
-                                                  mem("reference", "peak_above_start_bytes")),
+        "step_memory_padded_vs_reference": _ratio(
+            mem("flythinker_padded", "peak_above_start_bytes"), mem("reference", "peak_above_start_bytes")
+        ),
+        "step_memory_packed_vs_reference": _ratio(
+            mem("flythinker_packed", "peak_above_start_bytes"), mem("reference", "peak_above_start_bytes")
+        ),
         "flythinker_over_sft_plus_reasoner": _ratio(
-            t["flythinker_padded"], None if t["sft"] is None or t_r is None else t["sft"] + t_r),
+            t["flythinker_padded"], None if t["sft"] is None or t_r is None else t["sft"] + t_r
+        ),
         "flythinker_over_sft_plus_reasoner_paired": _paired(
-            samples, "flythinker_padded", ["sft", "reasoner_fwd_bwd"], "step_s", ["step_s", "fwd_bwd_s"]),
+            samples, "flythinker_padded", ["sft", "reasoner_fwd_bwd"], "step_s", ["step_s", "fwd_bwd_s"]
+        ),
         "flythinker_over_sft_plus_reasoner_incl_its_optimizer": _ratio(
-            t["flythinker_padded"], None if None in (t["sft"], t_r, t_r_opt) else t["sft"] + t_r + t_r_opt),
+            t["flythinker_padded"], None if None in (t["sft"], t_r, t_r_opt) else t["sft"] + t_r + t_r_opt
+        ),
         "flythinker_over_sft": _ratio(t["flythinker_padded"], t["sft"]),
     }
-    return {"variants": per, "ratios": ratios,
-            "targets": {"throughput_vs_reference": ">= 1.5", "peak_memory_vs_reference": "<= 0.7",
-                        "flythinker_over_sft_plus_reasoner": "<= 1.03"}}
+    return {
+        "variants": per,
+        "ratios": ratios,
+        "targets": {
+            "throughput_vs_reference": ">= 1.5",
+            "peak_memory_vs_reference": "<= 0.7",
+            "flythinker_over_sft_plus_reasoner": "<= 1.03",
+        },
+    }
 
 
 # -------------------------------------------------------------------------------------- reporting
@@ -347,10 +420,16 @@ def cpu_model() -> str:
 def environment(device: torch.device) -> dict[str, Any]:
     import transformers
 
-    env = {"device": str(device), "cpu_model": cpu_model(), "cpu_count": os.cpu_count(),
-           "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-           "transformers": transformers.__version__, "python": platform.python_version(),
-           "platform": platform.platform()}
+    env = {
+        "device": str(device),
+        "cpu_model": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
     if device.type == "cuda":
         env["device_name"] = torch.cuda.get_device_name(device)
     else:
@@ -371,9 +450,11 @@ def _noise_notes(per: Mapping[str, Mapping[str, Any]], ratios: Mapping[str, Any]
     notes = []
     over_sft = ratios.get("flythinker_over_sft")
     if over_sft is not None and over_sft < 1:
-        notes.append(f"t_flythinker < t_sft ({over_sft:.2f}×) is impossible for equal work (FlyThinker runs SFT's "
-                     "generator plus a reasoner): the step times are dominated by other processes' load, so the "
-                     "FlyThinker/(SFT+reasoner) ratio of this run does not resolve the ≤ 1.03 target.")
+        notes.append(
+            f"t_flythinker < t_sft ({over_sft:.2f}×) is impossible for equal work (FlyThinker runs SFT's "
+            "generator plus a reasoner): the step times are dominated by other processes' load, so the "
+            "FlyThinker/(SFT+reasoner) ratio of this run does not resolve the ≤ 1.03 target."
+        )
     for name, v in per.items():
         samples = v.get("step_s_samples") or []
         if len(samples) >= 2 and max(samples) > 1.5 * min(samples):
@@ -398,10 +479,16 @@ def markdown(report: Mapping[str, Any]) -> str:
     ]
     if report.get("load_average"):
         load = report["load_average"]
-        lines += [f"Load average (1/5/15 min) before {load['before']}, after {load['after']}: "
-                  f"{report.get('note', '')}", ""]
-    lines += ["| variant | rows × width | pad % | step s (min–max) | fwd+bwd s | optimizer s | real tok/s | peak MiB | "
-              "step MiB | loss |", "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            f"Load average (1/5/15 min) before {load['before']}, after {load['after']}: "
+            f"{report.get('note', '')}",
+            "",
+        ]
+    lines += [
+        "| variant | rows × width | pad % | step s (min–max) | fwd+bwd s | optimizer s | real tok/s | peak MiB | "
+        "step MiB | loss |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, v in per.items():
         m = v["memory"] or {}
         peak = m.get("peak_bytes")
@@ -412,7 +499,8 @@ def markdown(report: Mapping[str, Any]) -> str:
             f"({_spread(v.get('step_s_samples', []))}) | "
             f"{_fmt(v['median_fwd_bwd_s'])} | {_fmt(v['median_optimizer_s'])} | {_fmt(v['real_tokens_per_s'], '.1f')} | "
             f"{_fmt(None if peak is None else peak / 2**20, ',.0f')} | "
-            f"{_fmt(None if step is None else step / 2**20, ',.0f')} | {_fmt(loss, '.4f')} |")
+            f"{_fmt(None if step is None else step / 2**20, ',.0f')} | {_fmt(loss, '.4f')} |"
+        )
     lines += [
         "",
         "| ratio | measured | target |",
@@ -433,10 +521,17 @@ def markdown(report: Mapping[str, Any]) -> str:
     if noise:
         lines += [""] + [f"* **Caveat:** {n}" for n in noise]
     if report.get("subprocess_memory"):
-        lines += ["", "Fresh-process peak RSS (one step per child after loading and AdamW state allocation):", "",
-                  "| variant | peak RSS MiB | RSS increase during the step MiB |", "|---|---|---|"]
+        lines += [
+            "",
+            "Fresh-process peak RSS (one step per child after loading and AdamW state allocation):",
+            "",
+            "| variant | peak RSS MiB | RSS increase during the step MiB |",
+            "|---|---|---|",
+        ]
         for name, m in report["subprocess_memory"].items():
-            lines.append(f"| {name} | {m['peak_rss_bytes'] / 2**20:,.0f} | {m['rss_increase_bytes'] / 2**20:,.0f} |")
+            lines.append(
+                f"| {name} | {m['peak_rss_bytes'] / 2**20:,.0f} | {m['rss_increase_bytes'] / 2**20:,.0f} |"
+            )
     if report.get("notes"):
         lines += [""] + [f"* {n}" for n in report["notes"]]
     return "\n".join(lines) + "\n"
@@ -453,26 +548,46 @@ def write_results(report: Mapping[str, Any], out: str | os.PathLike, stem: str) 
 
 # ------------------------------------------------------------------------------------------- main
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", default=str(RESULTS), help="folder for train_<device>.json/.md")
     parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu or cuda[:N]")
-    parser.add_argument("--data", default=str(DATA), help="LongLaMP-style JSONL (default: the PEP user_train split)")
+    parser.add_argument(
+        "--data", default=str(DATA), help="LongLaMP-style JSONL (default: the PEP user_train split)"
+    )
     parser.add_argument("--records", type=int, help="records per step (default: 1 on CPU, 8 on CUDA)")
     parser.add_argument("--offset", type=int, default=0, help="index of the first record in the file")
-    parser.add_argument("--max-length", type=int, help="PromptBuilder max_length (default: 1024 CPU, 2048 CUDA)")
+    parser.add_argument(
+        "--max-length", type=int, help="PromptBuilder max_length (default: 1024 CPU, 2048 CUDA)"
+    )
     parser.add_argument("--max-target-tokens", type=int, default=512, help="PromptBuilder max_target_tokens")
-    parser.add_argument("--reference-row-length", type=int, default=REFERENCE_ROW_LENGTH,
-                        help="the reference recipe's fixed left-padded row length")
+    parser.add_argument(
+        "--reference-row-length",
+        type=int,
+        default=REFERENCE_ROW_LENGTH,
+        help="the reference recipe's fixed left-padded row length",
+    )
     parser.add_argument("--repeats", type=int, help="measured steps per variant (default: 3 CPU, 5 CUDA)")
-    parser.add_argument("--reference-repeats", type=int, help="measured reference steps (default: 1 CPU, 5 CUDA)")
-    parser.add_argument("--warmup", type=int, default=1, help="warm-up rounds (the first also measures memory)")
-    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of " + ",".join(VARIANTS))
-    parser.add_argument("--memory-subprocess", action="store_true",
-                        help="also measure each pipeline variant's peak RSS in a fresh child process (CPU)")
+    parser.add_argument(
+        "--reference-repeats", type=int, help="measured reference steps (default: 1 CPU, 5 CUDA)"
+    )
+    parser.add_argument(
+        "--warmup", type=int, default=1, help="warm-up rounds (the first also measures memory)"
+    )
+    parser.add_argument(
+        "--variants", default=",".join(VARIANTS), help="comma-separated subset of " + ",".join(VARIANTS)
+    )
+    parser.add_argument(
+        "--memory-subprocess",
+        action="store_true",
+        help="also measure each pipeline variant's peak RSS in a fresh child process (CPU)",
+    )
     parser.add_argument("--stem", help="result file name without extension (default: train_cpu / train_cuda)")
     parser.add_argument("--child-variant", help=argparse.SUPPRESS)
-    parser.add_argument("--model", default=None, help="checkpoint for both models (default: SmolLM2-135M-Instruct)")
+    parser.add_argument(
+        "--model", default=None, help="checkpoint for both models (default: SmolLM2-135M-Instruct)"
+    )
     return parser.parse_args(argv)
 
 
@@ -481,14 +596,25 @@ def _settings(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    return {"records": args.records, "offset": args.offset, "max_length": args.max_length,
-            "max_target_tokens": args.max_target_tokens, "reference_row_length": args.reference_row_length,
-            "repeats": args.repeats, "reference_repeats": args.reference_repeats, "warmup": args.warmup,
-            "dtype": "bfloat16" if device.type == "cuda" else "float32", "data": str(args.data),
-            "optimizer": "AdamW(lr=5e-6, weight_decay=0.025), one optimizer over all parameters",
-            "memory_method": ("torch.cuda.max_memory_allocated" if device.type == "cuda" else
-                              "torch.profiler CPU memory events during the warm-up step + bytes of parameters "
-                              "and AdamW state (tensor-level peak, allocator caching excluded)")}
+    return {
+        "records": args.records,
+        "offset": args.offset,
+        "max_length": args.max_length,
+        "max_target_tokens": args.max_target_tokens,
+        "reference_row_length": args.reference_row_length,
+        "repeats": args.repeats,
+        "reference_repeats": args.reference_repeats,
+        "warmup": args.warmup,
+        "dtype": "bfloat16" if device.type == "cuda" else "float32",
+        "data": str(args.data),
+        "optimizer": "AdamW(lr=5e-6, weight_decay=0.025), one optimizer over all parameters",
+        "memory_method": (
+            "torch.cuda.max_memory_allocated"
+            if device.type == "cuda"
+            else "torch.profiler CPU memory events during the warm-up step + bytes of parameters "
+            "and AdamW state (tensor-level peak, allocator caching excluded)"
+        ),
+    }
 
 
 def _child(args: argparse.Namespace, variants: Mapping[str, Variant], model, optimizer, device) -> None:
@@ -498,9 +624,18 @@ def _child(args: argparse.Namespace, variants: Mapping[str, Variant], model, opt
     before = read_rss()
     run_step(variant, optimizer, device)
     peak = read_peak_rss()
-    print("CHILD_MEMORY_JSON " + json.dumps({"peak_rss_bytes": peak, "rss_before_bytes": before,
-                                             "rss_increase_bytes": peak - (before or 0),
-                                             "peak_reset_supported": supported}), flush=True)
+    print(
+        "CHILD_MEMORY_JSON "
+        + json.dumps(
+            {
+                "peak_rss_bytes": peak,
+                "rss_before_bytes": before,
+                "rss_increase_bytes": peak - (before or 0),
+                "peak_reset_supported": supported,
+            }
+        ),
+        flush=True,
+    )
 
 
 def subprocess_memory(argv: Sequence[str], names: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -509,8 +644,12 @@ def subprocess_memory(argv: Sequence[str], names: Sequence[str]) -> dict[str, di
     base = [a for a in argv if a != "--memory-subprocess"]
     for name in names:
         print(f"memory child: {name}", flush=True)
-        proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), *base, "--child-variant", name],
-                              capture_output=True, text=True, check=False)
+        proc = subprocess.run(
+            [sys.executable, str(Path(__file__).resolve()), *base, "--child-variant", name],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         line = next((x for x in proc.stdout.splitlines() if x.startswith("CHILD_MEMORY_JSON ")), None)
         if proc.returncode != 0 or line is None:
             raise RuntimeError(f"memory child {name} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
@@ -521,8 +660,11 @@ def subprocess_memory(argv: Sequence[str], names: Sequence[str]) -> dict[str, di
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if args.device == "auto" else args.device)
+    )
     settings = _settings(args, device)
     names = [n.strip() for n in args.variants.split(",") if n.strip()]
     unknown = set(names) - set(VARIANTS)
@@ -537,33 +679,57 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         args.model = str(smollm2_path())
     model, reasoner_lm, tokenizer = load_pair(args.model, dtype, device)
     model.train()
-    features = encode_features(tokenizer, args.data, args.records, args.offset, args.max_length,
-                               args.max_target_tokens)
-    all_variants = build_variants(model, reasoner_lm, features, tokenizer.pad_token_id, args.max_length,
-                                  args.reference_row_length, device)
+    features = encode_features(
+        tokenizer, args.data, args.records, args.offset, args.max_length, args.max_target_tokens
+    )
+    all_variants = build_variants(
+        model,
+        reasoner_lm,
+        features,
+        tokenizer.pad_token_id,
+        args.max_length,
+        args.reference_row_length,
+        device,
+    )
     optimizer = make_optimizer(model)
     init_optimizer_state(optimizer)
     if args.child_variant:
         _child(args, all_variants, model, optimizer, device)
         return {}
-    print(f"{len(features)} record(s), lengths {[len(f['input_ids']) for f in features]}; device {device}; "
-          f"load average {load_before}", flush=True)
+    print(
+        f"{len(features)} record(s), lengths {[len(f['input_ids']) for f in features]}; device {device}; "
+        f"load average {load_before}",
+        flush=True,
+    )
     variants = {n: all_variants[n] for n in VARIANTS if n in names}
     result = measure(model, variants, optimizer, device, args.repeats, args.reference_repeats, args.warmup)
-    report: dict[str, Any] = {"environment": environment(device), "settings": settings,
-                              "example_lengths": [len(f["input_ids"]) for f in features],
-                              "example_target_tokens": [sum(x != -100 for x in f["labels"]) for f in features]}
-    report["summary"] = summarize(all_variants, {**result, "samples": {n: result["samples"].get(n, [])
-                                                                       for n in all_variants},
-                                                 "warmup": {n: result["warmup"].get(n, []) for n in all_variants}})
+    report: dict[str, Any] = {
+        "environment": environment(device),
+        "settings": settings,
+        "example_lengths": [len(f["input_ids"]) for f in features],
+        "example_target_tokens": [sum(x != -100 for x in f["labels"]) for f in features],
+    }
+    report["summary"] = summarize(
+        all_variants,
+        {
+            **result,
+            "samples": {n: result["samples"].get(n, []) for n in all_variants},
+            "warmup": {n: result["warmup"].get(n, []) for n in all_variants},
+        },
+    )
     if args.memory_subprocess and device.type == "cpu":
         del model, reasoner_lm, optimizer, variants, all_variants
         report["subprocess_memory"] = subprocess_memory(argv, [n for n in PIPELINE_VARIANTS if n in names])
     load_after = os.getloadavg()
-    report["load_average"] = {"before": [round(x, 2) for x in load_before], "after": [round(x, 2) for x in load_after]}
+    report["load_average"] = {
+        "before": [round(x, 2) for x in load_before],
+        "after": [round(x, 2) for x in load_after],
+    }
     if device.type == "cpu":
-        report["note"] = ("other processes shared this 2-core machine during the run, so absolute times are "
-                          "noisy; the interleaved, paired design keeps the ratios comparable")
+        report["note"] = (
+            "other processes shared this 2-core machine during the run, so absolute times are "
+            "noisy; the interleaved, paired design keeps the ratios comparable"
+        )
     report["notes"] = [
         "Same weights, same records, same token content for every variant: the reference re-pads our "
         "PromptBuilder examples to its fixed row length, so its extra cost is the recipe (padding, reasoner "

@@ -51,7 +51,9 @@ def paired_deltas(
             if run["variant"] == variant and variant != "sft":
                 for point in run["val"]:
                     if (run["seed"], point["step"]) in sft:
-                        per_step.setdefault(point["step"], []).append(point["nll"] - sft[(run["seed"], point["step"])])
+                        per_step.setdefault(point["step"], []).append(
+                            point["nll"] - sft[(run["seed"], point["step"])]
+                        )
         if per_step:
             steps = sorted(per_step)
             means = [statistics.fmean(per_step[s]) for s in steps]

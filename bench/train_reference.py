@@ -59,12 +59,16 @@ def reference_collate(
         if len(lab) != len(ids):
             raise ValueError(f"example {i}: labels ({len(lab)}) and input_ids ({len(ids)}) differ in length")
         n = len(ids)
-        input_ids[i, row_length - n:] = torch.tensor(ids, dtype=torch.long)
-        attention_mask[i, row_length - n:] = 1
-        labels[i, row_length - n:] = torch.tensor(lab, dtype=torch.long)
+        input_ids[i, row_length - n :] = torch.tensor(ids, dtype=torch.long)
+        attention_mask[i, row_length - n :] = 1
+        labels[i, row_length - n :] = torch.tensor(lab, dtype=torch.long)
     position_ids = (attention_mask.cumsum(-1) - 1).clamp_min(0)
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels,
-            "position_ids": position_ids}
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "labels": labels,
+        "position_ids": position_ids,
+    }
 
 
 def reference_causal_lm_loss(
@@ -98,8 +102,14 @@ class ReferenceRecipe(nn.Module):
         self.reasoner_lm = reasoner_lm
         self.fusion_lambda = float(fusion_lambda)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
-                position_ids: torch.Tensor, num_items_in_batch: int | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor,
+        position_ids: torch.Tensor,
+        num_items_in_batch: int | None = None,
+    ) -> torch.Tensor:
         embedding = self.generator.get_input_embeddings()
         input_emb = embedding(input_ids)
         input_emb_norms = torch.norm(embedding.weight, p=2, dim=-1).mean().detach()
@@ -122,8 +132,9 @@ class ReferenceRecipe(nn.Module):
             insert_emb = input_emb[:, 1:, :]
         draft_emb = torch.cat((input_emb[:, :1, :], insert_emb), dim=1)
 
-        generator_out = self.generator(inputs_embeds=draft_emb, attention_mask=attention_mask,
-                                       position_ids=position_ids, use_cache=True)
+        generator_out = self.generator(
+            inputs_embeds=draft_emb, attention_mask=attention_mask, position_ids=position_ids, use_cache=True
+        )
         loss = reference_causal_lm_loss(generator_out.logits, labels, num_items_in_batch)
         del reasoner_logits, reasoner_out, generator_out
         return loss

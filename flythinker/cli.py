@@ -123,14 +123,23 @@ def _add_dataclass_options(parser: argparse.ArgumentParser, cls, helps: dict[str
         flag = "--" + item.name.replace("_", "-")
         default = item.default if item.default is not dataclasses.MISSING else None
         required = item.default is dataclasses.MISSING and item.default_factory is dataclasses.MISSING
-        kind = {"int": int, "float": float, "bool": _bool}.get(str(item.type).split(" ")[0].replace("|", "").strip())
+        kind = {"int": int, "float": float, "bool": _bool}.get(
+            str(item.type).split(" ")[0].replace("|", "").strip()
+        )
         if kind is None:
-            kind = int if isinstance(default, int) and not isinstance(default, bool) else (
-                float if isinstance(default, float) else (_bool if isinstance(default, bool) else str)
+            kind = (
+                int
+                if isinstance(default, int) and not isinstance(default, bool)
+                else (float if isinstance(default, float) else (_bool if isinstance(default, bool) else str))
             )
         flag_kwargs = {"nargs": "?", "const": True} if kind is _bool else {}  # `--packing` alone means true
         parser.add_argument(
-            flag, dest=item.name, type=kind, default=default, required=required, **flag_kwargs,
+            flag,
+            dest=item.name,
+            type=kind,
+            default=default,
+            required=required,
+            **flag_kwargs,
             help=f"{helps.get(item.name, item.name)} (default: {default})",
         )
 
@@ -159,13 +168,21 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     from flythinker.train.readers import read_records
 
     settings = PredictionSettings(
-        max_new_tokens=args.max_new_tokens, do_sample=args.do_sample, temperature=args.temperature,
-        top_k=args.top_k, top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed,
-        batch_size=args.batch_size, schedule=args.schedule,
+        max_new_tokens=args.max_new_tokens,
+        do_sample=args.do_sample,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        repetition_penalty=args.repetition_penalty,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        schedule=args.schedule,
     )
     settings.validate()
     if args.max_target_tokens >= args.max_length:
-        raise ValueError(f"--max-target-tokens ({args.max_target_tokens}) must be < --max-length ({args.max_length})")
+        raise ValueError(
+            f"--max-target-tokens ({args.max_target_tokens}) must be < --max-length ({args.max_length})"
+        )
     check_model_source(args.model, "--model")
     run_dir = Path(args.run_dir or _timestamped("generate"))
     if run_dir.exists() and not run_dir.is_dir():
@@ -179,23 +196,36 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     log = PredictionLog(run_dir / "predictions.jsonl", records)
     done = _resume_point(run_dir, options, log, overwrite=args.overwrite)
     tokenizer = _loading("--model", args.model, lambda: load_tokenizer(args.model))
-    model = _loading("--model", args.model,
-                     lambda: AutoModelForCausalLM.from_pretrained(args.model, dtype=getattr(torch, args.dtype)).eval())
+    model = _loading(
+        "--model",
+        args.model,
+        lambda: AutoModelForCausalLM.from_pretrained(args.model, dtype=getattr(torch, args.dtype)).eval(),
+    )
     bad = non_finite_parameter(model)
     if bad is not None:
-        raise ValueError(f"--model {args.model}: weight {bad} holds NaN/inf (a diverged training run); use an earlier "
-                         "checkpoint")
+        raise ValueError(
+            f"--model {args.model}: weight {bad} holds NaN/inf (a diverged training run); use an earlier "
+            "checkpoint"
+        )
     builder = PromptBuilder(tokenizer, max_length=args.max_length, max_target_tokens=args.max_target_tokens)
 
     # ---- nothing was written before this line
     _write_options(run_dir, {**options, "run_dir": str(run_dir)})
     if done:
-        print(f"resuming {run_dir}: {done} of {len(records)} predictions were already written", file=sys.stderr)
-    rows, stats = generate_predictions(model, tokenizer, records, builder, settings, done=done, on_batch=log.append)
+        print(
+            f"resuming {run_dir}: {done} of {len(records)} predictions were already written", file=sys.stderr
+        )
+    rows, stats = generate_predictions(
+        model, tokenizer, records, builder, settings, done=done, on_batch=log.append
+    )
     stats["records"] = len(records)
-    atomic_write_text(run_dir / "generation_stats.json", json.dumps(stats, indent=2))  # written last: finished
-    print(f"wrote {len(rows)} predictions to {run_dir / 'predictions.jsonl'} ({len(records)} in all; "
-          f"{stats['tokens_per_second']} tokens/s)")
+    atomic_write_text(
+        run_dir / "generation_stats.json", json.dumps(stats, indent=2)
+    )  # written last: finished
+    print(
+        f"wrote {len(rows)} predictions to {run_dir / 'predictions.jsonl'} ({len(records)} in all; "
+        f"{stats['tokens_per_second']} tokens/s)"
+    )
     return 0
 
 
@@ -211,8 +241,10 @@ def _resume_point(run_dir: Path, options: dict[str, Any], log, overwrite: bool) 
     if not (run_dir / "predictions.jsonl").exists():
         return 0
     if (run_dir / "generation_stats.json").exists():
-        raise FileExistsError(f"--run-dir {run_dir}: already holds a finished generation run; choose a new directory "
-                              "or pass --overwrite to replace it")
+        raise FileExistsError(
+            f"--run-dir {run_dir}: already holds a finished generation run; choose a new directory "
+            "or pass --overwrite to replace it"
+        )
     try:
         previous = json.loads((run_dir / "options.json").read_text())
     except (OSError, ValueError):
@@ -221,8 +253,10 @@ def _resume_point(run_dir: Path, options: dict[str, Any], log, overwrite: bool) 
         previous.pop("run_dir", None)
         changed = sorted(k for k in set(previous) | set(options) if previous.get(k) != options.get(k))
         if changed:
-            raise ValueError(f"--run-dir {run_dir}: holds an interrupted run with other options ({', '.join(changed)}); "
-                             "rerun with the same options to resume it, or pass --overwrite to start again")
+            raise ValueError(
+                f"--run-dir {run_dir}: holds an interrupted run with other options ({', '.join(changed)}); "
+                "rerun with the same options to resume it, or pass --overwrite to start again"
+            )
     return log.resume()
 
 
@@ -260,13 +294,17 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     rows = read_predictions_jsonl(args.predictions)
     if not rows:
-        raise ValueError(f"--predictions {args.predictions}: holds no predictions (an empty file); run "
-                         "`flythinker generate` first, or check the path")
+        raise ValueError(
+            f"--predictions {args.predictions}: holds no predictions (an empty file); run "
+            "`flythinker generate` first, or check the path"
+        )
     for number, row in enumerate(rows, 1):
         for field in ("prediction", "reference"):
             if not isinstance(row.get(field), str):
-                raise ValueError(f"{args.predictions} record {number}: field {field!r} must be a string, "
-                                 f"got {type(row.get(field)).__name__}")
+                raise ValueError(
+                    f"{args.predictions} record {number}: field {field!r} must be a string, "
+                    f"got {type(row.get(field)).__name__}"
+                )
     predictions = [row["prediction"] for row in rows]
     references = [row["reference"] for row in rows]
     metrics = compute_metrics(predictions, references, metrics=tuple(args.metrics))
@@ -291,16 +329,23 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_convert(args: argparse.Namespace) -> int:
     from flythinker.modeling import convert_reference_checkpoint
 
-    for option, value in (("--checkpoint", args.checkpoint), ("--reasoner-config", args.reasoner_config),
-                          ("--tokenizer", args.tokenizer)):
+    for option, value in (
+        ("--checkpoint", args.checkpoint),
+        ("--reasoner-config", args.reasoner_config),
+        ("--tokenizer", args.tokenizer),
+    ):
         if value is not None and not Path(value).is_dir():
             state = "is a file" if Path(value).exists() else "no such directory"
             raise FileNotFoundError(f"{option} {value}: {state}; expected a directory")
     if Path(args.output).exists() and not Path(args.output).is_dir():
         raise NotADirectoryError(f"--output {args.output}: is a file; expected a (new) directory")
     convert_reference_checkpoint(
-        args.checkpoint, args.output, reasoner_config=args.reasoner_config,
-        fusion_lambda=args.fusion_lambda, projection=args.projection, tokenizer=args.tokenizer,
+        args.checkpoint,
+        args.output,
+        reasoner_config=args.reasoner_config,
+        fusion_lambda=args.fusion_lambda,
+        projection=args.projection,
+        tokenizer=args.tokenizer,
     )
     print(f"converted {args.checkpoint} -> {args.output}")
     return 0
@@ -329,8 +374,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flythinker", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    train = sub.add_parser("train", help="fine-tune FlyThinker or the SFT baseline (transformers Trainer; "
-                           "run under `accelerate launch` for DDP/FSDP/DeepSpeed)")
+    train = sub.add_parser(
+        "train",
+        help="fine-tune FlyThinker or the SFT baseline (transformers Trainer; "
+        "run under `accelerate launch` for DDP/FSDP/DeepSpeed)",
+    )
     _add_dataclass_options(train, FinetuneConfig, FINETUNE_HELP)
     train.set_defaults(func=_cmd_train)
 
@@ -339,58 +387,126 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--data", required=True, help="records to generate for (.jsonl/.json/.parquet)")
     gen.add_argument("--task", default=None, help="LongLaMP task; default: detected from the profile fields")
     gen.add_argument("--run-dir", default=None, help="output directory (default: runs/generate-<time>)")
-    gen.add_argument("--max-records", type=_int_at_least(1), default=None, help="generate for the first N records only")
-    gen.add_argument("--max-length", type=_int_at_least(8), default=2048,
-                     help="prompt budget as in training (default: 2048)")
-    gen.add_argument("--max-target-tokens", type=_int_at_least(1), default=512,
-                     help="target budget reserved as in training, so prompts match (default: 512)")
-    gen.add_argument("--max-new-tokens", type=_int_at_least(1), default=256, help="tokens to generate (default: 256)")
-    gen.add_argument("--batch-size", type=_int_at_least(1), default=8, help="prompts decoded together (default: 8)")
-    gen.add_argument("--do-sample", type=_bool, nargs="?", const=True, default=False,
-                     help="sample instead of greedy (default: false)")
-    gen.add_argument("--temperature", type=_finite_float, default=1.0, help="sampling temperature (default: 1.0)")
+    gen.add_argument(
+        "--max-records", type=_int_at_least(1), default=None, help="generate for the first N records only"
+    )
+    gen.add_argument(
+        "--max-length",
+        type=_int_at_least(8),
+        default=2048,
+        help="prompt budget as in training (default: 2048)",
+    )
+    gen.add_argument(
+        "--max-target-tokens",
+        type=_int_at_least(1),
+        default=512,
+        help="target budget reserved as in training, so prompts match (default: 512)",
+    )
+    gen.add_argument(
+        "--max-new-tokens", type=_int_at_least(1), default=256, help="tokens to generate (default: 256)"
+    )
+    gen.add_argument(
+        "--batch-size", type=_int_at_least(1), default=8, help="prompts decoded together (default: 8)"
+    )
+    gen.add_argument(
+        "--do-sample",
+        type=_bool,
+        nargs="?",
+        const=True,
+        default=False,
+        help="sample instead of greedy (default: false)",
+    )
+    gen.add_argument(
+        "--temperature", type=_finite_float, default=1.0, help="sampling temperature (default: 1.0)"
+    )
     gen.add_argument("--top-k", type=_int_at_least(0), default=0, help="top-k sampling, 0 = off (default: 0)")
-    gen.add_argument("--top-p", type=_finite_float, default=1.0, help="nucleus sampling mass (default: 1.0 = off)")
-    gen.add_argument("--repetition-penalty", type=_finite_float, default=1.0, help="repetition penalty (default: 1.0)")
+    gen.add_argument(
+        "--top-p", type=_finite_float, default=1.0, help="nucleus sampling mass (default: 1.0 = off)"
+    )
+    gen.add_argument(
+        "--repetition-penalty", type=_finite_float, default=1.0, help="repetition penalty (default: 1.0)"
+    )
     gen.add_argument("--seed", type=_int_at_least(0), default=0, help="sampling seed (default: 0)")
-    gen.add_argument("--schedule", default="sequential",
-                     help="FlyThinker decoding schedule: 'sequential' (default; best batched throughput on a 2-core CPU), "
-                     "'concurrent' (lower per-token latency at small batch), 'threads', 'processes' or 'hf' "
-                     "(transformers generate)")
-    gen.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
-                     help="float32, bfloat16 or float16 (default: float32)")
-    gen.add_argument("--overwrite", action="store_true",
-                     help="replace the predictions of a finished or different run in --run-dir (default: an "
-                     "interrupted run with the same options resumes; anything else is refused)")
+    gen.add_argument(
+        "--schedule",
+        default="sequential",
+        help="FlyThinker decoding schedule: 'sequential' (default; best batched throughput on a 2-core CPU), "
+        "'concurrent' (lower per-token latency at small batch), 'threads', 'processes' or 'hf' "
+        "(transformers generate)",
+    )
+    gen.add_argument(
+        "--dtype",
+        default="float32",
+        choices=("float32", "bfloat16", "float16"),
+        help="float32, bfloat16 or float16 (default: float32)",
+    )
+    gen.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the predictions of a finished or different run in --run-dir (default: an "
+        "interrupted run with the same options resumes; anything else is refused)",
+    )
     gen.set_defaults(func=_cmd_generate)
 
     ev = sub.add_parser("evaluate", help="ROUGE-1/L, METEOR, BLEU and metrics by output position")
-    ev.add_argument("--predictions", required=True, help="predictions.jsonl with 'prediction' and 'reference'")
-    ev.add_argument("--output", default=None, help="metrics JSON (default: metrics.json next to the predictions)")
-    ev.add_argument("--metrics", nargs="+", default=["rouge1", "rougeL", "meteor", "bleu"],
-                    help="metrics to compute (default: rouge1 rougeL meteor bleu)")
-    ev.add_argument("--window-words", type=_int_at_least(1), default=50,
-                    help="window size in words for the by-position (context drift) analysis (default: 50)")
+    ev.add_argument(
+        "--predictions", required=True, help="predictions.jsonl with 'prediction' and 'reference'"
+    )
+    ev.add_argument(
+        "--output", default=None, help="metrics JSON (default: metrics.json next to the predictions)"
+    )
+    ev.add_argument(
+        "--metrics",
+        nargs="+",
+        default=["rouge1", "rougeL", "meteor", "bleu"],
+        help="metrics to compute (default: rouge1 rougeL meteor bleu)",
+    )
+    ev.add_argument(
+        "--window-words",
+        type=_int_at_least(1),
+        default=50,
+        help="window size in words for the by-position (context drift) analysis (default: 50)",
+    )
     ev.set_defaults(func=_cmd_evaluate)
 
-    demo = sub.add_parser("demo", help="the embedded default: FlyThinker vs SFT on SmolLM2-135M and synthetic "
-                          "personalized data (~10 minutes on 2 CPU cores)")
+    demo = sub.add_parser(
+        "demo",
+        help="the embedded default: FlyThinker vs SFT on SmolLM2-135M and synthetic "
+        "personalized data (~10 minutes on 2 CPU cores)",
+    )
     _add_dataclass_options(demo, DemoOptions, DEMO_HELP)
     demo.set_defaults(func=_cmd_demo)
 
-    conv = sub.add_parser("convert", help="convert a reference-implementation checkpoint (Generator./Reasoner.)")
-    conv.add_argument("--checkpoint", required=True, help="directory with the state dict and generator config.json")
+    conv = sub.add_parser(
+        "convert", help="convert a reference-implementation checkpoint (Generator./Reasoner.)"
+    )
+    conv.add_argument(
+        "--checkpoint", required=True, help="directory with the state dict and generator config.json"
+    )
     conv.add_argument("--output", required=True, help="output directory (config.json + model.safetensors)")
-    conv.add_argument("--reasoner-config", default=None,
-                      help="the reasoner's base checkpoint directory (default: the generator's config)")
-    conv.add_argument("--tokenizer", default=None,
-                      help="directory of the tokenizer to save with the model (default: the first of --checkpoint and "
-                      "--reasoner-config whose tokenizer encodes text)")
-    conv.add_argument("--fusion-lambda", type=_finite_float, default=0.5, help="λ of the converted model (default: 0.5)")
-    conv.add_argument("--projection", default="zero_pad", choices=("zero_pad", "linear"),
-                      help="'zero_pad' (default) or 'linear'")
+    conv.add_argument(
+        "--reasoner-config",
+        default=None,
+        help="the reasoner's base checkpoint directory (default: the generator's config)",
+    )
+    conv.add_argument(
+        "--tokenizer",
+        default=None,
+        help="directory of the tokenizer to save with the model (default: the first of --checkpoint and "
+        "--reasoner-config whose tokenizer encodes text)",
+    )
+    conv.add_argument(
+        "--fusion-lambda", type=_finite_float, default=0.5, help="λ of the converted model (default: 0.5)"
+    )
+    conv.add_argument(
+        "--projection",
+        default="zero_pad",
+        choices=("zero_pad", "linear"),
+        help="'zero_pad' (default) or 'linear'",
+    )
     conv.set_defaults(func=_cmd_convert)
     from flythinker.evaluation.alpsbench.cli import add_subparser as add_alpsbench_subparser
+
     add_alpsbench_subparser(sub)  # `flythinker alpsbench run | score`
     return parser
 

@@ -57,17 +57,29 @@ def run_demo(options: DemoOptions) -> dict:
     _say(1, total, "preparing SmolLM2-135M-Instruct (the packaged GGUF is converted to safetensors once)")
     base = str(smollm2_path())
 
-    _say(2, total, f"writing the bundled SYNTHETIC personalized dataset ({options.n_users} users) to {out / 'data'}")
+    _say(
+        2,
+        total,
+        f"writing the bundled SYNTHETIC personalized dataset ({options.n_users} users) to {out / 'data'}",
+    )
     paths = write_synthetic_dataset(out / "data", n_users=options.n_users, seed=options.seed)
     tokenizer = load_tokenizer(base)
-    builder = PromptBuilder(tokenizer, max_length=options.max_length, max_target_tokens=options.max_target_tokens)
+    builder = PromptBuilder(
+        tokenizer, max_length=options.max_length, max_target_tokens=options.max_target_tokens
+    )
     held_out = read_records(paths["test"])
 
     results = {}
     for index, method in enumerate(("flythinker", "sft")):
-        label = "FlyThinker (SmolLM2 generator + SmolLM2 reasoner)" if method == "flythinker" else "SFT baseline"
-        _say(3 + index, total, f"fine-tuning {label} for {options.steps} steps, then generating for "
-             f"{len(held_out)} held-out requests")
+        label = (
+            "FlyThinker (SmolLM2 generator + SmolLM2 reasoner)" if method == "flythinker" else "SFT baseline"
+        )
+        _say(
+            3 + index,
+            total,
+            f"fine-tuning {label} for {options.steps} steps, then generating for "
+            f"{len(held_out)} held-out requests",
+        )
         run_dir = out / method
         config = FinetuneConfig(
             train_file=str(paths["train"]),
@@ -96,9 +108,14 @@ def run_demo(options: DemoOptions) -> dict:
         rows, stats = generate_predictions(model, tokenizer, held_out, builder, settings)
         predictions = [row.pop("prediction") for row in rows]
         write_predictions_jsonl(run_dir / "predictions.jsonl", predictions, records=held_out, extra=rows)
-        metrics = compute_metrics(predictions, [r.target for r in held_out], metrics=("rouge1", "rougeL", "meteor"))
-        metrics.update(tokens_per_second=stats["tokens_per_second"], train_loss=train_metrics.get("train_loss"),
-                       train_seconds=train_metrics.get("train_runtime"))
+        metrics = compute_metrics(
+            predictions, [r.target for r in held_out], metrics=("rouge1", "rougeL", "meteor")
+        )
+        metrics.update(
+            tokens_per_second=stats["tokens_per_second"],
+            train_loss=train_metrics.get("train_loss"),
+            train_seconds=train_metrics.get("train_runtime"),
+        )
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
         results[method] = metrics
         del model
@@ -108,9 +125,11 @@ def run_demo(options: DemoOptions) -> dict:
     from flythinker.train.recipes import DEFAULT_RECIPE
 
     recipe = DEFAULT_RECIPE if options.recipe == "default" else options.recipe
-    print(f"(synthetic data; FlyThinker recipe '{recipe}'; {options.steps} steps each; "
-          f"total {time.perf_counter() - started:.0f} s; "
-          f"run directory {out})")
+    print(
+        f"(synthetic data; FlyThinker recipe '{recipe}'; {options.steps} steps each; "
+        f"total {time.perf_counter() - started:.0f} s; "
+        f"run directory {out})"
+    )
     (out / "demo_results.json").write_text(json.dumps(results, indent=2))
     return results
 

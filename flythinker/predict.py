@@ -45,7 +45,11 @@ class PredictionSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"--{name.replace('_', '-')} must be an integer >= {low}; got {value!r}")
-        for name, low, high in (("temperature", 0.0, None), ("top_p", 0.0, 1.0), ("repetition_penalty", 0.0, None)):
+        for name, low, high in (
+            ("temperature", 0.0, None),
+            ("top_p", 0.0, 1.0),
+            ("repetition_penalty", 0.0, None),
+        ):
             value = getattr(self, name)
             ok = isinstance(value, (int, float)) and math.isfinite(value) and value > low
             ok = ok and (high is None or value <= high)
@@ -104,13 +108,24 @@ def _decode_batch(model, input_ids, attention_mask, settings: PredictionSettings
         )
         return out.sequences[:, input_ids.shape[1] :]
     torch.manual_seed(settings.seed)
-    sequences = model.generate(input_ids, attention_mask=attention_mask, **settings.generate_kwargs(tokenizer))
+    sequences = model.generate(
+        input_ids, attention_mask=attention_mask, **settings.generate_kwargs(tokenizer)
+    )
     return sequences[:, input_ids.shape[1] :]
 
 
 @torch.no_grad()
-def generate_predictions(model, tokenizer, records, builder, settings: PredictionSettings, progress: bool = True,
-                         *, done: int = 0, on_batch: Callable[[int, list[dict[str, Any]]], None] | None = None):
+def generate_predictions(
+    model,
+    tokenizer,
+    records,
+    builder,
+    settings: PredictionSettings,
+    progress: bool = True,
+    *,
+    done: int = 0,
+    on_batch: Callable[[int, list[dict[str, Any]]], None] | None = None,
+):
     """Generate for every record from ``done`` on; returns (rows, stats).
 
     Each row: ``{"prediction", "prompt_tokens", "new_tokens"}``; write them with
@@ -189,25 +204,32 @@ class PredictionLog:
         try:
             lines = complete.decode("utf-8").splitlines()
         except UnicodeDecodeError:
-            raise ValueError(f"{self.path}: not UTF-8, so not written by flythinker generate; pass --overwrite "
-                             "to start again") from None
+            raise ValueError(
+                f"{self.path}: not UTF-8, so not written by flythinker generate; pass --overwrite "
+                "to start again"
+            ) from None
         for lineno, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise ValueError(f"{self.path} line {lineno}: invalid JSON ({exc.msg}); pass --overwrite to start "
-                                 "again") from None
+                raise ValueError(
+                    f"{self.path} line {lineno}: invalid JSON ({exc.msg}); pass --overwrite to start again"
+                ) from None
             if count >= len(self.records):
-                raise ValueError(f"{self.path} line {lineno}: more predictions than records; it belongs to another "
-                                 "run (pass --overwrite to start again)")
+                raise ValueError(
+                    f"{self.path} line {lineno}: more predictions than records; it belongs to another "
+                    "run (pass --overwrite to start again)"
+                )
             expected = prediction_row(count, "", record=self.records[count])
             keys = ("index", "id", "user_id", "request")
             if any(row.get(k) != expected[k] for k in keys):
-                raise ValueError(f"{self.path} line {lineno}: the row is not record {count} of the data (index, id, "
-                                 "user or request differ): the data changed since the interrupted run; pass "
-                                 "--overwrite to start again")
+                raise ValueError(
+                    f"{self.path} line {lineno}: the row is not record {count} of the data (index, id, "
+                    "user or request differ): the data changed since the interrupted run; pass "
+                    "--overwrite to start again"
+                )
             count += 1
         if len(complete) != len(data):
             with open(self.path, "r+b") as handle:

@@ -47,8 +47,6 @@ __all__ = [
 ]
 
 
-
-
 @torch.no_grad()
 def mean_embedding_norm(embedding_weight: torch.Tensor) -> torch.Tensor:
     """m̄ = mean over all V rows of ‖E[v]‖₂, computed in fp32 (fp64 for fp64 tables), no gradient."""
@@ -56,9 +54,7 @@ def mean_embedding_norm(embedding_weight: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(w.to(stat_dtype(w.dtype)), dim=-1).mean()
 
 
-def shifted_sources(
-    reasoner_hidden: torch.Tensor, prev_hidden: torch.Tensor | None
-) -> torch.Tensor:
+def shifted_sources(reasoner_hidden: torch.Tensor, prev_hidden: torch.Tensor | None) -> torch.Tensor:
     """[B, T, d_R] states one position behind: row i holds h[i-1], row 0 holds ``prev_hidden`` (or 0)."""
     batch, _, width = reasoner_hidden.shape
     if prev_hidden is None:
@@ -114,7 +110,9 @@ def _check_shapes(inputs_embeds, reasoner_hidden, gate, prev_hidden, channel_gat
             f"latent_injection expects [B, T, d] tensors, got inputs_embeds {tuple(inputs_embeds.shape)} "
             f"and reasoner_hidden {tuple(reasoner_hidden.shape)}"
         )
-    if inputs_embeds.shape[:2] != reasoner_hidden.shape[:2] or tuple(gate.shape) != tuple(inputs_embeds.shape[:2]):
+    if inputs_embeds.shape[:2] != reasoner_hidden.shape[:2] or tuple(gate.shape) != tuple(
+        inputs_embeds.shape[:2]
+    ):
         raise ValueError(
             f"batch/sequence shapes differ: inputs_embeds {tuple(inputs_embeds.shape[:2])}, reasoner_hidden "
             f"{tuple(reasoner_hidden.shape[:2])}, gate {tuple(gate.shape)}"
@@ -124,7 +122,10 @@ def _check_shapes(inputs_embeds, reasoner_hidden, gate, prev_hidden, channel_gat
             f"reasoner width {reasoner_hidden.shape[-1]} exceeds generator width {inputs_embeds.shape[-1]}; "
             "use projection='linear'"
         )
-    if prev_hidden is not None and tuple(prev_hidden.shape) != (reasoner_hidden.shape[0], reasoner_hidden.shape[-1]):
+    if prev_hidden is not None and tuple(prev_hidden.shape) != (
+        reasoner_hidden.shape[0],
+        reasoner_hidden.shape[-1],
+    ):
         raise ValueError(
             f"prev_hidden must be [B, d_R] = {(reasoner_hidden.shape[0], reasoner_hidden.shape[-1])}, "
             f"got {tuple(prev_hidden.shape)}"
@@ -154,7 +155,14 @@ def latent_injection(
         from .triton_injection import latent_injection_triton
 
         return latent_injection_triton(
-            inputs_embeds, reasoner_hidden, gate, mean_norm, fusion_lambda, norm_eps, prev_hidden, channel_gate
+            inputs_embeds,
+            reasoner_hidden,
+            gate,
+            mean_norm,
+            fusion_lambda,
+            norm_eps,
+            prev_hidden,
+            channel_gate,
         )
     return latent_injection_reference(
         inputs_embeds, reasoner_hidden, gate, mean_norm, fusion_lambda, norm_eps, prev_hidden, channel_gate
@@ -205,7 +213,16 @@ def embedding_latent_injection(
     _check_ids(input_ids, embedding_weight, reasoner_hidden)
     ghost = torch.empty((*input_ids.shape, embedding_weight.shape[-1]), device="meta")  # shape only
     _check_shapes(ghost, reasoner_hidden, gate, prev_hidden, channel_gate)
-    args = (input_ids, embedding_weight, reasoner_hidden, gate, mean_norm, fusion_lambda, norm_eps, prev_hidden)
+    args = (
+        input_ids,
+        embedding_weight,
+        reasoner_hidden,
+        gate,
+        mean_norm,
+        fusion_lambda,
+        norm_eps,
+        prev_hidden,
+    )
     if use_triton(embedding_weight, reasoner_hidden, prev_hidden, channel_gate):
         from .triton_injection import embedding_latent_injection_triton
 
@@ -213,9 +230,13 @@ def embedding_latent_injection(
     return embedding_latent_injection_reference(*args, channel_gate)
 
 
-def _check_ids(input_ids: torch.Tensor, embedding_weight: torch.Tensor, reasoner_hidden: torch.Tensor) -> None:
+def _check_ids(
+    input_ids: torch.Tensor, embedding_weight: torch.Tensor, reasoner_hidden: torch.Tensor
+) -> None:
     if input_ids.dim() != 2 or input_ids.dtype.is_floating_point or input_ids.dtype == torch.bool:
-        raise ValueError(f"input_ids must be an integer [B, T] tensor, got {input_ids.dtype} {tuple(input_ids.shape)}")
+        raise ValueError(
+            f"input_ids must be an integer [B, T] tensor, got {input_ids.dtype} {tuple(input_ids.shape)}"
+        )
     if embedding_weight.dim() != 2:
         raise ValueError(f"embedding_weight must be [V, d_G], got {tuple(embedding_weight.shape)}")
     if tuple(input_ids.shape) != tuple(reasoner_hidden.shape[:2]):

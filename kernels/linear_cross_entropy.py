@@ -93,7 +93,9 @@ def default_chunk_size(num_tokens: int, vocab: int, width: int, device_type: str
 
 def _flatten(hidden, weight, labels, bias):
     if weight.dim() != 2 or hidden.shape[-1] != weight.shape[1]:
-        raise ValueError(f"weight must be [V, d] with d = hidden.shape[-1] = {hidden.shape[-1]}, got {tuple(weight.shape)}")
+        raise ValueError(
+            f"weight must be [V, d] with d = hidden.shape[-1] = {hidden.shape[-1]}, got {tuple(weight.shape)}"
+        )
     if tuple(labels.shape) != tuple(hidden.shape[:-1]):
         raise ValueError(
             f"labels {tuple(labels.shape)} must match hidden's leading dims {tuple(hidden.shape[:-1])} "
@@ -127,7 +129,9 @@ def linear_cross_entropy_reference(
     hidden2, labels2 = _flatten(hidden, weight, labels, bias)
     logits = F.linear(hidden2, weight, bias)
     acc = _acc_dtype(logits.dtype)
-    loss_sum = F.cross_entropy(logits.to(acc), labels2.to(logits.device), ignore_index=ignore_index, reduction="sum")
+    loss_sum = F.cross_entropy(
+        logits.to(acc), labels2.to(logits.device), ignore_index=ignore_index, reduction="sum"
+    )
     return loss_sum / _denominator(labels2, ignore_index, num_items_in_batch, acc, logits.device)
 
 
@@ -189,7 +193,9 @@ def chunked_loss_and_grads(
         )
 
 
-def _chunk_loop(hidden, weight, labels, bias, ignore_index, num_items_in_batch, chunk_size, step, need_grads, cdt):
+def _chunk_loop(
+    hidden, weight, labels, bias, ignore_index, num_items_in_batch, chunk_size, step, need_grads, cdt
+):
     device = hidden.device
     acc = _acc_dtype(cdt)
     labels = labels.to(device)
@@ -267,7 +273,11 @@ class ChunkedLinearCrossEntropyFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, labels, bias, ignore_index, num_items_in_batch, chunk_size, step):
-        need = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], bias is not None and ctx.needs_input_grad[3])
+        need = (
+            ctx.needs_input_grad[0],
+            ctx.needs_input_grad[1],
+            bias is not None and ctx.needs_input_grad[3],
+        )
         loss, grad_h, grad_w, grad_b = chunked_loss_and_grads(
             hidden, weight, labels, bias, ignore_index, num_items_in_batch, chunk_size, step, need
         )
@@ -284,7 +294,15 @@ def _run_chunked(step: CeStep, hidden, weight, labels, bias, ignore_index, num_i
     hidden2, labels2 = _flatten(hidden, weight, labels, bias)
     if not torch.is_grad_enabled():  # evaluation: loss only, no gradient work
         return chunked_loss_and_grads(
-            hidden2, weight, labels2, bias, ignore_index, num_items_in_batch, chunk_size, step, (False, False, False)
+            hidden2,
+            weight,
+            labels2,
+            bias,
+            ignore_index,
+            num_items_in_batch,
+            chunk_size,
+            step,
+            (False, False, False),
         )[0]
     return ChunkedLinearCrossEntropyFunction.apply(
         hidden2, weight, labels2, bias, ignore_index, num_items_in_batch, chunk_size, step

@@ -18,11 +18,15 @@ def stat_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def injection_scale(norm: torch.Tensor, gate: torch.Tensor, coef: torch.Tensor, norm_eps: float) -> torch.Tensor:
+def injection_scale(
+    norm: torch.Tensor, gate: torch.Tensor, coef: torch.Tensor, norm_eps: float
+) -> torch.Tensor:
     """Per-row ``coef·gate / max(‖h‖, eps)``, and 0 where the gate or the denominator is 0.
 
     ``coef = λ·m̄``. The Triton kernels compute the same expression per program.
     """
     denom = norm.clamp_min(norm_eps) if norm_eps > 0 else norm
     active = (gate != 0) & (denom > 0)
-    return torch.where(active, coef * gate / torch.where(active, denom, torch.ones_like(denom)), torch.zeros_like(denom))
+    return torch.where(
+        active, coef * gate / torch.where(active, denom, torch.ones_like(denom)), torch.zeros_like(denom)
+    )

@@ -132,7 +132,9 @@ def _latent_injection_bwd_kernel(
 
     if GATHER:
         g_mask = cols < d_g
-        dout_full = tl.load(dout_ptr + row * d_g + cols, mask=g_mask, other=0.0).to(dtable_ptr.dtype.element_ty)
+        dout_full = tl.load(dout_ptr + row * d_g + cols, mask=g_mask, other=0.0).to(
+            dtable_ptr.dtype.element_ty
+        )
         tok = tl.load(ids_ptr + row).to(tl.int64)
         tl.atomic_add(dtable_ptr + tok * d_g + cols, dout_full, mask=g_mask)
 
@@ -284,7 +286,15 @@ class LatentInjectionFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx, inputs_embeds, reasoner_hidden, gate, mean_norm, fusion_lambda, norm_eps, prev_hidden, channel_gate
+        ctx,
+        inputs_embeds,
+        reasoner_hidden,
+        gate,
+        mean_norm,
+        fusion_lambda,
+        norm_eps,
+        prev_hidden,
+        channel_gate,
     ):
         out, scale = latent_injection_forward(
             inputs_embeds, None, None, reasoner_hidden, gate, mean_norm, fusion_lambda, norm_eps, prev_hidden,
@@ -296,7 +306,11 @@ class LatentInjectionFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
-        need_hid, need_prev, need_cgate = ctx.needs_input_grad[1], ctx.needs_input_grad[6], ctx.needs_input_grad[7]
+        need_hid, need_prev, need_cgate = (
+            ctx.needs_input_grad[1],
+            ctx.needs_input_grad[6],
+            ctx.needs_input_grad[7],
+        )
         d_hidden, d_prev, _, d_cgate = _backward(ctx, grad_out, need_hid or need_prev or need_cgate, False)
         d_emb = grad_out.to(ctx.embeds_dtype) if ctx.needs_input_grad[0] else None
         return (
@@ -375,7 +389,9 @@ class EmbeddingLatentInjectionFunction(torch.autograd.Function):
     def backward(ctx, grad_out):
         need_table, need_hid = ctx.needs_input_grad[1], ctx.needs_input_grad[2]
         need_prev, need_cgate = ctx.needs_input_grad[7], ctx.needs_input_grad[8]
-        d_hidden, d_prev, d_table, d_cgate = _backward(ctx, grad_out, need_hid or need_prev or need_cgate, need_table)
+        d_hidden, d_prev, d_table, d_cgate = _backward(
+            ctx, grad_out, need_hid or need_prev or need_cgate, need_table
+        )
         if d_table is not None:
             d_table = d_table.to(ctx.table_dtype)
         return (
@@ -392,7 +408,14 @@ class EmbeddingLatentInjectionFunction(torch.autograd.Function):
 
 
 def latent_injection_triton(
-    inputs_embeds, reasoner_hidden, gate, mean_norm, fusion_lambda, norm_eps=0.0, prev_hidden=None, channel_gate=None
+    inputs_embeds,
+    reasoner_hidden,
+    gate,
+    mean_norm,
+    fusion_lambda,
+    norm_eps=0.0,
+    prev_hidden=None,
+    channel_gate=None,
 ) -> torch.Tensor:
     """Triton latent injection (no shape checks; call :func:`flythinker.kernels.latent_injection`)."""
     return LatentInjectionFunction.apply(

@@ -30,9 +30,13 @@ def _as_config(value: PretrainedConfig | dict[str, Any] | None, field: str) -> P
         value = dict(value)
         model_type = value.pop("model_type", None)
         if model_type is None:
-            raise ValueError(f"FlyThinkerConfig.{field} needs a 'model_type' (e.g. 'qwen2', 'llama'), got keys {sorted(value)}")
+            raise ValueError(
+                f"FlyThinkerConfig.{field} needs a 'model_type' (e.g. 'qwen2', 'llama'), got keys {sorted(value)}"
+            )
         return AutoConfig.for_model(model_type, **value)
-    raise TypeError(f"FlyThinkerConfig.{field} must be a PretrainedConfig or a dict, got {type(value).__name__}")
+    raise TypeError(
+        f"FlyThinkerConfig.{field} must be a PretrainedConfig or a dict, got {type(value).__name__}"
+    )
 
 
 class FlyThinkerConfig(PretrainedConfig):
@@ -99,7 +103,9 @@ class FlyThinkerConfig(PretrainedConfig):
         self.projection = projection
         self.fusion_gate = fusion_gate
         if not isinstance(center_reasoner, bool):
-            raise ValueError(f"FlyThinkerConfig.center_reasoner must be True or False, got {center_reasoner!r}")
+            raise ValueError(
+                f"FlyThinkerConfig.center_reasoner must be True or False, got {center_reasoner!r}"
+            )
         self.center_reasoner = center_reasoner
         self.use_fused_loss = bool(use_fused_loss)
         self.reward_heads = dict(reward_heads) if reward_heads else None
@@ -140,7 +146,9 @@ class FlyThinkerConfig(PretrainedConfig):
 
     @property
     def vocab_size(self) -> int | None:
-        return getattr(self.get_text_config(), "vocab_size", None) if self.generator_config is not None else None
+        return (
+            getattr(self.get_text_config(), "vocab_size", None) if self.generator_config is not None else None
+        )
 
     @vocab_size.setter
     def vocab_size(self, value: int) -> None:

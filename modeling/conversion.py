@@ -45,7 +45,9 @@ def map_reference_keys(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.T
         elif key.startswith("Reasoner.model."):
             mapped["reasoner." + key[len("Reasoner.model.") :]] = tensor
         elif key == "Reasoner.lm_head.weight":
-            logger.warning("dropping Reasoner.lm_head.weight: FlyThinker uses only the reasoner's backbone states")
+            logger.warning(
+                "dropping Reasoner.lm_head.weight: FlyThinker uses only the reasoner's backbone states"
+            )
         else:
             unexpected.append(key)
     if unexpected:
@@ -79,8 +81,10 @@ def find_tokenizer(explicit: Any | None, candidates: list[Any]) -> tuple[Any | N
             except (OSError, ValueError) as error:
                 raise ValueError(f"tokenizer {explicit}: cannot load it ({error})") from error
         if not tokenizer_encodes_text(tokenizer):
-            raise ValueError(f"tokenizer {explicit}: it cannot encode text ({PROBE_TEXT!r} gives no ids or does not "
-                             "decode back); pass the tokenizer directory of the generator's base model")
+            raise ValueError(
+                f"tokenizer {explicit}: it cannot encode text ({PROBE_TEXT!r} gives no ids or does not "
+                "decode back); pass the tokenizer directory of the generator's base model"
+            )
         return tokenizer, str(explicit)
     for candidate in candidates:
         if not isinstance(candidate, (str, os.PathLike)) or not Path(candidate).is_dir():
@@ -91,8 +95,10 @@ def find_tokenizer(explicit: Any | None, candidates: list[Any]) -> tuple[Any | N
             continue
         if tokenizer_encodes_text(tokenizer):
             return tokenizer, str(candidate)
-        logger.warning("%s: its tokenizer cannot encode text (e.g. built from config.json alone); not using it",
-                       candidate)
+        logger.warning(
+            "%s: its tokenizer cannot encode text (e.g. built from config.json alone); not using it",
+            candidate,
+        )
     return None, None
 
 
@@ -129,7 +135,9 @@ def convert_reference_checkpoint(
         reasoner_config = generator_config
     elif not hasattr(reasoner_config, "to_dict"):
         reasoner_config = AutoConfig.from_pretrained(reasoner_config)
-    config = FlyThinkerConfig(generator_config=generator_config, reasoner_config=reasoner_config, **config_kwargs)
+    config = FlyThinkerConfig(
+        generator_config=generator_config, reasoner_config=reasoner_config, **config_kwargs
+    )
     state_dict = map_reference_keys(load_reference_state_dict(checkpoint_dir))
     found_tokenizer, tokenizer_source = (None, None)
     if output_dir is not None:
@@ -149,7 +157,9 @@ def convert_reference_checkpoint(
         )
     for key, tensor in state_dict.items():
         if tuple(tensor.shape) != tuple(expected[key].shape):
-            raise ValueError(f"{key}: checkpoint shape {tuple(tensor.shape)} != model shape {tuple(expected[key].shape)}")
+            raise ValueError(
+                f"{key}: checkpoint shape {tuple(tensor.shape)} != model shape {tuple(expected[key].shape)}"
+            )
     model.load_state_dict(state_dict, strict=False)
     model.tie_weights()
     model.refresh_mean_embedding_norm(force=True)
@@ -159,6 +169,9 @@ def convert_reference_checkpoint(
             found_tokenizer.save_pretrained(output_dir)
             logger.info("saved the tokenizer of %s with the converted model", tokenizer_source)
         else:
-            logger.warning("no tokenizer that encodes text in %s or the reasoner directory: wrote weights and config "
-                           "only; pass tokenizer= (CLI: --tokenizer) to add one", checkpoint_dir)
+            logger.warning(
+                "no tokenizer that encodes text in %s or the reasoner directory: wrote weights and config "
+                "only; pass tokenizer= (CLI: --tokenizer) to add one",
+                checkpoint_dir,
+            )
     return model

@@ -57,7 +57,9 @@ def optimizer_steps_taken() -> int:
     return _optimizer_steps
 
 
-def default_position_ids(attention_mask: torch.Tensor | None, past_length: int, length: int, device) -> torch.Tensor:
+def default_position_ids(
+    attention_mask: torch.Tensor | None, past_length: int, length: int, device
+) -> torch.Tensor:
     """``cumsum(a) - 1`` clipped at 0 over the full mask, sliced to the new positions."""
     if attention_mask is None:
         return torch.arange(past_length, past_length + length, device=device)[None]
@@ -89,7 +91,11 @@ def injection_gate(
 
 
 def _tracing() -> bool:
-    return torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.fx._symbolic_trace.is_fx_symbolic_tracing()
+    return (
+        torch.compiler.is_compiling()
+        or torch.jit.is_tracing()
+        or torch.fx._symbolic_trace.is_fx_symbolic_tracing()
+    )
 
 
 class LatentFusion(nn.Module):
@@ -206,7 +212,14 @@ class LatentFusion(nn.Module):
         channel_gate = self.channel_gate(sources.shape[-1])
         if self.projection_mode != "zero_linear":
             return latent_injection(
-                inputs_embeds, sources, gate, m_bar, self.effective_lambda, self.norm_eps, prev_source, channel_gate
+                inputs_embeds,
+                sources,
+                gate,
+                m_bar,
+                self.effective_lambda,
+                self.norm_eps,
+                prev_source,
+                channel_gate,
             )
         zeros = inputs_embeds.new_zeros(*inputs_embeds.shape[:-1], sources.shape[-1])
         injected = latent_injection(
@@ -215,7 +228,9 @@ class LatentFusion(nn.Module):
         return inputs_embeds + self.projection(injected)
 
     def extra_repr(self) -> str:
-        gate = "none" if self.gate_logit is None else ("scalar" if self.gate_logit.numel() == 1 else "channel")
+        gate = (
+            "none" if self.gate_logit is None else ("scalar" if self.gate_logit.numel() == 1 else "channel")
+        )
         return (
             f"fusion_lambda={self.fusion_lambda}, norm_eps={self.norm_eps}, projection={self.projection_mode}, "
             f"gate={gate}, centred={self.reasoner_center is not None}"

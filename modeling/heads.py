@@ -52,8 +52,10 @@ def pool_last_token(hidden_states: torch.Tensor, attention_mask: torch.Tensor | 
     if attention_mask is None:
         return hidden_states[:, -1]
     if attention_mask.shape != hidden_states.shape[:2]:
-        raise ValueError(f"attention_mask {tuple(attention_mask.shape)} does not match hidden "
-                         f"states {tuple(hidden_states.shape[:2])}")
+        raise ValueError(
+            f"attention_mask {tuple(attention_mask.shape)} does not match hidden "
+            f"states {tuple(hidden_states.shape[:2])}"
+        )
     pos = torch.arange(hidden_states.shape[1], device=hidden_states.device)
     idx = torch.where(attention_mask.bool(), pos, -1).amax(-1).clamp_min(0)
     return hidden_states[torch.arange(hidden_states.shape[0], device=hidden_states.device), idx]
@@ -62,8 +64,10 @@ def pool_last_token(hidden_states: torch.Tensor, attention_mask: torch.Tensor | 
 def pool_span(hidden_states: torch.Tensor, span_mask: torch.Tensor) -> torch.Tensor:
     """``[B, T, d] → [B, d]``: mean over the positions where ``span_mask`` is true (zeros if none)."""
     if span_mask.shape != hidden_states.shape[:2]:
-        raise ValueError(f"span_mask {tuple(span_mask.shape)} does not match hidden states "
-                         f"{tuple(hidden_states.shape[:2])}")
+        raise ValueError(
+            f"span_mask {tuple(span_mask.shape)} does not match hidden states "
+            f"{tuple(hidden_states.shape[:2])}"
+        )
     m = span_mask.to(hidden_states.dtype).unsqueeze(-1)
     return (hidden_states * m).sum(1) / m.sum(1).clamp_min(1.0)
 
@@ -71,10 +75,17 @@ def pool_span(hidden_states: torch.Tensor, span_mask: torch.Tensor) -> torch.Ten
 class RewardHead(nn.Module):
     """One PERM / PereGRM reward head (see the module docstring for the equations)."""
 
-    def __init__(self, hidden_size: int, kind: str = "perm", dropout: float = 0.0, combine: str = "harmonic",
-                 weights: list[float] | Mapping[str, float] | None = None,
-                 bystander_coef: float = DEFAULT_BYSTANDER_COEF, length_coef: float = DEFAULT_LENGTH_COEF,
-                 length_limit: int = DEFAULT_LENGTH_LIMIT) -> None:
+    def __init__(
+        self,
+        hidden_size: int,
+        kind: str = "perm",
+        dropout: float = 0.0,
+        combine: str = "harmonic",
+        weights: list[float] | Mapping[str, float] | None = None,
+        bystander_coef: float = DEFAULT_BYSTANDER_COEF,
+        length_coef: float = DEFAULT_LENGTH_COEF,
+        length_limit: int = DEFAULT_LENGTH_LIMIT,
+    ) -> None:
         super().__init__()
         if kind not in HEAD_KINDS:
             raise ValueError(f"reward head kind must be one of {HEAD_KINDS}, got {kind!r}")
@@ -94,9 +105,13 @@ class RewardHead(nn.Module):
     def _logits(self, pooled: torch.Tensor) -> torch.Tensor:
         return F.linear(self.dropout(pooled), self.score.weight.float(), self.score.bias.float())
 
-    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None,
-                analysis_mask: torch.Tensor | None = None,
-                num_tokens: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        analysis_mask: torch.Tensor | None = None,
+        num_tokens: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
         """Scores ``[B]`` per dimension and ``"reward"``; ``"logits"`` ``[B, 4]`` are the raw z."""
         h = hidden_states.float()
         z = self._logits(pool_last_token(h, attention_mask))
@@ -108,12 +123,25 @@ class RewardHead(nn.Module):
         scores = 1.0 + 4.0 * torch.sigmoid(z[:, :3])
         bystander = 100.0 * torch.sigmoid(z[:, 3])
         reward = perm_reward_tensor(
-            scores[:, 0], scores[:, 1], scores[:, 2], bystander, num_tokens, mode=self.combine,
-            weights=self.weights, bystander_coef=self.bystander_coef, length_coef=self.length_coef,
+            scores[:, 0],
+            scores[:, 1],
+            scores[:, 2],
+            bystander,
+            num_tokens,
+            mode=self.combine,
+            weights=self.weights,
+            bystander_coef=self.bystander_coef,
+            length_coef=self.length_coef,
             length_limit=self.length_limit,
         )
-        return {"resonation": scores[:, 0], "expression": scores[:, 1], "reception": scores[:, 2],
-                "bystander": bystander, "reward": reward, "logits": z}
+        return {
+            "resonation": scores[:, 0],
+            "expression": scores[:, 1],
+            "reception": scores[:, 2],
+            "bystander": bystander,
+            "reward": reward,
+            "logits": z,
+        }
 
 
 def build_reward_heads(spec: Mapping[str, Mapping], hidden_size: int) -> nn.ModuleDict:
@@ -130,7 +158,9 @@ def build_reward_heads(spec: Mapping[str, Mapping], hidden_size: int) -> nn.Modu
             raise ValueError(f"reward_heads[{name!r}] must be a dict with a 'kind' key, got {head_spec!r}")
         unknown = set(head_spec) - _SPEC_KEYS
         if unknown:
-            raise ValueError(f"reward_heads[{name!r}] has unknown keys {sorted(unknown)}; allowed {sorted(_SPEC_KEYS)}")
+            raise ValueError(
+                f"reward_heads[{name!r}] has unknown keys {sorted(unknown)}; allowed {sorted(_SPEC_KEYS)}"
+            )
         heads[name] = RewardHead(hidden_size, **head_spec)
     return heads
 
@@ -160,15 +190,21 @@ class EmpathyRewardConfig(PretrainedConfig):
     model_type = "flythinker_reward"
     sub_configs = {"backbone_config": AutoConfig}
 
-    def __init__(self, backbone_config: PretrainedConfig | dict | None = None,
-                 reward_heads: dict[str, dict] | None = None, initializer_range: float | None = None,
-                 **kwargs) -> None:
+    def __init__(
+        self,
+        backbone_config: PretrainedConfig | dict | None = None,
+        reward_heads: dict[str, dict] | None = None,
+        initializer_range: float | None = None,
+        **kwargs,
+    ) -> None:
         if isinstance(backbone_config, dict):
             backbone_config = AutoConfig.for_model(**backbone_config)
         self.backbone_config = backbone_config
         self.reward_heads = dict(reward_heads) if reward_heads is not None else {"perm": {"kind": "perm"}}
         if initializer_range is None:
-            initializer_range = getattr(backbone_config, "initializer_range", 0.02) if backbone_config else 0.02
+            initializer_range = (
+                getattr(backbone_config, "initializer_range", 0.02) if backbone_config else 0.02
+            )
         self.initializer_range = float(initializer_range)
         super().__init__(**kwargs)
 
@@ -200,23 +236,32 @@ class EmpathyRewardModel(PreTrainedModel):
             super()._init_weights(module)
 
     @classmethod
-    def from_backbone(cls, backbone: PreTrainedModel, head_spec: dict[str, dict] | None = None) -> EmpathyRewardModel:
+    def from_backbone(
+        cls, backbone: PreTrainedModel, head_spec: dict[str, dict] | None = None
+    ) -> EmpathyRewardModel:
         """Wrap an existing (pretrained) model; a causal LM contributes its base model (no LM head)."""
         base = backbone.base_model if hasattr(backbone, "base_model") else backbone
         model = cls(EmpathyRewardConfig(backbone_config=base.config, reward_heads=head_spec))
         model.backbone.load_state_dict(base.state_dict(), strict=True)
         return model.to(next(base.parameters()).device)
 
-    def score_rewards(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                      analysis_mask: torch.Tensor | None = None,
-                      num_tokens: torch.Tensor | None = None) -> dict[str, dict[str, torch.Tensor]]:
+    def score_rewards(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        analysis_mask: torch.Tensor | None = None,
+        num_tokens: torch.Tensor | None = None,
+    ) -> dict[str, dict[str, torch.Tensor]]:
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         position_ids = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
-        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
-                               position_ids=position_ids).last_hidden_state
-        return {name: head(hidden, attention_mask, analysis_mask, num_tokens)
-                for name, head in self.reward_heads.items()}
+        hidden = self.backbone(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
+        ).last_hidden_state
+        return {
+            name: head(hidden, attention_mask, analysis_mask, num_tokens)
+            for name, head in self.reward_heads.items()
+        }
 
     forward = score_rewards
 

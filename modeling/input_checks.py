@@ -1,6 +1,6 @@
 """Input validation for the FlyThinker forward: clear errors instead of silent output or a deep IndexError.
 
-Checked (DESIGN §1 contract of ``forward``):
+Checked (docs/design.md §1 contract of ``forward``):
 
 * ``0 <= input_ids < min(V_G, V_R)`` — both models read the same ids;
 * the sequence fits both models' ``max_position_embeddings`` (``past_length + L``, or the width of
@@ -50,7 +50,11 @@ def validate_model_inputs(
             f"got shape {tuple(attention_mask.shape)}"
         )
     max_positions = _limit(config, "max_position_embeddings")
-    total = past_length + length if attention_mask is None else max(attention_mask.shape[-1], past_length + length)
+    total = (
+        past_length + length
+        if attention_mask is None
+        else max(attention_mask.shape[-1], past_length + length)
+    )
     compiling = torch.compiler.is_compiling()
     if max_positions is not None and total > max_positions:
         packed = attention_mask is None and position_ids is not None and past_length == 0

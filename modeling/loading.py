@@ -1,4 +1,4 @@
-"""Building a FlyThinker from two base checkpoints, and the tokenizer/vocabulary check (DESIGN §1, §3)."""
+"""Building a FlyThinker from two base checkpoints, and the tokenizer/vocabulary check (docs/design.md §1, §3)."""
 
 from __future__ import annotations
 
@@ -33,7 +33,9 @@ def check_vocab_compatibility(
                 "both models must read the same token ids (every id < min(V_G, V_R))"
             )
     elif v_g != v_r:
-        logger.warning("generator vocab %d != reasoner vocab %d; pass a tokenizer to check compatibility", v_g, v_r)
+        logger.warning(
+            "generator vocab %d != reasoner vocab %d; pass a tokenizer to check compatibility", v_g, v_r
+        )
 
 
 def _load_causal_lm(source: str | os.PathLike | PreTrainedModel, **kwargs: Any) -> PreTrainedModel:
@@ -48,7 +50,9 @@ def _backbone(model: PreTrainedModel) -> PreTrainedModel:
     if backbone is None or backbone is model:
         backbone = model.base_model
     if backbone is model:
-        raise ValueError(f"cannot find the backbone of {type(model).__name__}: pass a causal LM with a base model")
+        raise ValueError(
+            f"cannot find the backbone of {type(model).__name__}: pass a causal LM with a base model"
+        )
     return backbone
 
 
@@ -57,7 +61,9 @@ def _try_tokenizer(source: Any) -> Any | None:
         try:
             return AutoTokenizer.from_pretrained(source)
         except (OSError, ValueError) as error:
-            logger.warning("no tokenizer loadable from %s (%s); vocabulary check uses sizes only", source, error)
+            logger.warning(
+                "no tokenizer loadable from %s (%s); vocabulary check uses sizes only", source, error
+            )
     return None
 
 
@@ -124,7 +130,11 @@ def _preview(keys: list[str], limit: int = 8) -> str:
 
 
 def check_loading_info(
-    info: dict[str, Any], source: Any, *, allow_missing: tuple[str, ...] = (), allow_unexpected: tuple[str, ...] = ()
+    info: dict[str, Any],
+    source: Any,
+    *,
+    allow_missing: tuple[str, ...] = (),
+    allow_unexpected: tuple[str, ...] = (),
 ) -> None:
     """Raise :class:`CheckpointMismatchError` unless the checkpoint filled exactly the model's state dict.
 
@@ -135,8 +145,12 @@ def check_loading_info(
     adding heads to a trained model) may be missing: they keep their fresh initialisation.
     """
     missing = sorted(k for k in info.get("missing_keys", ()) if not k.startswith(tuple(allow_missing)))
-    unexpected = sorted(k for k in info.get("unexpected_keys", ()) if not k.startswith(tuple(allow_unexpected)))
-    mismatched = sorted(str(item[0] if isinstance(item, tuple) else item) for item in info.get("mismatched_keys", ()))
+    unexpected = sorted(
+        k for k in info.get("unexpected_keys", ()) if not k.startswith(tuple(allow_unexpected))
+    )
+    mismatched = sorted(
+        str(item[0] if isinstance(item, tuple) else item) for item in info.get("mismatched_keys", ())
+    )
     if not (missing or unexpected or mismatched):
         return
     parts = []
@@ -158,7 +172,12 @@ def check_loading_info(
 
 
 def strict_from_pretrained(
-    load: Any, source: Any, *args: Any, strict: bool = True, allow_missing: tuple[str, ...] = (), **kwargs: Any
+    load: Any,
+    source: Any,
+    *args: Any,
+    strict: bool = True,
+    allow_missing: tuple[str, ...] = (),
+    **kwargs: Any,
 ):
     """``load(source, *args, **kwargs)`` (a ``from_pretrained``) followed by :func:`check_loading_info`.
 
@@ -170,8 +189,12 @@ def strict_from_pretrained(
     if strict:
         check_loading_info(info, source, allow_missing=tuple(allow_missing))
     elif any(info.get(k) for k in ("missing_keys", "unexpected_keys", "mismatched_keys")):
-        logger.warning("%s loaded with strict=False: missing %s, unexpected %s", source,
-                       sorted(info.get("missing_keys", ())), sorted(info.get("unexpected_keys", ())))
+        logger.warning(
+            "%s loaded with strict=False: missing %s, unexpected %s",
+            source,
+            sorted(info.get("missing_keys", ())),
+            sorted(info.get("unexpected_keys", ())),
+        )
     return (model, info) if wants_info else model
 
 
@@ -198,12 +221,18 @@ def check_model_source(value: Any, what: str = "model") -> None:
     path = os.path.expanduser(text)
     if os.path.isdir(path):
         if not os.path.isfile(os.path.join(path, "config.json")):
-            raise FileNotFoundError(f"{what} {text}: the directory has no config.json; expected a saved model "
-                                    "directory (config.json + model.safetensors)")
+            raise FileNotFoundError(
+                f"{what} {text}: the directory has no config.json; expected a saved model "
+                "directory (config.json + model.safetensors)"
+            )
         return
     if os.path.exists(path):
-        raise NotADirectoryError(f"{what} {text}: is a file; expected a model directory (config.json + weights)")
+        raise NotADirectoryError(
+            f"{what} {text}: is a file; expected a model directory (config.json + weights)"
+        )
     if looks_like_hub_id(text):
         return
-    raise FileNotFoundError(f"{what} {text}: no such directory (looked in {os.getcwd()}); check the path "
-                            "(a hub model id has the form owner/name)")
+    raise FileNotFoundError(
+        f"{what} {text}: no such directory (looked in {os.getcwd()}); check the path "
+        "(a hub model id has the form owner/name)"
+    )

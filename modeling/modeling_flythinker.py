@@ -75,7 +75,7 @@ class FlyThinkerPreTrainedModel(PreTrainedModel):
 
 class FlyThinkerForCausalLM(FlyThinkerPreTrainedModel, GenerationMixin):
     """Generator G + reasoner R. ``.generator`` is a standard causal LM, ``.reasoner`` a standard
-    backbone (no LM head). See DESIGN §1 for the equations this forward implements."""
+    backbone (no LM head). See docs/design.md §1 for the equations this forward implements."""
 
     # The cache carries the last reasoner state, which cannot be rolled back to a shorter prefix:
     # generate(assistant_model=...) then fails early with transformers' own clear message.
@@ -107,15 +107,27 @@ class FlyThinkerForCausalLM(FlyThinkerPreTrainedModel, GenerationMixin):
         return build_from_components(cls, generator, reasoner, **kwargs)
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *args: Any, strict: bool = True,
-                        allow_missing: tuple[str, ...] = (), **kwargs: Any):
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path,
+        *args: Any,
+        strict: bool = True,
+        allow_missing: tuple[str, ...] = (),
+        **kwargs: Any,
+    ):
         """``PreTrainedModel.from_pretrained``, strict by default: missing, unexpected or reshaped keys raise
         (named). ``allow_missing`` key prefixes (e.g. ``("reward_heads.",)``) keep a fresh init;
         ``strict=False`` restores transformers' warn-and-initialise behaviour."""
         from .loading import strict_from_pretrained
 
-        return strict_from_pretrained(super().from_pretrained, pretrained_model_name_or_path, *args,
-                                      strict=strict, allow_missing=allow_missing, **kwargs)
+        return strict_from_pretrained(
+            super().from_pretrained,
+            pretrained_model_name_or_path,
+            *args,
+            strict=strict,
+            allow_missing=allow_missing,
+            **kwargs,
+        )
 
     # ----------------------------------------------------------------------------------------- m̄
     @property
@@ -143,7 +155,9 @@ class FlyThinkerForCausalLM(FlyThinkerPreTrainedModel, GenerationMixin):
     def get_decoder(self) -> nn.Module:
         return self.generator.get_decoder()
 
-    def resize_token_embeddings(self, new_num_tokens=None, pad_to_multiple_of=None, mean_resizing=True) -> nn.Embedding:
+    def resize_token_embeddings(
+        self, new_num_tokens=None, pad_to_multiple_of=None, mean_resizing=True
+    ) -> nn.Embedding:
         """Resize the generator's and the reasoner's token tables together (both read the same ids) and
         recompute m̄ = mean_v ‖E_G[v]‖₂ of the new generator table; returns the generator's embedding."""
         embeddings = self.generator.resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
@@ -218,7 +232,9 @@ class FlyThinkerForCausalLM(FlyThinkerPreTrainedModel, GenerationMixin):
         """One reasoner pass, the shifted injection, one generator-decoder pass: the generator's final
         hidden states (what ``model.base_model(...)`` returns, for TRL and reward heads)."""
         if inputs_embeds is not None:
-            raise ValueError("FlyThinker needs input_ids: the reasoner reads the same tokens as the generator")
+            raise ValueError(
+                "FlyThinker needs input_ids: the reasoner reads the same tokens as the generator"
+            )
         if input_ids is None:
             raise ValueError("input_ids is required")
         kwargs.pop("logits_to_keep", None)
@@ -234,14 +250,18 @@ class FlyThinkerForCausalLM(FlyThinkerPreTrainedModel, GenerationMixin):
         # cheap: one host sync on prefill, none per decode token
         validate_model_inputs(self.config, input_ids, attention_mask, past_length, position_ids)
         if position_ids is None:
-            position_ids = default_position_ids(attention_mask, past_length, input_ids.shape[1], input_ids.device)
+            position_ids = default_position_ids(
+                attention_mask, past_length, input_ids.shape[1], input_ids.device
+            )
             position_ids = position_ids.expand(input_ids.shape[0], -1)
         gate = injection_gate(attention_mask, position_ids, past_length)
 
         reasoner_cache = past_key_values.reasoner_cache if past_key_values is not None else None
         kwargs.pop("return_dict", None)  # both sub-models return their output objects
         reasoner_kwargs = {k: v for k, v in kwargs.items() if k not in _GENERATOR_ONLY_KWARGS}
-        hidden = self.reasoner_states(input_ids, attention_mask, position_ids, reasoner_cache, **reasoner_kwargs)
+        hidden = self.reasoner_states(
+            input_ids, attention_mask, position_ids, reasoner_cache, **reasoner_kwargs
+        )
         prev_hidden = past_key_values.last_reasoner_state if past_length > 0 else None
         fused = self.fuse(input_ids, hidden, gate, prev_hidden)
         if past_key_values is not None:
@@ -297,10 +317,19 @@ class FlyThinkerForCausalLM(FlyThinkerPreTrainedModel, GenerationMixin):
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
         shift_labels = kwargs.pop("shift_labels", None)  # already-shifted targets (context parallelism)
         return_dict = kwargs.pop("return_dict", None)
-        if use_cache is None:  # config.use_cache when set; unset (the default): no cache, packed rows stay apart
+        if (
+            use_cache is None
+        ):  # config.use_cache when set; unset (the default): no cache, packed rows stay apart
             use_cache = getattr(self.config, "use_cache", None)
         outputs = self.backbone(
-            input_ids, attention_mask, position_ids, past_key_values, inputs_embeds, use_cache, cache, **kwargs
+            input_ids,
+            attention_mask,
+            position_ids,
+            past_key_values,
+            inputs_embeds,
+            use_cache,
+            cache,
+            **kwargs,
         )
         loss, logits = self._loss_and_logits(
             outputs.last_hidden_state, labels, logits_to_keep, return_logits, num_items_in_batch, shift_labels
@@ -312,7 +341,9 @@ class FlyThinkerForCausalLM(FlyThinkerPreTrainedModel, GenerationMixin):
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
         )
-        return output if (self.config.return_dict if return_dict is None else return_dict) else output.to_tuple()
+        return (
+            output if (self.config.return_dict if return_dict is None else return_dict) else output.to_tuple()
+        )
 
     def score_rewards(
         self,
@@ -335,8 +366,9 @@ class FlyThinkerForCausalLM(FlyThinkerPreTrainedModel, GenerationMixin):
         generator_config = self.config.get_text_config()
         return not any(getattr(generator_config, name, None) for name in _LOGIT_TRANSFORMS)
 
-    def _loss_and_logits(self, hidden_states, labels, logits_to_keep, return_logits, num_items_in_batch,
-                         shift_labels=None):
+    def _loss_and_logits(
+        self, hidden_states, labels, logits_to_keep, return_logits, num_items_in_batch, shift_labels=None
+    ):
         """Next-token CE on label positions (fused, chunked when configured) and the requested logits.
         ``shift_labels`` ([B, L], target of position i at i) replaces the shift of ``labels`` when given."""
         lm_head = self.generator.get_output_embeddings()
@@ -344,7 +376,11 @@ class FlyThinkerForCausalLM(FlyThinkerPreTrainedModel, GenerationMixin):
         if shift_labels is not None and labels is None:
             labels = shift_labels  # only a marker that a loss is wanted: shift_labels are the targets
         if labels is not None and self._uses_fused_loss():
-            shifted = shift_labels if shift_labels is not None else nn.functional.pad(labels, (0, 1), value=-100)[:, 1:]
+            shifted = (
+                shift_labels
+                if shift_labels is not None
+                else nn.functional.pad(labels, (0, 1), value=-100)[:, 1:]
+            )
             shifted = shifted.to(hidden_states.device)
             # One function: its own dispatch picks the Triton or the PyTorch per-chunk step.
             loss = fused_linear_cross_entropy(
@@ -387,7 +423,8 @@ class FlyThinkerForCausalLM(FlyThinkerPreTrainedModel, GenerationMixin):
         kwargs.pop("inputs_embeds", None)
         if past_key_values is None and kwargs.get("use_cache", True):
             past_key_values = self.new_cache()
-        model_inputs = super().prepare_inputs_for_generation(input_ids, past_key_values=past_key_values, **kwargs)
+        model_inputs = super().prepare_inputs_for_generation(
+            input_ids, past_key_values=past_key_values, **kwargs
+        )
         model_inputs.pop("inputs_embeds", None)
         return model_inputs
-

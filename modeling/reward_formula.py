@@ -40,7 +40,23 @@ DEFAULT_BYSTANDER_COEF = 0.5
 DEFAULT_LENGTH_COEF = 0.001
 DEFAULT_LENGTH_LIMIT = 768
 
-__all__ = ['EMPATHY_DIMENSIONS', 'ALL_DIMENSIONS', 'COMBINE_MODES', 'SCORE_MAX', 'BYSTANDER_MAX', 'DEFAULT_BYSTANDER_COEF', 'DEFAULT_LENGTH_COEF', 'DEFAULT_LENGTH_LIMIT', 'combine', 'empathy_term', 'bystander_term', 'length_excess', 'perm_reward', 'combine_tensor', 'perm_reward_tensor']
+__all__ = [
+    "EMPATHY_DIMENSIONS",
+    "ALL_DIMENSIONS",
+    "COMBINE_MODES",
+    "SCORE_MAX",
+    "BYSTANDER_MAX",
+    "DEFAULT_BYSTANDER_COEF",
+    "DEFAULT_LENGTH_COEF",
+    "DEFAULT_LENGTH_LIMIT",
+    "combine",
+    "empathy_term",
+    "bystander_term",
+    "length_excess",
+    "perm_reward",
+    "combine_tensor",
+    "perm_reward_tensor",
+]
 
 WeightsLike = Sequence[float] | Mapping[str, float] | None
 
@@ -55,7 +71,9 @@ def _weights(weights: WeightsLike, mode: str, n: int = 3) -> list[float]:
     if isinstance(weights, Mapping):
         missing = [d for d in EMPATHY_DIMENSIONS[:n] if d not in weights]
         if missing:
-            raise ValueError(f"weights mapping misses dimensions {missing}; expected keys {EMPATHY_DIMENSIONS}")
+            raise ValueError(
+                f"weights mapping misses dimensions {missing}; expected keys {EMPATHY_DIMENSIONS}"
+            )
         w = [float(weights[d]) for d in EMPATHY_DIMENSIONS[:n]]
     else:
         w = [float(x) for x in weights]
@@ -83,8 +101,13 @@ def combine(values: Sequence[float], mode: str = "harmonic", weights: WeightsLik
     return math.exp(sum(wi * math.log(xi) for wi, xi in zip(w, x) if wi > 0) / sum(w))
 
 
-def empathy_term(resonation: float, expression: float, reception: float, mode: str = "harmonic",
-                 weights: WeightsLike = None) -> float:
+def empathy_term(
+    resonation: float,
+    expression: float,
+    reception: float,
+    mode: str = "harmonic",
+    weights: WeightsLike = None,
+) -> float:
     """M(s_res/5, s_exp/5, s_rec/5) for scores on the 1–5 scale."""
     return combine([resonation / SCORE_MAX, expression / SCORE_MAX, reception / SCORE_MAX], mode, weights)
 
@@ -125,8 +148,9 @@ def perm_reward(
 # --------------------------------------------------------------------------------------------------
 
 
-def combine_tensor(values: torch.Tensor, mode: str = "harmonic", weights: WeightsLike = None,
-                   eps: float = 1e-12) -> torch.Tensor:
+def combine_tensor(
+    values: torch.Tensor, mode: str = "harmonic", weights: WeightsLike = None, eps: float = 1e-12
+) -> torch.Tensor:
     """Mean over the last dimension of ``values`` (components in [0, 1]) under ``mode``.
 
     Computed in the dtype of ``values`` (callers pass fp32).  ``eps`` only guards the division /

@@ -5,7 +5,7 @@ refuses to ``save_pretrained`` a GGUF-loaded model, so the first call rebuilds a
 the same class from the config (without ``quantization_config``), loads the de-quantised weights
 into it and saves a safetensors copy in a cache folder; later calls load that copy in seconds.
 The GGUF metadata names ``<|im_start|>`` as end-of-sequence; SmolLM2's end of turn is
-``<|im_end|>`` (id 2), which the cached tokenizer and configs use instead (DESIGN §7).
+``<|im_end|>`` (id 2), which the cached tokenizer and configs use instead (docs/design.md §7).
 """
 
 from __future__ import annotations

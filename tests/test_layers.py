@@ -30,7 +30,9 @@ ABOVE_MODELING = ("flythinker.train", "flythinker.decoding", "flythinker.evaluat
 
 def _loaded_after(statement: str) -> set[str]:
     code = f"import json, sys\n{statement}\nprint(json.dumps(sorted(m for m in sys.modules if m.startswith('flythinker'))))"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     return set(json.loads(result.stdout.strip().splitlines()[-1]))
 
@@ -115,11 +117,18 @@ def test_decoding_reaches_the_kernels_only_through_modeling():
 def test_no_import_circle_among_project_files():
     files = [p for folder in PACKAGE_DIRS for p in (ROOT / folder).rglob("*.py")]
     modules = {_module_name(p): p for p in files}
-    graph = {name: {t for t in _imports(path, name) if t in modules and t != name} for name, path in modules.items()}
+    graph = {
+        name: {t for t in _imports(path, name) if t in modules and t != name}
+        for name, path in modules.items()
+    }
     # a package's __init__ importing its own children is not a circle through the child
     for name in graph:
-        graph[name] = {t for t in graph[name] if not (t.startswith(name + ".") and modules[name].name == "__init__.py")}
-        graph[name] = {t for t in graph[name] if not (name.startswith(t + ".") and modules[t].name == "__init__.py")}
+        graph[name] = {
+            t for t in graph[name] if not (t.startswith(name + ".") and modules[name].name == "__init__.py")
+        }
+        graph[name] = {
+            t for t in graph[name] if not (name.startswith(t + ".") and modules[t].name == "__init__.py")
+        }
 
     state: dict[str, int] = {}
     stack: list[str] = []

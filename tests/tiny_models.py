@@ -26,7 +26,9 @@ def tiny_qwen2_config(hidden: int = 32, layers: int = 2, vocab: int = VOCAB, tie
     )
 
 
-def tiny_llama_config(hidden: int = 16, layers: int = 2, vocab: int = VOCAB, tie: bool = False) -> LlamaConfig:
+def tiny_llama_config(
+    hidden: int = 16, layers: int = 2, vocab: int = VOCAB, tie: bool = False
+) -> LlamaConfig:
     return LlamaConfig(
         vocab_size=vocab,
         hidden_size=hidden,
@@ -95,7 +97,7 @@ CHATML_TEMPLATE = (
 _CORPUS = [
     "This PEP proposes a new module for the standard library.",
     "Title: How to Change Python's Grammar\nAbstract: There's more to changing Python's grammar.",
-    "Generate an abstract for the title \"Executing modules as scripts\"",
+    'Generate an abstract for the title "Executing modules as scripts"',
     "The quick brown fox jumps over the lazy dog. It is a guide to action.",
     "You are a writing assistant. Write in the personal style of the user whose earlier writing is shown.",
     "Earlier writing by this user: match their vocabulary, tone, structure and length.",
@@ -114,10 +116,19 @@ def build_tiny_tokenizer():
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=specials,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(_CORPUS * 4, trainer=trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                   bos_token="<|im_start|>", unk_token=None)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        bos_token="<|im_start|>",
+        unk_token=None,
+    )
     fast.chat_template = CHATML_TEMPLATE
     return fast

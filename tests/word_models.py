@@ -25,8 +25,17 @@ assistant user system good bad kind cold warm reply
 
 
 def _corpus() -> str:
-    parts = [prompts.SCORE_PREFIX, prompts.JUDGE_SYSTEM, prompts.BYSTANDER_SYSTEM, prompts.CRITERIA_SYSTEM, grpo.POLICY_SYSTEM,
-             grpo.POLICY_USER, EXTRA_TEXT, *prompts.RUBRICS.values(), *prompts.BYSTANDER_ITEMS.values()]
+    parts = [
+        prompts.SCORE_PREFIX,
+        prompts.JUDGE_SYSTEM,
+        prompts.BYSTANDER_SYSTEM,
+        prompts.CRITERIA_SYSTEM,
+        grpo.POLICY_SYSTEM,
+        grpo.POLICY_USER,
+        EXTRA_TEXT,
+        *prompts.RUBRICS.values(),
+        *prompts.BYSTANDER_ITEMS.values(),
+    ]
     return "\n".join(parts)
 
 
@@ -37,8 +46,9 @@ def build_word_tokenizer() -> PreTrainedTokenizerFast:
     vocab = {tok: i for i, tok in enumerate(SPECIALS + words)}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]",
-                                   bos_token="[BOS]", eos_token="[EOS]")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", bos_token="[BOS]", eos_token="[EOS]"
+    )
     fast.chat_template = CHAT_TEMPLATE
     return fast
 

@@ -63,8 +63,14 @@ class PaddingCollator:
     on pads, and ``labels`` (B, T) when the features carry labels.
     """
 
-    def __init__(self, pad_token_id: int, *, padding_side: str = "right", pad_to_multiple_of: int | None = None,
-                 label_pad_id: int = IGNORE_INDEX):
+    def __init__(
+        self,
+        pad_token_id: int,
+        *,
+        padding_side: str = "right",
+        pad_to_multiple_of: int | None = None,
+        label_pad_id: int = IGNORE_INDEX,
+    ):
         if padding_side not in ("left", "right"):
             raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
         if pad_token_id is None:
@@ -86,7 +92,9 @@ class PaddingCollator:
             if not x:
                 raise ValueError(f"feature {i} has empty input_ids")
             if lab is not None and len(lab) != len(x):
-                raise ValueError(f"feature {i}: labels ({len(lab)}) and input_ids ({len(x)}) differ in length")
+                raise ValueError(
+                    f"feature {i}: labels ({len(lab)}) and input_ids ({len(x)}) differ in length"
+                )
         width = _round_up(max(len(x) for x in ids), self.pad_to_multiple_of)
         batch = len(ids)
         input_ids = torch.full((batch, width), self.pad_token_id, dtype=torch.long)
@@ -117,8 +125,10 @@ def pack_indices(lengths: Sequence[int], max_length: int) -> list[list[int]]:
     room: list[int] = []
     for i, n in enumerate(lengths):
         if n > max_length:
-            raise ValueError(f"example {i} has {n} tokens > max_length={max_length}; truncate it first "
-                             "(PromptBuilder(max_length=...))")
+            raise ValueError(
+                f"example {i} has {n} tokens > max_length={max_length}; truncate it first "
+                "(PromptBuilder(max_length=...))"
+            )
         for r, free in enumerate(room):
             if n <= free:
                 rows[r].append(i)
@@ -144,16 +154,26 @@ class PackingCollator:
     through :meth:`pack` for tests and analysis.
     """
 
-    def __init__(self, max_length: int, pad_token_id: int, *, pad_to_multiple_of: int | None = None,
-                 set_use_cache_false: bool = True):
+    def __init__(
+        self,
+        max_length: int,
+        pad_token_id: int,
+        *,
+        pad_to_multiple_of: int | None = None,
+        set_use_cache_false: bool = True,
+    ):
         if pad_token_id is None:
-            raise ValueError("pad_token_id is None: set tokenizer.pad_token (any id works; pads are never labels)")
+            raise ValueError(
+                "pad_token_id is None: set tokenizer.pad_token (any id works; pads are never labels)"
+            )
         self.max_length = int(max_length)
         self.pad_token_id = int(pad_token_id)
         self.pad_to_multiple_of = pad_to_multiple_of
         self.set_use_cache_false = set_use_cache_false
 
-    def pack(self, features: Sequence[Mapping[str, Any]]) -> tuple[dict[str, torch.Tensor], list[list[tuple[int, int, int]]]]:
+    def pack(
+        self, features: Sequence[Mapping[str, Any]]
+    ) -> tuple[dict[str, torch.Tensor], list[list[tuple[int, int, int]]]]:
         """The packed batch and, per row, ``(example index, start, end)`` of every example in it."""
         if not features:
             raise ValueError("cannot collate an empty batch")
@@ -163,7 +183,9 @@ class PackingCollator:
             if not x:
                 raise ValueError(f"feature {i} has empty input_ids")
             if len(lab) != len(x):
-                raise ValueError(f"feature {i}: labels ({len(lab)}) and input_ids ({len(x)}) differ in length")
+                raise ValueError(
+                    f"feature {i}: labels ({len(lab)}) and input_ids ({len(x)}) differ in length"
+                )
         rows = pack_indices([len(x) for x in ids], self.max_length)
         width = _round_up(max(sum(len(ids[i]) for i in row) for row in rows), self.pad_to_multiple_of)
         n_rows = len(rows)
@@ -176,10 +198,10 @@ class PackingCollator:
             row_slices = []
             for i in row:
                 n = len(ids[i])
-                input_ids[r, start:start + n] = torch.tensor(ids[i], dtype=torch.long)
-                out_labels[r, start:start + n] = torch.tensor(labels[i], dtype=torch.long)
+                input_ids[r, start : start + n] = torch.tensor(ids[i], dtype=torch.long)
+                out_labels[r, start : start + n] = torch.tensor(labels[i], dtype=torch.long)
                 out_labels[r, start] = IGNORE_INDEX  # never predict across a sequence boundary
-                position_ids[r, start:start + n] = torch.arange(n)
+                position_ids[r, start : start + n] = torch.arange(n)
                 row_slices.append((i, start, start + n))
                 start += n
             position_ids[r, start:] = torch.arange(width - start)  # padding tail: its own block

@@ -3,7 +3,7 @@
 The Trainer brings gradient accumulation, mixed precision, checkpoints with optimizer/scheduler/RNG
 state (resume after an interruption loses no step) and multi-process training: run the same
 command under ``accelerate launch`` with one of the configs in ``train/accelerate/`` for DDP, FSDP
-or DeepSpeed ZeRO. Methods (DESIGN §5):
+or DeepSpeed ZeRO. Methods (docs/design.md §5):
 
 * ``flythinker`` — generator + reasoner, trained by the generator's loss only;
 * ``sft`` — the generator alone, on the same data and the same prompts, so results compare.
@@ -37,9 +37,21 @@ logger = logging.getLogger(__name__)
 METHODS = ("flythinker", "sft")
 REASONER_MODES = ("full", "freeze", "lora")
 LORA_TARGETS = r".*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"  # peft full-matches names
-MODEL_OPTION_FIELDS: tuple[str, ...] = ("fusion_lambda", "norm_eps", "projection", "fusion_gate", "center_reasoner")
-RECIPE_FIELDS: tuple[str, ...] = ("projection", "fusion_gate", "center_reasoner", "lambda_warmup_steps",
-                                  "center_reasoner_batches", "warm_start_lr_multiplier")
+MODEL_OPTION_FIELDS: tuple[str, ...] = (
+    "fusion_lambda",
+    "norm_eps",
+    "projection",
+    "fusion_gate",
+    "center_reasoner",
+)
+RECIPE_FIELDS: tuple[str, ...] = (
+    "projection",
+    "fusion_gate",
+    "center_reasoner",
+    "lambda_warmup_steps",
+    "center_reasoner_batches",
+    "warm_start_lr_multiplier",
+)
 """FinetuneConfig fields a ``--recipe`` fills in when they are left unset (None)."""
 """FinetuneConfig fields passed unchanged to ``FlyThinkerConfig`` (a new config option: add a field of the same
 name to FinetuneConfig, its name here and its help in ``flythinker.cli.FINETUNE_HELP``; the CLI exposes it)."""
@@ -104,7 +116,9 @@ class FinetuneConfig:
 
         recipes = ["default", *(name for name in RECIPES if RECIPES[name].method == "flythinker")]
         if self.recipe not in recipes:
-            raise ValueError(f"--recipe must be one of {recipes}, got {self.recipe!r} (the SFT baseline is --method sft)")
+            raise ValueError(
+                f"--recipe must be one of {recipes}, got {self.recipe!r} (the SFT baseline is --method sft)"
+            )
         recipe = get_recipe(self.recipe)
         values = {
             "projection": recipe.config_overrides.get("projection", "zero_pad"),
@@ -132,17 +146,34 @@ class FinetuneConfig:
                      hint=" (steps, or a fraction in (0, 1) of all steps; 0 = off)")  # fmt: skip
         _check_int("center_reasoner_batches", self.center_reasoner_batches, 0)
         if self.center_reasoner and self.center_reasoner_batches < 1 and self.method == "flythinker":
-            raise ValueError("--center-reasoner true needs --center-reasoner-batches >= 1 (batches that estimate μ)")
+            raise ValueError(
+                "--center-reasoner true needs --center-reasoner-batches >= 1 (batches that estimate μ)"
+            )
         _check_float("warm_start_lr_multiplier", self.warm_start_lr_multiplier, low=0.0, low_open=True)
         _check_choice("method", self.method, METHODS)
         _check_choice("reasoner_mode", self.reasoner_mode, REASONER_MODES)
         _check_choice("profile_drop", self.profile_drop, ("oldest", "least_relevant"))
-        for name in ("packing", "lora_generator", "gradient_checkpointing", "bf16", "use_fused_loss", "overwrite"):
+        for name in (
+            "packing",
+            "lora_generator",
+            "gradient_checkpointing",
+            "bf16",
+            "use_fused_loss",
+            "overwrite",
+        ):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{_flag(name)} must be true or false, got {getattr(self, name)!r}")
-        for name, low in (("max_length", 8), ("max_target_tokens", 1), ("lora_rank", 1), ("lora_alpha", 1),
-                          ("global_batch_size", 1), ("per_device_batch_size", 1), ("logging_steps", 1),
-                          ("save_steps", 1), ("seed", 0)):
+        for name, low in (
+            ("max_length", 8),
+            ("max_target_tokens", 1),
+            ("lora_rank", 1),
+            ("lora_alpha", 1),
+            ("global_batch_size", 1),
+            ("per_device_batch_size", 1),
+            ("logging_steps", 1),
+            ("save_steps", 1),
+            ("seed", 0),
+        ):
             _check_int(name, getattr(self, name), low)
         for name in ("save_total_limit", "max_records"):
             if getattr(self, name) is not None:
@@ -157,14 +188,19 @@ class FinetuneConfig:
         _check_float("fusion_lambda", self.fusion_lambda)
         _check_float("norm_eps", self.norm_eps, low=0.0)
         if self.global_batch_size < self.per_device_batch_size:
-            raise ValueError(f"--global-batch-size ({self.global_batch_size}) must be >= --per-device-batch-size "
-                             f"({self.per_device_batch_size})")
+            raise ValueError(
+                f"--global-batch-size ({self.global_batch_size}) must be >= --per-device-batch-size "
+                f"({self.per_device_batch_size})"
+            )
         if self.max_target_tokens >= self.max_length:
-            raise ValueError(f"--max-target-tokens ({self.max_target_tokens}) must be < --max-length ({self.max_length})")
+            raise ValueError(
+                f"--max-target-tokens ({self.max_target_tokens}) must be < --max-length ({self.max_length})"
+            )
         train = Path(self.train_file)
         if train.is_dir():
-            raise IsADirectoryError(f"--train-file {self.train_file}: is a directory; expected a .jsonl, .json or "
-                                    ".parquet file")
+            raise IsADirectoryError(
+                f"--train-file {self.train_file}: is a directory; expected a .jsonl, .json or .parquet file"
+            )
         if not train.is_file():
             raise FileNotFoundError(f"--train-file {self.train_file}: no such file")
         from flythinker.modeling.loading import check_model_source
@@ -173,18 +209,26 @@ class FinetuneConfig:
         if self.reasoner is not None:
             check_model_source(self.reasoner, "--reasoner")
         if Path(self.output_dir).exists() and not Path(self.output_dir).is_dir():
-            raise NotADirectoryError(f"--output-dir {self.output_dir}: is a file; expected a (new) run directory")
+            raise NotADirectoryError(
+                f"--output-dir {self.output_dir}: is a file; expected a (new) run directory"
+            )
         resume = self.resume_from_checkpoint
         if resume is not None and self.overwrite:
-            raise ValueError("--overwrite deletes the run's checkpoints, --resume-from-checkpoint continues from one: "
-                             "pass only one of them")
+            raise ValueError(
+                "--overwrite deletes the run's checkpoints, --resume-from-checkpoint continues from one: "
+                "pass only one of them"
+            )
         if resume not in (None, "last"):
             if not Path(resume).is_dir():
-                raise FileNotFoundError(f"--resume-from-checkpoint {resume}: no such checkpoint directory "
-                                        "(or pass 'last' for the newest complete one in the run directory)")
+                raise FileNotFoundError(
+                    f"--resume-from-checkpoint {resume}: no such checkpoint directory "
+                    "(or pass 'last' for the newest complete one in the run directory)"
+                )
             if not checkpoint_is_complete(Path(resume)):
-                raise ValueError(f"--resume-from-checkpoint {resume}: the checkpoint is incomplete (a run was killed "
-                                 "while saving it); pass 'last' to take the newest complete one")
+                raise ValueError(
+                    f"--resume-from-checkpoint {resume}: the checkpoint is incomplete (a run was killed "
+                    "while saving it); pass 'last' to take the newest complete one"
+                )
 
     def model_options(self) -> dict[str, Any]:
         """The FlyThinkerConfig options of this run (:data:`MODEL_OPTION_FIELDS`)."""
@@ -205,8 +249,15 @@ def _check_int(name: str, value: Any, low: int, hint: str = "") -> None:
         raise ValueError(f"{_flag(name)} must be an integer >= {low}{hint}; got {value!r}")
 
 
-def _check_float(name: str, value: Any, *, low: float | None = None, high: float | None = None,
-                 low_open: bool = False, hint: str = "") -> None:
+def _check_float(
+    name: str,
+    value: Any,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    hint: str = "",
+) -> None:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if ok and low is not None:
         ok = value > low if low_open else value >= low
@@ -226,7 +277,7 @@ def load_tokenizer(path: str):
     """The generator's tokenizer, with SmolLM2's end-of-turn fix and a pad token."""
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.eos_token == "<|im_start|>" and "<|im_end|>" in tokenizer.get_vocab():
-        tokenizer.eos_token = "<|im_end|>"  # DESIGN §7: the GGUF metadata names the wrong token
+        tokenizer.eos_token = "<|im_end|>"  # docs/design.md §7: the GGUF metadata names the wrong token
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -277,7 +328,9 @@ def apply_adapters(model, config: FinetuneConfig) -> None:
         return
     from peft import LoraConfig, inject_adapter_in_model
 
-    lora = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, target_modules=LORA_TARGETS, lora_dropout=0.0)
+    lora = LoraConfig(
+        r=config.lora_rank, lora_alpha=config.lora_alpha, target_modules=LORA_TARGETS, lora_dropout=0.0
+    )
     for module in targets:
         inject_adapter_in_model(lora, module)
 
@@ -293,7 +346,9 @@ def merge_adapters(model) -> int:
         if isinstance(module, LoraLayer):
             module.merge()
             parent_name, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent_name) if parent_name else model, child, module.get_base_layer())
+            setattr(
+                model.get_submodule(parent_name) if parent_name else model, child, module.get_base_layer()
+            )
             merged += 1
     return merged
 
@@ -329,7 +384,9 @@ class MeanNormAndThroughputCallback(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs is not None and self.start is not None:
             elapsed = max(time.perf_counter() - self.start, 1e-9)
-            logs["real_tokens_per_second"] = round((self.counter.real_tokens - self.tokens_at_start) / elapsed, 2)
+            logs["real_tokens_per_second"] = round(
+                (self.counter.real_tokens - self.tokens_at_start) / elapsed, 2
+            )
 
 
 class TrainingDivergedError(RuntimeError):
@@ -338,8 +395,11 @@ class TrainingDivergedError(RuntimeError):
 
 def _last_good(checkpoints: Path) -> str:
     last = last_complete_checkpoint(checkpoints)
-    return (f"the last good checkpoint is {last} (resume from it with a lower --learning-rate)" if last
-            else "no checkpoint was saved before it")
+    return (
+        f"the last good checkpoint is {last} (resume from it with a lower --learning-rate)"
+        if last
+        else "no checkpoint was saved before it"
+    )
 
 
 class DivergenceGuard(TrainerCallback):
@@ -546,8 +606,10 @@ def read_training_records(config: FinetuneConfig):
     if config.max_records is not None:
         records = records[: config.max_records]
     if not records:
-        raise ValueError(f"--train-file {config.train_file}: holds no records; training needs at least one "
-                         "(LongLaMP-style JSONL: one object per line)")
+        raise ValueError(
+            f"--train-file {config.train_file}: holds no records; training needs at least one "
+            "(LongLaMP-style JSONL: one object per line)"
+        )
     return records
 
 
@@ -626,8 +688,10 @@ def _resolve_resume(config: FinetuneConfig) -> str | None:
         return config.resume_from_checkpoint
     last = last_complete_checkpoint(checkpoints_dir(config))
     if last is None:
-        logger.warning("--resume-from-checkpoint last: no complete checkpoint in %s; starting from step 0",
-                       checkpoints_dir(config))
+        logger.warning(
+            "--resume-from-checkpoint last: no complete checkpoint in %s; starting from step 0",
+            checkpoints_dir(config),
+        )
         return None
     logger.info("resuming from %s", last)
     return str(last)
@@ -645,7 +709,11 @@ def _load_final_checkpoint(model, checkpoint: Path, trainer) -> dict[str, Any]:
     from transformers import TrainerState
 
     index = checkpoint / "model.safetensors.index.json"
-    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists() else ["model.safetensors"]
+    files = (
+        sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        if index.exists()
+        else ["model.safetensors"]
+    )
     state_dict: dict[str, torch.Tensor] = {}
     for name in files:
         state_dict.update(load_file(str(checkpoint / name)))
@@ -653,8 +721,10 @@ def _load_final_checkpoint(model, checkpoint: Path, trainer) -> dict[str, Any]:
     tied = set(getattr(model, "all_tied_weights_keys", {}) or {})
     missing = [k for k in missing if k not in tied]
     if missing or unexpected:
-        raise ValueError(f"{checkpoint}: weights do not match the model (missing {missing[:5]}, unexpected "
-                         f"{unexpected[:5]}); resume from another checkpoint")
+        raise ValueError(
+            f"{checkpoint}: weights do not match the model (missing {missing[:5]}, unexpected "
+            f"{unexpected[:5]}); resume from another checkpoint"
+        )
     model.tie_weights()
     trainer.state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
     logger.info("%s is the final step: loaded it instead of training", checkpoint)
@@ -710,11 +780,16 @@ def _loading(what: str, load):
             raise
         raise ValueError(f"{what}: {' '.join(str(error).split())}") from error
     except Exception as error:  # noqa: BLE001 - transformers / safetensors / hub errors of many types
-        raise ValueError(f"{what}: cannot load it: {type(error).__name__}: {' '.join(str(error).split())}") from error
+        raise ValueError(
+            f"{what}: cannot load it: {type(error).__name__}: {' '.join(str(error).split())}"
+        ) from error
 
 
-def run_finetune(config: FinetuneConfig, callbacks: list[TrainerCallback] | None = None,
-                 options: dict[str, Any] | None = None) -> dict[str, Any]:
+def run_finetune(
+    config: FinetuneConfig,
+    callbacks: list[TrainerCallback] | None = None,
+    options: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Train, save the final model (adapters merged) + tokenizer to ``<output_dir>/model``; return metrics.
 
     Everything is validated (options, run directory, data, model configs, the models themselves) before
@@ -727,10 +802,14 @@ def run_finetune(config: FinetuneConfig, callbacks: list[TrainerCallback] | None
     config.validate()
     check_run_directory(config)
     records = read_training_records(config)
-    models = f"--generator {config.generator}" + (f" / --reasoner {config.reasoner}" if config.reasoner else "")
+    models = f"--generator {config.generator}" + (
+        f" / --reasoner {config.reasoner}" if config.reasoner else ""
+    )
     _loading(models, lambda: check_model_options(config))
     torch.manual_seed(config.seed)
-    tokenizer = _loading(f"--generator {config.generator} (its tokenizer)", lambda: load_tokenizer(config.generator))
+    tokenizer = _loading(
+        f"--generator {config.generator} (its tokenizer)", lambda: load_tokenizer(config.generator)
+    )
     dataset = prepare_dataset(config, tokenizer, records)
     dtype = torch.bfloat16 if config.bf16 and not torch.cuda.is_available() else torch.float32
     model = _loading(models, lambda: build_model(config, tokenizer, dtype=dtype))
@@ -765,9 +844,13 @@ def run_finetune(config: FinetuneConfig, callbacks: list[TrainerCallback] | None
         processing_class=tokenizer,
         checkpoints=checkpoints_dir(config),
         warm_start_lr_multiplier=config.warm_start_lr_multiplier if config.method == "flythinker" else 1.0,
-        callbacks=[MeanNormAndThroughputCallback(counter), DivergenceGuard(checkpoints_dir(config)),
-                   AtomicCheckpoints(checkpoints_dir(config), config.save_total_limit),
-                   *warm_start_callbacks(config), *(callbacks or [])],
+        callbacks=[
+            MeanNormAndThroughputCallback(counter),
+            DivergenceGuard(checkpoints_dir(config)),
+            AtomicCheckpoints(checkpoints_dir(config), config.save_total_limit),
+            *warm_start_callbacks(config),
+            *(callbacks or []),
+        ],
     )
     if config.method == "flythinker" and config.center_reasoner and resume is None:
         estimate_center(model, dataset, collator, config)
@@ -791,8 +874,10 @@ def run_finetune(config: FinetuneConfig, callbacks: list[TrainerCallback] | None
             logger.info("merged %d LoRA layers into their base weights", merged)
         bad = non_finite_parameter(model)
         if bad is not None:
-            raise TrainingDivergedError(f"refusing to save non-finite final weights ({bad} holds NaN/inf); "
-                                        f"{_last_good(checkpoints_dir(config))}")
+            raise TrainingDivergedError(
+                f"refusing to save non-finite final weights ({bad} holds NaN/inf); "
+                f"{_last_good(checkpoints_dir(config))}"
+            )
         staged = out / f".model.partial-{os.getpid()}"
         shutil.rmtree(staged, ignore_errors=True)
         model.save_pretrained(staged)

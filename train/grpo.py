@@ -46,17 +46,30 @@ def policy_prompt(sample: EmpathySample, conversational: bool = True, prefill_an
     ``prefill_analysis`` starts the answer with the ``# Analysis`` heading (a final assistant message,
     or the end of the string prompt), so every completion is at least half in format.
     """
-    memories = f"What you remember about the user:\n{format_memories(sample.memories)}\n" if sample.memories else ""
-    user = POLICY_USER.format(persona=sample.persona or "(unknown)", scenario=sample.scenario or "(none)",
-                              memories=memories, query=sample.query)
+    memories = (
+        f"What you remember about the user:\n{format_memories(sample.memories)}\n" if sample.memories else ""
+    )
+    user = POLICY_USER.format(
+        persona=sample.persona or "(unknown)",
+        scenario=sample.scenario or "(none)",
+        memories=memories,
+        query=sample.query,
+    )
     if conversational:
         messages = [{"role": "system", "content": POLICY_SYSTEM}, {"role": "user", "content": user}]
-        return messages + [{"role": "assistant", "content": ANALYSIS_PREFILL}] if prefill_analysis else messages
+        return (
+            messages + [{"role": "assistant", "content": ANALYSIS_PREFILL}] if prefill_analysis else messages
+        )
     return f"{POLICY_SYSTEM}\n\n{user}\n\n" + (ANALYSIS_PREFILL if prefill_analysis else "")
 
 
-def build_grpo_dataset(samples: Sequence[EmpathySample], *, variant: str = "perm", conversational: bool = True,
-                       prefill_analysis: bool = False):
+def build_grpo_dataset(
+    samples: Sequence[EmpathySample],
+    *,
+    variant: str = "perm",
+    conversational: bool = True,
+    prefill_analysis: bool = False,
+):
     """A ``datasets.Dataset`` with ``prompt`` and the context columns the reward functions read.
 
     With string prompts and ``prefill_analysis``, pass ``completion_prefix=ANALYSIS_PREFILL`` to
@@ -75,9 +88,22 @@ def build_grpo_dataset(samples: Sequence[EmpathySample], *, variant: str = "perm
     return Dataset.from_dict(rows)
 
 
-def make_grpo_trainer(policy, tokenizer, train_dataset, scorer, *, variant: str = "perm", combine: str = "harmonic",
-                      weights=None, bystander_coef: float = 0.5, length_coef: float = 0.001,
-                      length_limit: int = 768, completion_prefix: str = "", args=None, **config_kwargs):
+def make_grpo_trainer(
+    policy,
+    tokenizer,
+    train_dataset,
+    scorer,
+    *,
+    variant: str = "perm",
+    combine: str = "harmonic",
+    weights=None,
+    bystander_coef: float = 0.5,
+    length_coef: float = 0.001,
+    length_limit: int = 768,
+    completion_prefix: str = "",
+    args=None,
+    **config_kwargs,
+):
     """(``GRPOTrainer``, ``PermRewardFunctions``) wired with PERM's three reward components.
 
     ``args`` is a ``GRPOConfig`` (else one is built from ``config_kwargs``); its ``reward_weights``
@@ -85,10 +111,17 @@ def make_grpo_trainer(policy, tokenizer, train_dataset, scorer, *, variant: str 
     """
     from trl import GRPOConfig, GRPOTrainer
 
-    rewards = PermRewardFunctions(scorer, variant=variant, combine=combine, weights=weights,
-                                  bystander_coef=bystander_coef, length_coef=length_coef,
-                                  length_limit=length_limit, tokenizer=tokenizer,
-                                  completion_prefix=completion_prefix)
+    rewards = PermRewardFunctions(
+        scorer,
+        variant=variant,
+        combine=combine,
+        weights=weights,
+        bystander_coef=bystander_coef,
+        length_coef=length_coef,
+        length_limit=length_limit,
+        tokenizer=tokenizer,
+        completion_prefix=completion_prefix,
+    )
     if args is None:
         args = GRPOConfig(**{"reward_weights": rewards.reward_weights, **config_kwargs})
     elif config_kwargs:
@@ -96,7 +129,14 @@ def make_grpo_trainer(policy, tokenizer, train_dataset, scorer, *, variant: str 
     if args.reward_weights is None:
         args.reward_weights = rewards.reward_weights
     elif len(args.reward_weights) != 3:
-        raise ValueError(f"reward_weights must have 3 entries (empathy, bystander, length), got {args.reward_weights}")
-    trainer = GRPOTrainer(model=policy, reward_funcs=rewards.funcs, args=args, train_dataset=train_dataset,
-                          processing_class=tokenizer)
+        raise ValueError(
+            f"reward_weights must have 3 entries (empathy, bystander, length), got {args.reward_weights}"
+        )
+    trainer = GRPOTrainer(
+        model=policy,
+        reward_funcs=rewards.funcs,
+        args=args,
+        train_dataset=train_dataset,
+        processing_class=tokenizer,
+    )
     return trainer, rewards

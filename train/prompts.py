@@ -59,8 +59,12 @@ _ELLIPSIS = "…"
 # ------------------------------------------------------------------------------------ rendering
 _FIELD_LABELS: dict[str, tuple[tuple[str, str], ...]] = {
     "abstract_generation": (("title", "Title"), ("abstract", "Abstract")),
-    "product_review": (("description", "Product"), ("overall", "Rating"), ("summary", "Summary"),
-                       ("reviewText", "Review")),
+    "product_review": (
+        ("description", "Product"),
+        ("overall", "Rating"),
+        ("summary", "Summary"),
+        ("reviewText", "Review"),
+    ),
     "topic_writing": (("summary", "Summary"), ("content", "Content")),
 }
 
@@ -83,8 +87,11 @@ def render_profile_item(item: Mapping[str, Any], task: str | None = None) -> str
     for name in order:
         labels = _FIELD_LABELS[name]
         if any(key in item for key, _ in labels if key in ("abstract", "reviewText", "content")):
-            lines = [f"{label}: {str(item[key]).strip()}" for key, label in labels
-                     if item.get(key) not in (None, "")]
+            lines = [
+                f"{label}: {str(item[key]).strip()}"
+                for key, label in labels
+                if item.get(key) not in (None, "")
+            ]
             return "\n".join(lines)
     if "text" in item:
         return str(item["text"]).strip()
@@ -108,7 +115,9 @@ def _words(text: str) -> set[str]:
     return {w for w in _WORD.findall(text.lower()) if w not in _STOPWORDS}
 
 
-def relevance_scores(items: Sequence[Mapping[str, Any]], request: str, task: str | None = None) -> list[float]:
+def relevance_scores(
+    items: Sequence[Mapping[str, Any]], request: str, task: str | None = None
+) -> list[float]:
     """Lexical overlap of each item with the request: |W(item) ∩ W(request)| / max(1, |W(request)|).
 
     W(text) is the set of lower-cased ``[a-z0-9]+`` words minus a small stop-word list (which also
@@ -119,8 +128,9 @@ def relevance_scores(items: Sequence[Mapping[str, Any]], request: str, task: str
     return [len(_words(render_profile_item(it, task)) & req) / denom for it in items]
 
 
-def drop_order(items: Sequence[Mapping[str, Any]], request: str, policy: str = "oldest",
-               task: str | None = None) -> list[int]:
+def drop_order(
+    items: Sequence[Mapping[str, Any]], request: str, policy: str = "oldest", task: str | None = None
+) -> list[int]:
     """Indices of ``items`` in the order they are dropped (first = dropped first).
 
     ``"oldest"``: by ``date`` (string order, ISO dates) when every item has a string ``date``,
@@ -211,20 +221,27 @@ class PromptBuilder:
         if end is None:
             raise ValueError("the tokenizer has no eos_token: pass end_token= (the end-of-turn token)")
         if end == "<|im_start|>":
-            raise ValueError("the end token is '<|im_start|>' (SmolLM2's GGUF metadata names it as EOS); the real "
-                             "end of turn is '<|im_end|>': set tokenizer.eos_token = '<|im_end|>' or pass "
-                             "end_token='<|im_end|>'")
+            raise ValueError(
+                "the end token is '<|im_start|>' (SmolLM2's GGUF metadata names it as EOS); the real "
+                "end of turn is '<|im_end|>': set tokenizer.eos_token = '<|im_end|>' or pass "
+                "end_token='<|im_end|>'"
+            )
         end_id = tokenizer.convert_tokens_to_ids(end)
-        if end_id is None or (tokenizer.unk_token_id is not None and end_id == tokenizer.unk_token_id
-                              and end != tokenizer.unk_token):
+        if end_id is None or (
+            tokenizer.unk_token_id is not None
+            and end_id == tokenizer.unk_token_id
+            and end != tokenizer.unk_token
+        ):
             raise ValueError(f"end token {end!r} is not in the tokenizer's vocabulary")
         self.end_token, self.end_token_id = end, int(end_id)
         self.prefix_ids, self.suffix_ids = self._split_template()
         overhead = len(self.prefix_ids) + len(self.suffix_ids) + 1 + cfg.max_target_tokens + 1
         if cfg.max_length < overhead:
-            raise ValueError(f"max_length={cfg.max_length} is too small: the chat template takes "
-                             f"{len(self.prefix_ids) + len(self.suffix_ids)} tokens, the target up to "
-                             f"{cfg.max_target_tokens} + 1 and the request at least 1")
+            raise ValueError(
+                f"max_length={cfg.max_length} is too small: the chat template takes "
+                f"{len(self.prefix_ids) + len(self.suffix_ids)} tokens, the target up to "
+                f"{cfg.max_target_tokens} + 1 and the request at least 1"
+            )
 
     # ------------------------------------------------------------------ template
     def messages(self, content: str) -> list[dict[str, str]]:
@@ -238,11 +255,14 @@ class PromptBuilder:
     def _split_template(self) -> tuple[list[int], list[int]]:
         if getattr(self.tokenizer, "chat_template", None) is None:
             raise ValueError("the tokenizer has no chat_template; set tokenizer.chat_template first")
-        text = self.tokenizer.apply_chat_template(self.messages(_SENTINEL), tokenize=False,
-                                                  add_generation_prompt=True)
+        text = self.tokenizer.apply_chat_template(
+            self.messages(_SENTINEL), tokenize=False, add_generation_prompt=True
+        )
         if text.count(_SENTINEL) != 1:
-            raise ValueError("the chat template does not reproduce the user message verbatim exactly once; "
-                             "flythinker needs a template that inserts message['content'] unchanged")
+            raise ValueError(
+                "the chat template does not reproduce the user message verbatim exactly once; "
+                "flythinker needs a template that inserts message['content'] unchanged"
+            )
         prefix, suffix = text.split(_SENTINEL)
         return self._tok(prefix, template=True), self._tok(suffix, template=True)
 
@@ -275,7 +295,9 @@ class PromptBuilder:
         """Number of tokens of user ``text`` as the builder tokenizes it."""
         return len(self._tok(text))
 
-    def build_content(self, record: PersonalizedRecord, budget: int | None = None) -> tuple[str, dict[str, Any]]:
+    def build_content(
+        self, record: PersonalizedRecord, budget: int | None = None
+    ) -> tuple[str, dict[str, Any]]:
         """The user-message text for ``record`` fitted into ``budget`` content tokens.
 
         Returns ``(content, info)`` with ``info`` = ``num_profile_items``,
@@ -285,8 +307,12 @@ class PromptBuilder:
         cfg = self.config
         rendered = [render_profile_item(it, record.task) for it in record.profile]
         keep_priority = drop_order(record.profile, record.request, cfg.profile_drop, record.task)[::-1]
-        info = {"num_profile_items": len(rendered), "num_profile_items_kept": 0,
-                "profile_item_truncated": False, "request_truncated": False}
+        info = {
+            "num_profile_items": len(rendered),
+            "num_profile_items_kept": 0,
+            "profile_item_truncated": False,
+            "request_truncated": False,
+        }
 
         def assemble(kept: Sequence[int], cut: tuple[int, str] | None = None) -> str:
             texts = [cut[1] if cut is not None and i == cut[0] else rendered[i] for i in sorted(kept)]
@@ -298,8 +324,9 @@ class PromptBuilder:
 
         # additive estimates: separator-first pieces tokenize as they do inside the whole string for
         # byte-level BPE; the exact length is checked (and fixed) below for any tokenizer.
-        pieces = self._tok_many([cfg.profile_header or " "] + [_ITEM_SEP + r for r in rendered]
-                                + [_ITEM_SEP + record.request])
+        pieces = self._tok_many(
+            [cfg.profile_header or " "] + [_ITEM_SEP + r for r in rendered] + [_ITEM_SEP + record.request]
+        )
         n_header = len(pieces[0]) if cfg.profile_header else 0
         n_items, n_request = [len(p) for p in pieces[1:-1]], len(pieces[-1])
         total = n_header + n_request
@@ -343,8 +370,10 @@ class PromptBuilder:
                 info["request_truncated"] = True
                 return content, info
             m -= max(1, excess)
-        raise ValueError(f"record of user {record.user_id!r}: not even one request token fits the prompt budget "
-                         f"of {budget} content tokens (raise max_length)")
+        raise ValueError(
+            f"record of user {record.user_id!r}: not even one request token fits the prompt budget "
+            f"of {budget} content tokens (raise max_length)"
+        )
 
     # ------------------------------------------------------------------ encoding
     def prompt_budget(self, n_target: int | None = None) -> int:
@@ -372,20 +401,33 @@ class PromptBuilder:
         """A training example: ``input_ids``, ``attention_mask``, ``labels`` (-100 on the prompt),
         ``prompt_length``, ``target_truncated`` and the truncation info of :meth:`build_content`."""
         if record.target is None:
-            raise ValueError(f"record of user {record.user_id!r} has no target; use encode_prompt() for generation")
+            raise ValueError(
+                f"record of user {record.user_id!r} has no target; use encode_prompt() for generation"
+            )
         target, target_cut = self.target_ids(record.target)
         content, info = self.build_content(record, self.prompt_budget(len(target)))
         prompt = self.prefix_ids + self._tok(content) + self.suffix_ids
         ids = prompt + target
-        return {"input_ids": ids, "attention_mask": [1] * len(ids),
-                "labels": [IGNORE_INDEX] * len(prompt) + list(target), "prompt_length": len(prompt),
-                "target_truncated": target_cut, **info}
+        return {
+            "input_ids": ids,
+            "attention_mask": [1] * len(ids),
+            "labels": [IGNORE_INDEX] * len(prompt) + list(target),
+            "prompt_length": len(prompt),
+            "target_truncated": target_cut,
+            **info,
+        }
 
     __call__ = encode
 
 
-def encode_records(records: Iterable[PersonalizedRecord], builder: PromptBuilder, *, for_generation: bool = False,
-                   progress: bool = True, desc: str = "encoding") -> list[dict[str, Any]]:
+def encode_records(
+    records: Iterable[PersonalizedRecord],
+    builder: PromptBuilder,
+    *,
+    for_generation: bool = False,
+    progress: bool = True,
+    desc: str = "encoding",
+) -> list[dict[str, Any]]:
     """Encode many records (``builder.encode`` or, with ``for_generation``, ``builder.encode_prompt``)
     with a tqdm progress bar."""
     from tqdm.auto import tqdm

@@ -35,7 +35,16 @@ from typing import Any
 
 from flythinker.train.records import TASK_SCHEMAS, TASKS, PersonalizedRecord, required_fields_phrase
 
-USER_ID_FIELDS: tuple[str, ...] = ("user_id", "name", "author", "reviewerId", "reviewer_id", "user", "uid", "id")
+USER_ID_FIELDS: tuple[str, ...] = (
+    "user_id",
+    "name",
+    "author",
+    "reviewerId",
+    "reviewer_id",
+    "user",
+    "uid",
+    "id",
+)
 """Top-level fields tried, in order, for the user id of a LongLaMP record."""
 
 _SCALAR = (str, int, float, bool)
@@ -73,8 +82,10 @@ def _decode_line(raw: bytes, loc: _Loc) -> str:
     try:
         return raw.decode("utf-8-sig" if loc.number == 1 else "utf-8")  # a BOM on line 1 is tolerated
     except UnicodeDecodeError as exc:
-        raise loc.error(f"invalid UTF-8 (byte {exc.start + 1} of the line: {raw[exc.start:exc.start + 4]!r}); "
-                        "save the file as UTF-8") from None
+        raise loc.error(
+            f"invalid UTF-8 (byte {exc.start + 1} of the line: {raw[exc.start : exc.start + 4]!r}); "
+            "save the file as UTF-8"
+        ) from None
 
 
 def _iter_jsonl(path: Path, name: str) -> Iterator[tuple[_Loc, Any]]:
@@ -96,15 +107,21 @@ def _iter_json(path: Path, name: str) -> Iterator[tuple[_Loc, Any]]:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
-        raise ValueError(f"{name} line {line}: invalid UTF-8 (byte {raw[exc.start:exc.start + 1]!r}); save the file "
-                         "as UTF-8") from None
+        raise ValueError(
+            f"{name} line {line}: invalid UTF-8 (byte {raw[exc.start : exc.start + 1]!r}); save the file "
+            "as UTF-8"
+        ) from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{name}: invalid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+        raise ValueError(
+            f"{name}: invalid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
+        ) from None
     if not isinstance(data, list):
-        raise ValueError(f"{name}: expected a JSON list of records at the top level, got {_type_name(data)} "
-                         "(use .jsonl for one record per line)")
+        raise ValueError(
+            f"{name}: expected a JSON list of records at the top level, got {_type_name(data)} "
+            "(use .jsonl for one record per line)"
+        )
     for i, row in enumerate(data, start=1):
         yield _Loc(name, "record", i), row
 
@@ -127,8 +144,9 @@ def _iter_source(source: Any, split: str | None) -> Iterator[tuple[_Loc, Any]]:
         path = Path(source)
         name = str(source)
         if path.is_dir():
-            raise IsADirectoryError(f"{name}: is a directory; expected a .jsonl, .json or .parquet file "
-                                    "(name the file inside it)")
+            raise IsADirectoryError(
+                f"{name}: is a directory; expected a .jsonl, .json or .parquet file (name the file inside it)"
+            )
         if not path.is_file():
             raise FileNotFoundError(f"{name}: no such file")
         suffix = path.suffix.lower()
@@ -152,7 +170,9 @@ def _iter_source(source: Any, split: str | None) -> Iterator[tuple[_Loc, Any]]:
     if module.startswith("datasets"):
         return _iter_rows(source, f"<{type(source).__name__}>")
     if isinstance(source, Mapping):
-        raise TypeError("read_records expects a path, a datasets object or an iterable of dicts; got a single dict")
+        raise TypeError(
+            "read_records expects a path, a datasets object or an iterable of dicts; got a single dict"
+        )
     if isinstance(source, Iterable):
         return _iter_rows(source, "<records>")
     raise TypeError(f"cannot read records from {type(source).__name__}")
@@ -202,19 +222,26 @@ def _normalize_profile(loc: _Loc, profile: Any, task: str) -> list[dict[str, Any
     items: list[dict[str, Any]] = []
     for k, item in enumerate(profile, start=1):
         if not isinstance(item, Mapping):
-            raise loc.error(f'field "profile" item {k} must be an object with {phrase}, got {_type_name(item)}')
+            raise loc.error(
+                f'field "profile" item {k} must be an object with {phrase}, got {_type_name(item)}'
+            )
         for key in required:
             if key not in item:
-                raise loc.error(f'field "profile" item {k} is missing "{key}" (task {task} expects {phrase}; '
-                                f"item has {sorted(item.keys())})")
+                raise loc.error(
+                    f'field "profile" item {k} is missing "{key}" (task {task} expects {phrase}; '
+                    f"item has {sorted(item.keys())})"
+                )
             if not isinstance(item[key], str):
-                raise loc.error(f'field "profile" item {k} field "{key}" must be a string, '
-                                f"got {_type_name(item[key])}")
+                raise loc.error(
+                    f'field "profile" item {k} field "{key}" must be a string, got {_type_name(item[key])}'
+                )
         clean = dict(item)
         for key in optional:
             if key in clean and clean[key] is not None and not isinstance(clean[key], _SCALAR):
-                raise loc.error(f'field "profile" item {k} field "{key}" must be a string or number, '
-                                f"got {_type_name(clean[key])}")
+                raise loc.error(
+                    f'field "profile" item {k} field "{key}" must be a string or number, '
+                    f"got {_type_name(clean[key])}"
+                )
         items.append(clean)
     return items
 
@@ -226,15 +253,23 @@ def _user_id(loc: _Loc, row: Mapping[str, Any], user_field: str | None) -> tuple
         if key in row and row[key] is not None:
             value = row[key]
             if not isinstance(value, (str, int)):
-                raise loc.error(f'field "{key}" (user id) must be a string or integer, got {_type_name(value)}')
+                raise loc.error(
+                    f'field "{key}" (user id) must be a string or integer, got {_type_name(value)}'
+                )
             return str(value), key
     if user_field:
         raise loc.error(f'field "{user_field}" (user id) is missing')
     return "", None
 
 
-def normalize_record(row: Any, *, task: str, loc: str | _Loc = "<record>", require_target: bool = True,
-                     user_field: str | None = None) -> PersonalizedRecord:
+def normalize_record(
+    row: Any,
+    *,
+    task: str,
+    loc: str | _Loc = "<record>",
+    require_target: bool = True,
+    user_field: str | None = None,
+) -> PersonalizedRecord:
     """Validate one raw record (LongLaMP or reference format) and return it normalized.
 
     Args:
@@ -259,22 +294,38 @@ def normalize_record(row: Any, *, task: str, loc: str | _Loc = "<record>", requi
         if profile is None:
             profile = ""
         if not isinstance(profile, str):
-            raise loc.error(f'field "profile" of a reference-format record ("inp"/"profile"/"target") must be '
-                            f"one string, got {_type_name(profile)}")
+            raise loc.error(
+                f'field "profile" of a reference-format record ("inp"/"profile"/"target") must be '
+                f"one string, got {_type_name(profile)}"
+            )
         target = _require_str(loc, row, "target", hint=hint) if (require_target or "target" in row) else None
         user_id, ufield = _user_id(loc, row, user_field)
         items = [{"text": profile}] if profile.strip() else []
         used = {"inp", "profile", "target"} | ({ufield} if ufield else set())
         meta = {k: v for k, v in row.items() if k not in used}
-        return PersonalizedRecord(user_id=user_id, request=request, target=target, profile=items,
-                                  task=task or "reference", meta=meta)
+        return PersonalizedRecord(
+            user_id=user_id,
+            request=request,
+            target=target,
+            profile=items,
+            task=task or "reference",
+            meta=meta,
+        )
     if "input" not in row:
-        raise loc.error('field "input" is missing (expected a LongLaMP record with "input", "output" and '
-                        '"profile", or a reference record with "inp", "profile" and "target")')
+        raise loc.error(
+            'field "input" is missing (expected a LongLaMP record with "input", "output" and '
+            '"profile", or a reference record with "inp", "profile" and "target")'
+        )
     request = _require_str(loc, row, "input")
-    target = _require_str(loc, row, "output", hint=hint) if (require_target or row.get("output") is not None) else None
+    target = (
+        _require_str(loc, row, "output", hint=hint)
+        if (require_target or row.get("output") is not None)
+        else None
+    )
     if "profile" not in row:
-        raise loc.error(f'field "profile" is missing (expected a list of objects with {required_fields_phrase(task)})')
+        raise loc.error(
+            f'field "profile" is missing (expected a list of objects with {required_fields_phrase(task)})'
+        )
     items = _normalize_profile(loc, row["profile"], task)
     user_id, ufield = _user_id(loc, row, user_field)
     record_id = None
@@ -282,12 +333,19 @@ def normalize_record(row: Any, *, task: str, loc: str | _Loc = "<record>", requi
         record_id = str(row["id"])
     used = {"input", "output", "profile", "id"} | ({ufield} if ufield else set())
     meta = {k: v for k, v in row.items() if k not in used}
-    return PersonalizedRecord(user_id=user_id, request=request, target=target, profile=items, task=task,
-                              id=record_id, meta=meta)
+    return PersonalizedRecord(
+        user_id=user_id, request=request, target=target, profile=items, task=task, id=record_id, meta=meta
+    )
 
 
-def read_records(source: Any, *, task: str | None = None, split: str | None = None,
-                 require_target: bool = True, user_field: str | None = None) -> list[PersonalizedRecord]:
+def read_records(
+    source: Any,
+    *,
+    task: str | None = None,
+    split: str | None = None,
+    require_target: bool = True,
+    user_field: str | None = None,
+) -> list[PersonalizedRecord]:
     """Read and validate every record of ``source``.
 
     Args:
@@ -311,8 +369,10 @@ def read_records(source: Any, *, task: str | None = None, split: str | None = No
     rows = list(_iter_source(source, split))
     if task is None:
         task = _detect_source_task(rows)
-    return [normalize_record(row, task=task, loc=loc, require_target=require_target, user_field=user_field)
-            for loc, row in rows]
+    return [
+        normalize_record(row, task=task, loc=loc, require_target=require_target, user_field=user_field)
+        for loc, row in rows
+    ]
 
 
 def _detect_source_task(rows: list[tuple[_Loc, Any]]) -> str:
@@ -330,8 +390,10 @@ def _detect_source_task(rows: list[tuple[_Loc, Any]]) -> str:
         if found is None or found == "reference":
             keys = sorted({k for item in profile if isinstance(item, Mapping) for k in item})
             expected = "; ".join(f"{t}: {required_fields_phrase(t)}" for t in TASKS if t != "reference")
-            raise loc.error(f'cannot detect the task from the fields of "profile" items {keys}; expected one of '
-                            f"({expected}) or pass task=")
+            raise loc.error(
+                f'cannot detect the task from the fields of "profile" items {keys}; expected one of '
+                f"({expected}) or pass task="
+            )
         return found
     if longlamp_seen:
         # only empty profiles: no schema to check; abstract_generation is as good as any
@@ -341,8 +403,9 @@ def _detect_source_task(rows: list[tuple[_Loc, Any]]) -> str:
     return "reference"
 
 
-def read_splits(source: Any, *, splits: Iterable[str] = ("train", "val", "test"), prefix: str = "",
-                **kwargs: Any) -> dict[str, list[PersonalizedRecord]]:
+def read_splits(
+    source: Any, *, splits: Iterable[str] = ("train", "val", "test"), prefix: str = "", **kwargs: Any
+) -> dict[str, list[PersonalizedRecord]]:
     """Read several splits at once.
 
     ``source`` is either a ``DatasetDict`` (every requested split present is read) or a directory
@@ -370,8 +433,9 @@ def read_splits(source: Any, *, splits: Iterable[str] = ("train", "val", "test")
     return out
 
 
-def write_jsonl(records: Iterable[PersonalizedRecord], path: str | os.PathLike, *,
-                extra: Mapping[str, Any] | None = None) -> None:
+def write_jsonl(
+    records: Iterable[PersonalizedRecord], path: str | os.PathLike, *, extra: Mapping[str, Any] | None = None
+) -> None:
     """Write records in the LongLaMP schema, one JSON object per line (``extra`` merged into each)."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", encoding="utf-8") as fh:

@@ -59,8 +59,12 @@ class PersonalizedRecord:
 
     def to_longlamp(self) -> dict[str, Any]:
         """The LongLaMP-schema dict (``name``, ``input``, ``output``, ``profile`` + ``meta``)."""
-        out: dict[str, Any] = {"name": self.user_id, "input": self.request, "output": self.target,
-                               "profile": [dict(p) for p in self.profile]}
+        out: dict[str, Any] = {
+            "name": self.user_id,
+            "input": self.request,
+            "output": self.target,
+            "profile": [dict(p) for p in self.profile],
+        }
         if self.id is not None:
             out["id"] = self.id
         out.update(self.meta)

@@ -29,16 +29,26 @@ from flythinker.rewards.encoding import encode_samples
 from flythinker.rewards.formula import ALL_DIMENSIONS
 from flythinker.rewards.samples import EmpathySample
 
-DIMENSION_RANGES: dict[str, float] = {"resonation": 4.0, "expression": 4.0, "reception": 4.0, "bystander": 100.0}
+DIMENSION_RANGES: dict[str, float] = {
+    "resonation": 4.0,
+    "expression": 4.0,
+    "reception": 4.0,
+    "bystander": 100.0,
+}
 OBJECTIVES = ("regression", "bradley_terry")
 
 
-def regression_loss(pred: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor],
-                    dimensions: Sequence[str] | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+def regression_loss(
+    pred: Mapping[str, torch.Tensor],
+    target: Mapping[str, torch.Tensor],
+    dimensions: Sequence[str] | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
     """Per-dimension range-normalised MSE, summed; also returns each dimension's loss."""
     dims = [d for d in (dimensions or ALL_DIMENSIONS) if d in target]
     if not dims:
-        raise ValueError(f"no regression targets among {list(dimensions or ALL_DIMENSIONS)}; got {sorted(target)}")
+        raise ValueError(
+            f"no regression targets among {list(dimensions or ALL_DIMENSIONS)}; got {sorted(target)}"
+        )
     total, parts = 0.0, {}
     for d in dims:
         y = target[d].to(pred[d].device, torch.float32)
@@ -77,14 +87,18 @@ class RewardCollator:
             return out
         enc = encode_samples(self.tokenizer, [e["sample"] for e in examples], max_length=self.max_length)
         dims = sorted({d for e in examples for d in e["targets"]})
-        enc["targets"] = {d: torch.tensor([float(e["targets"].get(d, math.nan)) for e in examples]) for d in dims}
+        enc["targets"] = {
+            d: torch.tensor([float(e["targets"].get(d, math.nan)) for e in examples]) for d in dims
+        }
         return enc
 
 
 def _score(model, batch: Mapping, head: str, prefix: str = "") -> dict[str, torch.Tensor]:
     device = next(model.parameters()).device
-    kwargs = {"input_ids": batch[prefix + "input_ids"].to(device),
-              "attention_mask": batch[prefix + "attention_mask"].to(device)}
+    kwargs = {
+        "input_ids": batch[prefix + "input_ids"].to(device),
+        "attention_mask": batch[prefix + "attention_mask"].to(device),
+    }
     if batch.get(prefix + "analysis_mask") is not None:
         kwargs["analysis_mask"] = batch[prefix + "analysis_mask"].to(device)
     out = model.score_rewards(**kwargs)
@@ -97,14 +111,25 @@ def batch_loss(model, batch: Mapping, objective: str, head: str = "perm") -> tor
     if objective == "regression":
         return regression_loss(_score(model, batch, head), batch["targets"])[0]
     if objective == "bradley_terry":
-        return bradley_terry_loss(_score(model, batch, head, "chosen_")["reward"],
-                                  _score(model, batch, head, "rejected_")["reward"])
+        return bradley_terry_loss(
+            _score(model, batch, head, "chosen_")["reward"], _score(model, batch, head, "rejected_")["reward"]
+        )
     raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
 
 
-def fit_reward_heads(model, batches: Iterable[Mapping], *, objective: str = "regression", head: str = "perm",
-                     epochs: int = 1, lr: float = 1e-4, weight_decay: float = 0.0, train_backbone: bool = True,
-                     max_grad_norm: float | None = 1.0, progress: bool = True) -> list[float]:
+def fit_reward_heads(
+    model,
+    batches: Iterable[Mapping],
+    *,
+    objective: str = "regression",
+    head: str = "perm",
+    epochs: int = 1,
+    lr: float = 1e-4,
+    weight_decay: float = 0.0,
+    train_backbone: bool = True,
+    max_grad_norm: float | None = 1.0,
+    progress: bool = True,
+) -> list[float]:
     """A plain AdamW loop; returns the loss of every step.  ``train_backbone=False`` trains only
     parameters under ``reward_heads`` (the rest is frozen for the call and restored after)."""
     if objective not in OBJECTIVES:
@@ -160,14 +185,25 @@ def pairwise_accuracy(model, pair_batches: Iterable[Mapping], head: str = "perm"
     return right / max(total, 1)
 
 
-def distill_from_judge(model, tokenizer, judge, samples: Sequence[EmpathySample], *, head: str = "perm",
-                       dimensions: Sequence[str] = ALL_DIMENSIONS, batch_size: int = 8, max_length: int = 1024,
-                       **fit_kwargs) -> tuple[list[float], dict[str, list[float]]]:
+def distill_from_judge(
+    model,
+    tokenizer,
+    judge,
+    samples: Sequence[EmpathySample],
+    *,
+    head: str = "perm",
+    dimensions: Sequence[str] = ALL_DIMENSIONS,
+    batch_size: int = 8,
+    max_length: int = 1024,
+    **fit_kwargs,
+) -> tuple[list[float], dict[str, list[float]]]:
     """Score ``samples`` with the local judge and regress the head on those scores.
 
     Returns (per-step losses, the judge's targets)."""
     targets = judge.score(samples, dimensions)
     collate = RewardCollator(tokenizer, max_length)
-    examples = [{"sample": s, "targets": {d: targets[d][i] for d in dimensions}} for i, s in enumerate(samples)]
-    batches = [collate(examples[i:i + batch_size]) for i in range(0, len(examples), batch_size)]
+    examples = [
+        {"sample": s, "targets": {d: targets[d][i] for d in dimensions}} for i, s in enumerate(samples)
+    ]
+    batches = [collate(examples[i : i + batch_size]) for i in range(0, len(examples), batch_size)]
     return fit_reward_heads(model, batches, objective="regression", head=head, **fit_kwargs), targets

@@ -44,8 +44,13 @@ class PermRecord:
         return self.dialogue[0]
 
     def sample(self, analysis: str = "", response: str = "") -> EmpathySample:
-        return EmpathySample(query=self.query, persona=self.persona, scenario=self.scenario,
-                             analysis=analysis, response=response)
+        return EmpathySample(
+            query=self.query,
+            persona=self.persona,
+            scenario=self.scenario,
+            analysis=analysis,
+            response=response,
+        )
 
 
 @dataclass
@@ -67,9 +72,15 @@ class PersonaEmpSession:
     def samples(self, use_relevant_mem: bool = True) -> list[EmpathySample]:
         """One PereGRM sample per query: memories = the query's ``relevant_mem`` (or all memories)."""
         return [
-            EmpathySample(query=q.query, persona=self.persona, scenario=q.situation,
-                          memories=(q.relevant_mem or self.extracted_memory) if use_relevant_mem
-                          else self.extracted_memory, criteria=q.criteria)
+            EmpathySample(
+                query=q.query,
+                persona=self.persona,
+                scenario=q.situation,
+                memories=(q.relevant_mem or self.extracted_memory)
+                if use_relevant_mem
+                else self.extracted_memory,
+                criteria=q.criteria,
+            )
             for q in self.queries
         ]
 
@@ -127,7 +138,9 @@ def _persona(value: Any, where: str) -> str:
             return value["identity"]
         if all(isinstance(v, (str, int, float)) for v in value.values()):
             return "\n".join(f"{k}: {v}" for k, v in value.items())
-    raise _fail(where, "persona", "a string or an object with a string 'identity' (or flat string values)", value)
+    raise _fail(
+        where, "persona", "a string or an object with a string 'identity' (or flat string values)", value
+    )
 
 
 def _string_list(value: Any, where: str, name: str, allow_empty: bool = True) -> list[str]:
@@ -183,13 +196,15 @@ def parse_personaemp_session(obj: Any, where: str = "<session>") -> PersonaEmpSe
     queries = []
     for i, q in enumerate(raw_queries):
         qwhere = f"{where}: queries[{i}]"
-        queries.append(PersonaEmpQuery(
-            query=_text(_require(q, qwhere, "query"), qwhere, "query"),
-            category=_text(q.get("category", ""), qwhere, "category", allow_empty=True),
-            situation=_text(q.get("situation", ""), qwhere, "situation", allow_empty=True),
-            relevant_mem=_string_list(q.get("relevant_mem"), qwhere, "relevant_mem"),
-            criteria=_criteria(q.get("criteria"), qwhere),
-        ))
+        queries.append(
+            PersonaEmpQuery(
+                query=_text(_require(q, qwhere, "query"), qwhere, "query"),
+                category=_text(q.get("category", ""), qwhere, "category", allow_empty=True),
+                situation=_text(q.get("situation", ""), qwhere, "situation", allow_empty=True),
+                relevant_mem=_string_list(q.get("relevant_mem"), qwhere, "relevant_mem"),
+                criteria=_criteria(q.get("criteria"), qwhere),
+            )
+        )
     return PersonaEmpSession(persona=persona, queries=queries, extracted_memory=memory, source=where)
 
 

@@ -35,13 +35,20 @@ __all__ = [
 def _fusion(model: nn.Module):
     fusion = getattr(model, "fusion", None)
     if fusion is None:
-        raise TypeError(f"{type(model).__name__} has no `fusion` module: warm starts apply to FlyThinker models")
+        raise TypeError(
+            f"{type(model).__name__} has no `fusion` module: warm starts apply to FlyThinker models"
+        )
     return fusion
 
 
 def set_lambda_scale(model: nn.Module, scale: float) -> None:
     """Set ``s`` in [0, 1] (the injection weight is then λ·s)."""
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or not 0 <= scale <= 1:
+    if (
+        isinstance(scale, bool)
+        or not isinstance(scale, (int, float))
+        or not math.isfinite(scale)
+        or not 0 <= scale <= 1
+    ):
         raise ValueError(f"lambda scale must be a number in [0, 1], got {scale!r}")
     _fusion(model).lambda_scale = float(scale)
 
@@ -61,7 +68,9 @@ def estimate_reasoner_center(
     ``model.fusion.reasoner_center`` and returned. Needs ``center_reasoner=True`` in the config."""
     fusion = _fusion(model)
     if fusion.reasoner_center is None:
-        raise ValueError("this model has no reasoner centre: build it with FlyThinkerConfig(center_reasoner=True)")
+        raise ValueError(
+            "this model has no reasoner centre: build it with FlyThinkerConfig(center_reasoner=True)"
+        )
     was_training = model.training
     model.eval()
     total, count = None, 0

@@ -1,4 +1,4 @@
-"""flythinker.decoding: the concurrent think-while-generating decoding engine (DESIGN §1).
+"""flythinker.decoding: the concurrent think-while-generating decoding engine (docs/design.md §1).
 
 Entry points::
 

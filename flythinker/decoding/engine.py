@@ -1,6 +1,6 @@
 """The think-while-generating decode loop: ``prefill``, ``decode_one_token``, ``decode_n_tokens``, ``generate``.
 
-Schedule (DESIGN §1)::
+Schedule (docs/design.md §1)::
 
     prefill   chunks c_0..c_{n-1} of the prompt:  R(c_0);  then  R(c_{k+1}) ∥ G(c_k, h of c_k);  G's
               LM head on the last position only  → sample x_{T0}

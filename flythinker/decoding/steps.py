@@ -74,7 +74,9 @@ class GeneratorSide:
         self.decoder = model.generator.get_decoder()
         self.fusion = model.fusion  # m̄ is cached there until the table changes
 
-    def forward_chunk(self, input_ids, reasoner_hidden, gate, prev_hidden, attention_mask, position_ids, cache):
+    def forward_chunk(
+        self, input_ids, reasoner_hidden, gate, prev_hidden, attention_mask, position_ids, cache
+    ):
         """Generator over a chunk: ``reasoner_hidden`` [B, L, d] holds h for the chunk's own positions,
         ``prev_hidden`` [B, d] (or None at the prompt start) the state just before it. Returns the
         last position's hidden state [B, d_G]."""
@@ -95,7 +97,9 @@ class GeneratorSide:
         """One token per row: x̃_t = E_G[x_t] + λ·r_{t-1}; returns logits [B, V]."""
         gate = position_ids != 0  # a_{t-1} = 1 for every generated position (prompts are non-empty)
         # Only prev_hidden is read for a one-token chunk (row 0 of the shifted sources).
-        last = self.forward_chunk(tokens, prev_hidden[:, None], gate, prev_hidden, attention_mask, position_ids, cache)
+        last = self.forward_chunk(
+            tokens, prev_hidden[:, None], gate, prev_hidden, attention_mask, position_ids, cache
+        )
         return self.logits(last)
 
 

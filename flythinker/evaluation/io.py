@@ -10,8 +10,14 @@ from pathlib import Path
 from typing import Any
 
 
-def prediction_row(index: int, prediction: str, *, record: Any | None = None, reference: str | None = None,
-                   extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def prediction_row(
+    index: int,
+    prediction: str,
+    *,
+    record: Any | None = None,
+    reference: str | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """One predictions.jsonl row: ``index``, (``id``, ``user_id``, ``request`` of ``record``), ``prediction``,
     ``reference`` (default: the record's target), then ``extra``."""
     row: dict[str, Any] = {"index": index}
@@ -27,9 +33,14 @@ def prediction_row(index: int, prediction: str, *, record: Any | None = None, re
     return row
 
 
-def write_predictions_jsonl(path: str | os.PathLike, predictions: Sequence[str], *,
-                            references: Sequence[str | None] | None = None, records: Sequence[Any] | None = None,
-                            extra: Sequence[Mapping[str, Any]] | None = None) -> Path:
+def write_predictions_jsonl(
+    path: str | os.PathLike,
+    predictions: Sequence[str],
+    *,
+    references: Sequence[str | None] | None = None,
+    records: Sequence[Any] | None = None,
+    extra: Sequence[Mapping[str, Any]] | None = None,
+) -> Path:
     """Write one JSON object per prediction (:func:`prediction_row`).
 
     Each line holds ``index``, ``prediction``, ``reference`` (when given) and, when ``records``
@@ -46,8 +57,11 @@ def write_predictions_jsonl(path: str | os.PathLike, predictions: Sequence[str],
     with open(out, "w", encoding="utf-8") as fh:
         for i, pred in enumerate(predictions):
             row = prediction_row(
-                i, pred, record=None if records is None else records[i],
-                reference=None if references is None else references[i], extra=None if extra is None else extra[i],
+                i,
+                pred,
+                record=None if records is None else records[i],
+                reference=None if references is None else references[i],
+                extra=None if extra is None else extra[i],
             )
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
     return out
@@ -61,8 +75,10 @@ def read_predictions_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
     """
     source = Path(path)
     if source.is_dir():
-        raise IsADirectoryError(f"{path}: is a directory; expected a predictions .jsonl file (e.g. "
-                                f"{source / 'predictions.jsonl'})")
+        raise IsADirectoryError(
+            f"{path}: is a directory; expected a predictions .jsonl file (e.g. "
+            f"{source / 'predictions.jsonl'})"
+        )
     if not source.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     rows = []
@@ -71,8 +87,10 @@ def read_predictions_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
             try:
                 line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
             except UnicodeDecodeError as exc:
-                raise ValueError(f"{path} line {lineno}: invalid UTF-8 (byte {exc.start + 1} of the line); "
-                                 "save the file as UTF-8") from None
+                raise ValueError(
+                    f"{path} line {lineno}: invalid UTF-8 (byte {exc.start + 1} of the line); "
+                    "save the file as UTF-8"
+                ) from None
             if not line.strip():
                 continue
             try:
@@ -82,8 +100,10 @@ def read_predictions_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
             if not isinstance(row, dict):
                 raise ValueError(f"{path} line {lineno}: expected a JSON object, got {type(row).__name__}")
             if "index" in row and row["index"] != len(rows):
-                raise ValueError(f"{path} line {lineno}: index {row['index']!r} where {len(rows)} was expected: the "
-                                 "file repeats, skips or mixes rows of different runs")
+                raise ValueError(
+                    f"{path} line {lineno}: index {row['index']!r} where {len(rows)} was expected: the "
+                    "file repeats, skips or mixes rows of different runs"
+                )
             rows.append(row)
     return rows
 

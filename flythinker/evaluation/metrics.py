@@ -55,8 +55,16 @@ _ASCII_WORD = re.compile(r"^[a-z0-9]+$")
 # Scripts written without spaces whose characters are words or morphemes: Han (with extensions and
 # compatibility ideographs), Hiragana, Katakana (and its phonetic extensions), Bopomofo.
 _CJK_RANGES = (
-    (0x3040, 0x30FF), (0x3100, 0x312F), (0x31A0, 0x31BF), (0x31F0, 0x31FF), (0x3400, 0x4DBF),
-    (0x4E00, 0x9FFF), (0xF900, 0xFAFF), (0xFF66, 0xFF9F), (0x20000, 0x2FA1F), (0x30000, 0x323AF),
+    (0x3040, 0x30FF),
+    (0x3100, 0x312F),
+    (0x31A0, 0x31BF),
+    (0x31F0, 0x31FF),
+    (0x3400, 0x4DBF),
+    (0x4E00, 0x9FFF),
+    (0xF900, 0xFAFF),
+    (0xFF66, 0xFF9F),
+    (0x20000, 0x2FA1F),
+    (0x30000, 0x323AF),
 )
 
 
@@ -71,8 +79,16 @@ def is_cjk(char: str) -> bool:
 # Combining Diacritical Marks, Latin Extended Additional, super/subscripts, letterlike symbols, number
 # forms, enclosed alphanumerics, Latin Extended-C/D/E, Latin ligatures.
 _LATIN_BLOCKS = (
-    (0x0080, 0x036F), (0x1D00, 0x1DFF), (0x1E00, 0x1EFF), (0x2070, 0x209F), (0x2100, 0x218F), (0x2460, 0x24FF),
-    (0x2C60, 0x2C7F), (0xA720, 0xA7FF), (0xAB30, 0xAB6F), (0xFB00, 0xFB06),
+    (0x0080, 0x036F),
+    (0x1D00, 0x1DFF),
+    (0x1E00, 0x1EFF),
+    (0x2070, 0x209F),
+    (0x2100, 0x218F),
+    (0x2460, 0x24FF),
+    (0x2C60, 0x2C7F),
+    (0xA720, 0xA7FF),
+    (0xAB30, 0xAB6F),
+    (0xFB00, 0xFB06),
 )
 
 
@@ -153,8 +169,13 @@ def _ref_lists(predictions: Sequence[str], references: References) -> list[list[
     return out
 
 
-def rouge_scores(predictions: Sequence[str], references: References, *,
-                 rouge_types: Sequence[str] = ("rouge1", "rougeL"), use_stemmer: bool = True) -> dict[str, list[float]]:
+def rouge_scores(
+    predictions: Sequence[str],
+    references: References,
+    *,
+    rouge_types: Sequence[str] = ("rouge1", "rougeL"),
+    use_stemmer: bool = True,
+) -> dict[str, list[float]]:
     """Per-example ROUGE F-measures: ``{rouge_type: [f_1, ..., f_n]}``."""
     from rouge_score import rouge_scorer
 
@@ -182,8 +203,14 @@ def meteor_tokenize(text: str) -> list[str]:
     return words
 
 
-def meteor_scores(predictions: Sequence[str], references: References, *, alpha: float = 0.9, beta: float = 3.0,
-                  gamma: float = 0.5) -> list[float]:
+def meteor_scores(
+    predictions: Sequence[str],
+    references: References,
+    *,
+    alpha: float = 0.9,
+    beta: float = 3.0,
+    gamma: float = 0.5,
+) -> list[float]:
     """Per-example METEOR (NLTK, WordNet synonyms). Raises ``WordNetNotFoundError`` with the fix."""
     from nltk.translate.meteor_score import meteor_score
 
@@ -227,9 +254,14 @@ def _mean(values: Sequence[float]) -> float:
     return float(sum(values) / len(values)) if values else float("nan")
 
 
-def compute_metrics(predictions: Sequence[str], references: References, *,
-                    metrics: Sequence[str] = DEFAULT_METRICS, use_stemmer: bool = True,
-                    per_example: bool = False) -> dict[str, Any]:
+def compute_metrics(
+    predictions: Sequence[str],
+    references: References,
+    *,
+    metrics: Sequence[str] = DEFAULT_METRICS,
+    use_stemmer: bool = True,
+    per_example: bool = False,
+) -> dict[str, Any]:
     """Corpus-level metrics as LongLaMP reports them (see the module docstring).
 
     Args:

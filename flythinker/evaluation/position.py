@@ -42,21 +42,27 @@ def split_windows(text: str, *, window_words: int | None = None, num_windows: in
     if window_words is not None:
         if window_words < 1:
             raise ValueError(f"window_words must be >= 1, got {window_words}")
-        return [" ".join(words[i:i + window_words]) for i in range(0, len(words), window_words)]
+        return [" ".join(words[i : i + window_words]) for i in range(0, len(words), window_words)]
     if num_windows < 1:
         raise ValueError(f"num_windows must be >= 1, got {num_windows}")
     base, extra = divmod(len(words), num_windows)
     out, start = [], 0
     for k in range(num_windows):
         size = base + (1 if k < extra else 0)
-        out.append(" ".join(words[start:start + size]))
+        out.append(" ".join(words[start : start + size]))
         start += size
     return out
 
 
-def metrics_by_position(predictions: Sequence[str], references: Sequence[str], *, window_words: int | None = 50,
-                        num_windows: int | None = None, metrics: Sequence[str] = POSITION_METRICS,
-                        use_stemmer: bool = True) -> list[dict[str, Any]]:
+def metrics_by_position(
+    predictions: Sequence[str],
+    references: Sequence[str],
+    *,
+    window_words: int | None = 50,
+    num_windows: int | None = None,
+    metrics: Sequence[str] = POSITION_METRICS,
+    use_stemmer: bool = True,
+) -> list[dict[str, Any]]:
     """Average metrics per output window (see the module docstring for the two windowings).
 
     Args:

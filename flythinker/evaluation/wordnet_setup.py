@@ -28,26 +28,78 @@ from pathlib import Path
 DEBIAN_WORDNET_DIR = "/usr/share/wordnet"
 
 WORDNET_FILES: tuple[str, ...] = (
-    "cntlist.rev", "index.sense", "index.adj", "index.adv", "index.noun", "index.verb",
-    "data.adj", "data.adv", "data.noun", "data.verb", "adj.exc", "adv.exc", "noun.exc", "verb.exc",
+    "cntlist.rev",
+    "index.sense",
+    "index.adj",
+    "index.adv",
+    "index.noun",
+    "index.verb",
+    "data.adj",
+    "data.adv",
+    "data.noun",
+    "data.verb",
+    "adj.exc",
+    "adv.exc",
+    "noun.exc",
+    "verb.exc",
 )
 """Files NLTK's ``WordNetCorpusReader`` opens, besides the generated ``lexnames``."""
 
 _POS_NUMBER = {"noun": 1, "verb": 2, "adj": 3, "adv": 4}
 LEXNAMES: tuple[str, ...] = (
-    "adj.all", "adj.pert", "adv.all", "noun.Tops", "noun.act", "noun.animal", "noun.artifact", "noun.attribute",
-    "noun.body", "noun.cognition", "noun.communication", "noun.event", "noun.feeling", "noun.food", "noun.group",
-    "noun.location", "noun.motive", "noun.object", "noun.person", "noun.phenomenon", "noun.plant",
-    "noun.possession", "noun.process", "noun.quantity", "noun.relation", "noun.shape", "noun.state",
-    "noun.substance", "noun.time", "verb.body", "verb.change", "verb.cognition", "verb.communication",
-    "verb.competition", "verb.consumption", "verb.contact", "verb.creation", "verb.emotion", "verb.motion",
-    "verb.perception", "verb.possession", "verb.social", "verb.stative", "verb.weather", "adj.ppl",
+    "adj.all",
+    "adj.pert",
+    "adv.all",
+    "noun.Tops",
+    "noun.act",
+    "noun.animal",
+    "noun.artifact",
+    "noun.attribute",
+    "noun.body",
+    "noun.cognition",
+    "noun.communication",
+    "noun.event",
+    "noun.feeling",
+    "noun.food",
+    "noun.group",
+    "noun.location",
+    "noun.motive",
+    "noun.object",
+    "noun.person",
+    "noun.phenomenon",
+    "noun.plant",
+    "noun.possession",
+    "noun.process",
+    "noun.quantity",
+    "noun.relation",
+    "noun.shape",
+    "noun.state",
+    "noun.substance",
+    "noun.time",
+    "verb.body",
+    "verb.change",
+    "verb.cognition",
+    "verb.communication",
+    "verb.competition",
+    "verb.consumption",
+    "verb.contact",
+    "verb.creation",
+    "verb.emotion",
+    "verb.motion",
+    "verb.perception",
+    "verb.possession",
+    "verb.social",
+    "verb.stative",
+    "verb.weather",
+    "adj.ppl",
 )
 """WordNet 3.0's 45 lexicographer files, in file-number order (lexnames(5WN))."""
 
-SETUP_HINT = ("run `bash scripts/setup_wordnet.sh` (installs the Debian packages wordnet-base and "
-              "wordnet-sense-index and copies WordNet into $NLTK_DATA or ~/nltk_data), or, when "
-              "/usr/share/wordnet already exists, `python -m flythinker.evaluation.wordnet_setup`")
+SETUP_HINT = (
+    "run `bash scripts/setup_wordnet.sh` (installs the Debian packages wordnet-base and "
+    "wordnet-sense-index and copies WordNet into $NLTK_DATA or ~/nltk_data), or, when "
+    "/usr/share/wordnet already exists, `python -m flythinker.evaluation.wordnet_setup`"
+)
 
 
 class WordNetNotFoundError(LookupError):
@@ -66,7 +118,9 @@ def default_nltk_data_dir() -> Path:
     return Path(first) if first else Path.home() / "nltk_data"
 
 
-def install_wordnet(target: str | os.PathLike | None = None, source: str | os.PathLike = DEBIAN_WORDNET_DIR) -> Path:
+def install_wordnet(
+    target: str | os.PathLike | None = None, source: str | os.PathLike = DEBIAN_WORDNET_DIR
+) -> Path:
     """Copy WordNet from ``source`` into ``<target>/corpora/wordnet`` and write ``lexnames``.
 
     Idempotent: files already identical are left alone. Adds ``target`` to ``nltk.data.path`` for
@@ -78,8 +132,10 @@ def install_wordnet(target: str | os.PathLike | None = None, source: str | os.Pa
     src = Path(source)
     missing = [f for f in WORDNET_FILES if not (src / f).is_file()]
     if missing:
-        raise WordNetNotFoundError(f"{src} lacks {missing}: install the Debian packages wordnet-base and "
-                                   "wordnet-sense-index (bash scripts/setup_wordnet.sh does it)")
+        raise WordNetNotFoundError(
+            f"{src} lacks {missing}: install the Debian packages wordnet-base and "
+            "wordnet-sense-index (bash scripts/setup_wordnet.sh does it)"
+        )
     root = Path(target) if target is not None else default_nltk_data_dir()
     dest = root / "corpora" / "wordnet"
     dest.mkdir(parents=True, exist_ok=True)
@@ -114,8 +170,9 @@ def find_wordnet_dir() -> Path:
     try:
         found = nltk.data.find("corpora/wordnet")
     except LookupError:
-        raise WordNetNotFoundError(f"NLTK's WordNet was not found (searched {nltk.data.path}); "
-                                   f"METEOR needs it: {SETUP_HINT}") from None
+        raise WordNetNotFoundError(
+            f"NLTK's WordNet was not found (searched {nltk.data.path}); METEOR needs it: {SETUP_HINT}"
+        ) from None
     path = Path(str(found))
     if path.is_dir():
         missing = [f for f in (*WORDNET_FILES, "lexnames") if not (path / f).is_file()]
@@ -145,18 +202,28 @@ def get_wordnet():
             try:
                 _READERS[key] = WordNetCorpusReader(key, None)
             except (OSError, ValueError, AssertionError) as exc:
-                raise WordNetNotFoundError(f"could not load WordNet from {key} ({exc}): {SETUP_HINT}") from exc
+                raise WordNetNotFoundError(
+                    f"could not load WordNet from {key} ({exc}): {SETUP_HINT}"
+                ) from exc
     return _READERS[key]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m flythinker.evaluation.wordnet_setup",
-                                     description="Copy WordNet 3.0 from the Debian packages into an NLTK data "
-                                                 "folder and generate its lexnames file (offline, idempotent).")
-    parser.add_argument("--target", default=None,
-                        help="NLTK data folder (default: first entry of $NLTK_DATA, else ~/nltk_data)")
-    parser.add_argument("--source", default=DEBIAN_WORDNET_DIR,
-                        help=f"folder with the WordNet database files (default: {DEBIAN_WORDNET_DIR})")
+    parser = argparse.ArgumentParser(
+        prog="python -m flythinker.evaluation.wordnet_setup",
+        description="Copy WordNet 3.0 from the Debian packages into an NLTK data "
+        "folder and generate its lexnames file (offline, idempotent).",
+    )
+    parser.add_argument(
+        "--target",
+        default=None,
+        help="NLTK data folder (default: first entry of $NLTK_DATA, else ~/nltk_data)",
+    )
+    parser.add_argument(
+        "--source",
+        default=DEBIAN_WORDNET_DIR,
+        help=f"folder with the WordNet database files (default: {DEBIAN_WORDNET_DIR})",
+    )
     args = parser.parse_args(argv)
     try:
         dest = install_wordnet(args.target, args.source)

@@ -15,15 +15,23 @@ from flythinker.rewards.samples import EmpathySample, context_text, output_text
 from flythinker.rewards.sections import parse_sections, span_token_mask
 
 
-def encode_reward_texts(tokenizer, contexts: Sequence[str], outputs: Sequence[str], *, max_length: int = 1024,
-                        padding_side: str = "right") -> dict[str, torch.Tensor]:
+def encode_reward_texts(
+    tokenizer,
+    contexts: Sequence[str],
+    outputs: Sequence[str],
+    *,
+    max_length: int = 1024,
+    padding_side: str = "right",
+) -> dict[str, torch.Tensor]:
     """``input_ids``, ``attention_mask``, ``analysis_mask`` (bool) ``[B, T]`` for ``context + output``."""
     if len(contexts) != len(outputs):
         raise ValueError(f"got {len(contexts)} contexts and {len(outputs)} outputs")
     if padding_side not in ("left", "right"):
         raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
     if not getattr(tokenizer, "is_fast", False):
-        raise ValueError("encode_reward_texts needs a fast tokenizer (offset mappings) to locate the analysis span")
+        raise ValueError(
+            "encode_reward_texts needs a fast tokenizer (offset mappings) to locate the analysis span"
+        )
     texts = [c + o for c, o in zip(contexts, outputs)]
     enc = tokenizer(texts, add_special_tokens=True, return_offsets_mapping=True)
     rows, masks = [], []
@@ -48,5 +56,6 @@ def encode_reward_texts(tokenizer, contexts: Sequence[str], outputs: Sequence[st
 
 def encode_samples(tokenizer, samples: Sequence[EmpathySample], **kwargs) -> dict[str, torch.Tensor]:
     """:func:`encode_reward_texts` for samples (context from :func:`context_text`, output re-assembled)."""
-    return encode_reward_texts(tokenizer, [context_text(s) for s in samples], [output_text(s) for s in samples],
-                               **kwargs)
+    return encode_reward_texts(
+        tokenizer, [context_text(s) for s in samples], [output_text(s) for s in samples], **kwargs
+    )

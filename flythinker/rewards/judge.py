@@ -87,9 +87,17 @@ class LocalJudge:
         show_progress: tqdm bar over batches.
     """
 
-    def __init__(self, model, tokenizer, *, batch_size: int = 8, max_length: int = 4096,
-                 score_prefix: str = SCORE_PREFIX, show_progress: bool = False,
-                 criteria_max_new_tokens: int = 96) -> None:
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        *,
+        batch_size: int = 8,
+        max_length: int = 4096,
+        score_prefix: str = SCORE_PREFIX,
+        show_progress: bool = False,
+        criteria_max_new_tokens: int = 96,
+    ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = int(batch_size)
@@ -118,8 +126,10 @@ class LocalJudge:
             text = "".join(f"{m['role'].capitalize()}: {m['content']}\n\n" for m in messages)
             ids = tok.encode(text + "Assistant: " + prefix, add_special_tokens=True)
         if len(ids) > self.max_length:
-            warnings.warn(f"judge prompt of {len(ids)} tokens truncated to its last {self.max_length}", stacklevel=2)
-            ids = ids[-self.max_length:]
+            warnings.warn(
+                f"judge prompt of {len(ids)} tokens truncated to its last {self.max_length}", stacklevel=2
+            )
+            ids = ids[-self.max_length :]
         return ids
 
     def _left_pad(self, rows: list[list[int]], device) -> dict[str, torch.Tensor]:
@@ -127,10 +137,14 @@ class LocalJudge:
         ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
         for i, r in enumerate(rows):
-            ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
-            mask[i, width - len(r):] = 1
+            ids[i, width - len(r) :] = torch.tensor(r, dtype=torch.long)
+            mask[i, width - len(r) :] = 1
         pos = (mask.cumsum(-1) - 1).clamp_min(0)
-        return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "position_ids": pos.to(device)}
+        return {
+            "input_ids": ids.to(device),
+            "attention_mask": mask.to(device),
+            "position_ids": pos.to(device),
+        }
 
     def _device(self) -> torch.device:
         return next(self.model.parameters()).device
@@ -152,7 +166,7 @@ class LocalJudge:
         self.model.eval()
         try:
             for s in starts:
-                idx = order[s:s + self.batch_size]
+                idx = order[s : s + self.batch_size]
                 batch = self._left_pad([rows[i] for i in idx], self._device())
                 try:
                     logits = self.model(**batch, logits_to_keep=1).logits[:, -1]
@@ -165,7 +179,9 @@ class LocalJudge:
 
     # ---------------------------------------------------------------- PereGRM criteria
     @torch.no_grad()
-    def generate_criteria(self, samples: Sequence[EmpathySample], situations: Sequence[str] | None = None) -> list[str]:
+    def generate_criteria(
+        self, samples: Sequence[EmpathySample], situations: Sequence[str] | None = None
+    ) -> list[str]:
         """PereGRM: per-user, per-query criteria text, generated greedily (cached by user and query)."""
         from transformers import GenerationConfig
 
@@ -174,23 +190,31 @@ class LocalJudge:
         if todo:
             rows = [
                 self.render(
-                    criteria_generation_messages(samples[i].query, samples[i].memories, samples[i].persona,
-                                                 situations[i] if situations else ""),
+                    criteria_generation_messages(
+                        samples[i].query,
+                        samples[i].memories,
+                        samples[i].persona,
+                        situations[i] if situations else "",
+                    ),
                     prefix="-",
                 )
                 for i in todo
             ]
-            config = GenerationConfig(max_new_tokens=self.criteria_max_new_tokens, do_sample=False,
-                                      pad_token_id=self.pad_id, eos_token_id=self.tokenizer.eos_token_id)
+            config = GenerationConfig(
+                max_new_tokens=self.criteria_max_new_tokens,
+                do_sample=False,
+                pad_token_id=self.pad_id,
+                eos_token_id=self.tokenizer.eos_token_id,
+            )
             was_training = self.model.training
             self.model.eval()
             try:
                 for s in range(0, len(todo), self.batch_size):
-                    chunk = todo[s:s + self.batch_size]
-                    batch = self._left_pad(rows[s:s + self.batch_size], self._device())
+                    chunk = todo[s : s + self.batch_size]
+                    batch = self._left_pad(rows[s : s + self.batch_size], self._device())
                     batch.pop("position_ids")
                     gen = self.model.generate(**batch, generation_config=config)
-                    new = gen[:, batch["input_ids"].shape[1]:]
+                    new = gen[:, batch["input_ids"].shape[1] :]
                     for i, seq in zip(chunk, new):
                         text = self.tokenizer.decode(seq, skip_special_tokens=True).strip()
                         self._criteria_cache[keys[i]] = "- " + text if text else "- (no criteria)"
@@ -199,8 +223,9 @@ class LocalJudge:
         return [self._criteria_cache[k] for k in keys]
 
     # ---------------------------------------------------------------- PERM / PereGRM scoring
-    def score(self, samples: Sequence[EmpathySample],
-              dimensions: Sequence[str] = ALL_DIMENSIONS) -> dict[str, list[float]]:
+    def score(
+        self, samples: Sequence[EmpathySample], dimensions: Sequence[str] = ALL_DIMENSIONS
+    ) -> dict[str, list[float]]:
         """Scores per dimension: resonation / expression / reception ∈ [1, 5], bystander ∈ [0, 100].
 
         Personalized samples (memories given, criteria ``None``) get criteria generated first.
@@ -228,7 +253,7 @@ class LocalJudge:
         out: dict[str, list[float]] = {}
         pos = 0
         for name, n in slots:
-            vals = flat[pos:pos + n]
+            vals = flat[pos : pos + n]
             pos += n
             out[name] = [(v - 1.0) * 5.0 for v in vals] if name.startswith("bystander/") else vals
         if "bystander" in dimensions:

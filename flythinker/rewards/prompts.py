@@ -114,7 +114,9 @@ def dimension_messages(dimension: str, sample: EmpathySample) -> list[dict[str, 
     """Chat messages asking for a 1–5 score of ``dimension`` (resonation reads the analysis)."""
     if dimension not in RUBRICS:
         raise ValueError(f"unknown judge dimension {dimension!r}; expected one of {tuple(RUBRICS)}")
-    judged, text = ("analysis", sample.analysis) if dimension == "resonation" else ("response", sample.response)
+    judged, text = (
+        ("analysis", sample.analysis) if dimension == "resonation" else ("response", sample.response)
+    )
     user = (
         f"Evaluate the assistant's {judged} on the dimension **{dimension}**.\n\n"
         f"Rubric:\n{RUBRICS[dimension]}{_criteria_block(sample)}\n\n"
@@ -139,8 +141,9 @@ def bystander_messages(item: str, sample: EmpathySample) -> list[dict[str, str]]
     return [{"role": "system", "content": BYSTANDER_SYSTEM}, {"role": "user", "content": user}]
 
 
-def criteria_generation_messages(query: str, memories: list[str], persona: str = "",
-                                 situation: str = "") -> list[dict[str, str]]:
+def criteria_generation_messages(
+    query: str, memories: list[str], persona: str = "", situation: str = ""
+) -> list[dict[str, str]]:
     """PereGRM step 1: ask the local LM for per-user, per-query evaluation criteria."""
     parts = []
     if persona:

@@ -51,13 +51,16 @@ class HeadScorer:
     """A scorer backed by reward heads: any model with ``score_rewards(input_ids, attention_mask,
     analysis_mask)`` returning ``{head: {dimension: Tensor[B]}}`` (EmpathyRewardModel, FlyThinker)."""
 
-    def __init__(self, model, tokenizer, head: str = "perm", *, max_length: int = 1024, batch_size: int = 8) -> None:
+    def __init__(
+        self, model, tokenizer, head: str = "perm", *, max_length: int = 1024, batch_size: int = 8
+    ) -> None:
         self.model, self.tokenizer, self.head = model, tokenizer, head
         self.max_length, self.batch_size = int(max_length), int(batch_size)
 
     @torch.no_grad()
-    def score(self, samples: Sequence[EmpathySample],
-              dimensions: Sequence[str] = ALL_DIMENSIONS) -> dict[str, list[float]]:
+    def score(
+        self, samples: Sequence[EmpathySample], dimensions: Sequence[str] = ALL_DIMENSIONS
+    ) -> dict[str, list[float]]:
         from flythinker.rewards.encoding import encode_samples
 
         out: dict[str, list[float]] = {d: [] for d in dimensions}
@@ -66,7 +69,9 @@ class HeadScorer:
         self.model.eval()
         try:
             for s in range(0, len(samples), self.batch_size):
-                batch = encode_samples(self.tokenizer, samples[s:s + self.batch_size], max_length=self.max_length)
+                batch = encode_samples(
+                    self.tokenizer, samples[s : s + self.batch_size], max_length=self.max_length
+                )
                 res = self.model.score_rewards(**{k: v.to(device) for k, v in batch.items()})
                 if self.head not in res:
                     raise KeyError(f"reward head {self.head!r} not in the model's heads {sorted(res)}")
@@ -86,8 +91,12 @@ def _query_from_prompt(prompt: object) -> str:
 
 def _prefill(prompt: object, default: str) -> str:
     """The answer's pre-filled start: a final assistant message of a chat prompt, else ``default``."""
-    if isinstance(prompt, (list, tuple)) and prompt and isinstance(prompt[-1], dict) \
-            and prompt[-1].get("role") == "assistant":
+    if (
+        isinstance(prompt, (list, tuple))
+        and prompt
+        and isinstance(prompt[-1], dict)
+        and prompt[-1].get("role") == "assistant"
+    ):
         return str(prompt[-1].get("content", ""))
     return default
 
@@ -123,9 +132,19 @@ class PermRewardFunctions:
         completion_prefix: text the (string) prompts pre-fill the answer with, e.g. ``"# Analysis\n"``.
     """
 
-    def __init__(self, scorer, *, variant: str = "perm", combine: str = "harmonic", weights=None,
-                 bystander_coef: float = DEFAULT_BYSTANDER_COEF, length_coef: float = DEFAULT_LENGTH_COEF,
-                 length_limit: int = DEFAULT_LENGTH_LIMIT, tokenizer=None, completion_prefix: str = "") -> None:
+    def __init__(
+        self,
+        scorer,
+        *,
+        variant: str = "perm",
+        combine: str = "harmonic",
+        weights=None,
+        bystander_coef: float = DEFAULT_BYSTANDER_COEF,
+        length_coef: float = DEFAULT_LENGTH_COEF,
+        length_limit: int = DEFAULT_LENGTH_LIMIT,
+        tokenizer=None,
+        completion_prefix: str = "",
+    ) -> None:
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
         self.scorer, self.variant, self.combine, self.weights = scorer, variant, combine, weights
@@ -164,19 +183,27 @@ class PermRewardFunctions:
             raise ValueError("the PereGRM reward needs a 'memories' dataset column (the user's memories)")
         out = []
         for i, c in enumerate(completions):
-            out.append(EmpathySample.from_completion(
-                _prefill(prompts[i], self.completion_prefix) + completion_text(c),
-                query=str(queries[i]) if queries is not None else _query_from_prompt(prompts[i]),
-                persona=str(personas[i] or "") if personas is not None else "",
-                scenario=str(scenarios[i] or "") if scenarios is not None else "",
-                memories=_memories(memories[i]) if memories is not None and self.variant == "peregrm" else [],
-                criteria=(criteria[i] or None) if criteria is not None and self.variant == "peregrm" else None,
-            ))
+            out.append(
+                EmpathySample.from_completion(
+                    _prefill(prompts[i], self.completion_prefix) + completion_text(c),
+                    query=str(queries[i]) if queries is not None else _query_from_prompt(prompts[i]),
+                    persona=str(personas[i] or "") if personas is not None else "",
+                    scenario=str(scenarios[i] or "") if scenarios is not None else "",
+                    memories=_memories(memories[i])
+                    if memories is not None and self.variant == "peregrm"
+                    else [],
+                    criteria=(criteria[i] or None)
+                    if criteria is not None and self.variant == "peregrm"
+                    else None,
+                )
+            )
         return out
 
     def _scores(self, prompts, completions, **kw) -> dict[str, list[float]]:
         samples = self.samples(prompts, completions, **kw)
-        key = tuple((s.query, s.persona, s.analysis, s.response, tuple(s.memories), s.criteria) for s in samples)
+        key = tuple(
+            (s.query, s.persona, s.analysis, s.response, tuple(s.memories), s.criteria) for s in samples
+        )
         if key != self._cache_key:
             self._cache = self.scorer.score(samples, ALL_DIMENSIONS)
             self._cache_key = key
@@ -205,8 +232,10 @@ class PermRewardFunctions:
         s = self._scores(prompts, completions, **kw)
         if component == "bystander":
             return [bystander_term(b) for b in s["bystander"]]
-        return [empathy_term(r, e, c, self.combine, self.weights)
-                for r, e, c in zip(s["resonation"], s["expression"], s["reception"])]
+        return [
+            empathy_term(r, e, c, self.combine, self.weights)
+            for r, e, c in zip(s["resonation"], s["expression"], s["reception"])
+        ]
 
     def total(self, prompts, completions, **kw) -> list[float]:
         """R for each completion (the weighted sum of the three functions), for evaluation."""

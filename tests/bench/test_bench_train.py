@@ -75,8 +75,9 @@ def test_benchmark_code_path_one_step(tmp_path):
     before = [p.detach().clone() for p in model.parameters()]
     bt.init_optimizer_state(optimizer)
     assert all(torch.equal(a, p) for a, p in zip(before, model.parameters()))
-    result = bt.measure(model, variants, optimizer, torch.device("cpu"), repeats=1, reference_repeats=1,
-                        log=lambda _: None)
+    result = bt.measure(
+        model, variants, optimizer, torch.device("cpu"), repeats=1, reference_repeats=1, log=lambda _: None
+    )
     summary = bt.summarize(variants, result)
     per = summary["variants"]
     for name in bt.VARIANTS:
@@ -87,11 +88,23 @@ def test_benchmark_code_path_one_step(tmp_path):
     assert per["reference"]["pad_fraction"] == pytest.approx(1 - 17 / 64)
     ratios = summary["ratios"]
     assert all(v is not None and v > 0 for v in ratios.values())
-    report = {"environment": bt.environment(torch.device("cpu")),
-              "settings": {"dtype": "float32", "records": 2, "offset": 0, "max_length": 24, "max_target_tokens": 8,
-                           "reference_row_length": 32, "repeats": 1, "reference_repeats": 1, "warmup": 1,
-                           "memory_method": "profiler"},
-              "summary": summary, "load_average": {"before": [0, 0, 0], "after": [0, 0, 0]}}
+    report = {
+        "environment": bt.environment(torch.device("cpu")),
+        "settings": {
+            "dtype": "float32",
+            "records": 2,
+            "offset": 0,
+            "max_length": 24,
+            "max_target_tokens": 8,
+            "reference_row_length": 32,
+            "repeats": 1,
+            "reference_repeats": 1,
+            "warmup": 1,
+            "memory_method": "profiler",
+        },
+        "summary": summary,
+        "load_average": {"before": [0, 0, 0], "after": [0, 0, 0]},
+    }
     json_path, md_path = bt.write_results(report, tmp_path, "train_test")
     assert json.loads(json_path.read_text())["summary"]["ratios"] == pytest.approx(ratios)
     assert "flythinker_padded" in md_path.read_text()

@@ -19,13 +19,16 @@ def test_meteor_standard_example(wordnet):
     assert round(compute_metrics([GUIDE_HYP], [GUIDE_REF], metrics=["meteor"])["meteor"], 4) == 0.6944
 
 
-@pytest.mark.parametrize("ref, hyp, expected", [
-    # nltk/test/meteor.doctest
-    ("The candidate has no alignment to any of the references", "John loves Mary", 0.0),
-    ("The cat sat on the mat", "on the mat sat the cat", 0.5),
-    ("The cat sat on the mat", "The cat was sat on the mat", 0.9654),
-    ("create or update a vm set", "creates or updates a virtual machine scale set", 0.7806),
-])
+@pytest.mark.parametrize(
+    "ref, hyp, expected",
+    [
+        # nltk/test/meteor.doctest
+        ("The candidate has no alignment to any of the references", "John loves Mary", 0.0),
+        ("The cat sat on the mat", "on the mat sat the cat", 0.5),
+        ("The cat sat on the mat", "The cat was sat on the mat", 0.9654),
+        ("create or update a vm set", "creates or updates a virtual machine scale set", 0.7806),
+    ],
+)
 def test_meteor_nltk_doctests(wordnet, ref, hyp, expected):
     assert round(meteor_scores([hyp], [ref])[0], 4) == expected
 
@@ -45,7 +48,9 @@ def test_meteor_tokenizer_splits_sentences_offline():
 
 def test_rouge_against_rouge_score_readme_example():
     # rouge-score README: precision/recall/F for rouge1 (0.75, 0.6667, 0.7059), rougeL (0.625, 0.5556, 0.5882)
-    scores = rouge_scores(["The quick brown dog jumps on the log."], ["The quick brown fox jumps over the lazy dog"])
+    scores = rouge_scores(
+        ["The quick brown dog jumps on the log."], ["The quick brown fox jumps over the lazy dog"]
+    )
     assert scores["rouge1"][0] == pytest.approx(2 * 0.75 * (6 / 9) / (0.75 + 6 / 9), abs=1e-12)
     assert scores["rouge1"][0] == pytest.approx(0.7058823529, abs=1e-9)
     assert scores["rougeL"][0] == pytest.approx(0.5882352941, abs=1e-9)
@@ -64,14 +69,17 @@ def test_rouge_against_rouge_score_unit_tests():
 
 
 def test_bleu_against_sacrebleu_readme_example():
-    refs = [["The dog bit the man.", "It was not unexpected.", "The man bit him first."],
-            ["The dog had bit the man.", "No one was surprised.", "The man had bitten the dog."]]
+    refs = [
+        ["The dog bit the man.", "It was not unexpected.", "The man bit him first."],
+        ["The dog had bit the man.", "No one was surprised.", "The man had bitten the dog."],
+    ]
     sys_out = ["The dog bit the man.", "It wasn't surprising.", "The man had just bitten him."]
     per_example_refs = [list(r) for r in zip(*refs)]
     # sacrebleu README: "BLEU = 48.53 82.4/50.0/45.5/37.5 (BP = 0.943 ratio = 0.944 hyp_len = 17 ref_len = 18)"
     assert round(corpus_bleu(sys_out, per_example_refs), 2) == 48.53
     assert compute_metrics(sys_out, per_example_refs, metrics=["bleu"])["bleu"] == pytest.approx(
-        corpus_bleu(sys_out, per_example_refs))
+        corpus_bleu(sys_out, per_example_refs)
+    )
     # BLEU is corpus-level (n-gram counts pooled over the corpus), not the mean of sentence scores
     preds = ["the cat sat on the mat by the door today", "a b"]
     refs = ["the cat sat on the mat by the door today", "x y"]

@@ -56,16 +56,31 @@ def test_relative_windows_and_extra_text():
 
 
 def test_write_predictions_and_metrics(tmp_path):
-    recs = [PersonalizedRecord("u1", "req1", "ref1", [], "abstract_generation", id="a"),
-            PersonalizedRecord("u2", "req2", "ref2", [], "abstract_generation")]
-    path = write_predictions_jsonl(tmp_path / "run" / "predictions.jsonl", ["p1", "p2"], records=recs,
-                                   extra=[{"new_tokens": 3}, {"new_tokens": 4}])
+    recs = [
+        PersonalizedRecord("u1", "req1", "ref1", [], "abstract_generation", id="a"),
+        PersonalizedRecord("u2", "req2", "ref2", [], "abstract_generation"),
+    ]
+    path = write_predictions_jsonl(
+        tmp_path / "run" / "predictions.jsonl",
+        ["p1", "p2"],
+        records=recs,
+        extra=[{"new_tokens": 3}, {"new_tokens": 4}],
+    )
     rows = read_predictions_jsonl(path)
-    assert rows[0] == {"index": 0, "id": "a", "user_id": "u1", "request": "req1", "prediction": "p1",
-                       "reference": "ref1", "new_tokens": 3}
+    assert rows[0] == {
+        "index": 0,
+        "id": "a",
+        "user_id": "u1",
+        "request": "req1",
+        "prediction": "p1",
+        "reference": "ref1",
+        "new_tokens": 3,
+    }
     assert rows[1]["id"] is None and rows[1]["reference"] == "ref2"
     with pytest.raises(ValueError, match="references has 1 entries for 2 predictions"):
         write_predictions_jsonl(tmp_path / "x.jsonl", ["a", "b"], references=["r"])
-    mpath = write_metrics_json(tmp_path / "run" / "metrics.json",
-                               {"rouge1": 0.5, "by_position": [{"window": 0, "rouge1": float("nan")}]})
+    mpath = write_metrics_json(
+        tmp_path / "run" / "metrics.json",
+        {"rouge1": 0.5, "by_position": [{"window": 0, "rouge1": float("nan")}]},
+    )
     assert json.loads(mpath.read_text()) == {"rouge1": 0.5, "by_position": [{"window": 0, "rouge1": None}]}

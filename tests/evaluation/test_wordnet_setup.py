@@ -19,8 +19,10 @@ from flythinker.evaluation.wordnet_setup import (
 )
 
 REPO = Path(__file__).resolve().parents[2]
-needs_debian = pytest.mark.skipif(not Path(DEBIAN_WORDNET_DIR, "index.sense").is_file(),
-                                  reason="Debian wordnet-base / wordnet-sense-index not installed")
+needs_debian = pytest.mark.skipif(
+    not Path(DEBIAN_WORDNET_DIR, "index.sense").is_file(),
+    reason="Debian wordnet-base / wordnet-sense-index not installed",
+)
 
 
 def _check_files(dest: Path):
@@ -62,7 +64,9 @@ def test_shell_script_installs_and_is_idempotent(tmp_path, monkeypatch):
     dest = tmp_path / "via_env" / "corpora" / "wordnet"
     _check_files(dest)
     mtimes = {p.name: p.stat().st_mtime_ns for p in dest.iterdir()}
-    out = subprocess.run(["bash", str(script), str(tmp_path / "via_env")], check=True, capture_output=True, text=True)
+    out = subprocess.run(
+        ["bash", str(script), str(tmp_path / "via_env")], check=True, capture_output=True, text=True
+    )
     assert "WordNet ready" in out.stdout
     assert {p.name: p.stat().st_mtime_ns for p in dest.iterdir()} == mtimes
     _check_reader(dest, monkeypatch)

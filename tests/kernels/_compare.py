@@ -14,7 +14,9 @@ TOL = {
 }
 
 
-def mismatch_report(actual: torch.Tensor, expected: torch.Tensor, atol: float, rtol: float, max_show: int = 8) -> str:
+def mismatch_report(
+    actual: torch.Tensor, expected: torch.Tensor, atol: float, rtol: float, max_show: int = 8
+) -> str:
     """Empty string when ``actual`` matches ``expected``; otherwise a description of the mismatches."""
     if tuple(actual.shape) != tuple(expected.shape):
         return f"shape {tuple(actual.shape)} != expected {tuple(expected.shape)}"
@@ -40,6 +42,8 @@ def mismatch_report(actual: torch.Tensor, expected: torch.Tensor, atol: float, r
     )
 
 
-def assert_close(actual: torch.Tensor, expected: torch.Tensor, atol: float, rtol: float, name: str = "") -> None:
+def assert_close(
+    actual: torch.Tensor, expected: torch.Tensor, atol: float, rtol: float, name: str = ""
+) -> None:
     report = mismatch_report(actual, expected, atol, rtol)
     assert not report, f"{name}: {report}"

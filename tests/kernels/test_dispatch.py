@@ -46,7 +46,11 @@ def test_cpu_default_uses_reference(clean_env):
     eager_calls = _spy(clean_env, linear_cross_entropy, "linear_cross_entropy_reference")
     K.latent_injection(*_injection_args())
     K.fused_linear_cross_entropy(torch.randn(4, 8), torch.randn(11, 8), torch.tensor([1, 2, -100, 3]))
-    assert ref_calls == ["latent_injection_reference"] and ce_calls == ["ce_chunk_step_torch"] and not eager_calls
+    assert (
+        ref_calls == ["latent_injection_reference"]
+        and ce_calls == ["ce_chunk_step_torch"]
+        and not eager_calls
+    )
     assert dispatch.use_triton(torch.zeros(1)) is False
 
 
@@ -64,8 +68,14 @@ def test_force_with_interpreter_runs_triton(clean_env):
     e, h, g, m, lam = (x.to(dev) if torch.is_tensor(x) else x for x in _injection_args())
     out = K.latent_injection(e, h, g, m, lam)
     assert torch.allclose(out, K.latent_injection_reference(e, h, g, m, lam), atol=1e-6)
-    K.embedding_latent_injection(torch.zeros(2, 3, dtype=torch.long, device=dev), torch.randn(5, 8, device=dev), h, g, m, lam)
-    K.fused_linear_cross_entropy(torch.randn(4, 8, device=dev), torch.randn(11, 8, device=dev), torch.tensor([1, 2, -100, 3], device=dev))
+    K.embedding_latent_injection(
+        torch.zeros(2, 3, dtype=torch.long, device=dev), torch.randn(5, 8, device=dev), h, g, m, lam
+    )
+    K.fused_linear_cross_entropy(
+        torch.randn(4, 8, device=dev),
+        torch.randn(11, 8, device=dev),
+        torch.tensor([1, 2, -100, 3], device=dev),
+    )
     assert inj_calls and emb_calls and ce_calls
 
 

@@ -70,13 +70,17 @@ def test_forward_backward_vs_float64_reference(shape, dtype, with_prev, device, 
     grads = _grads(out, ins, dout)
 
     ref_ins = [_leaf(x, torch.float64) for x in (e, h, prev)]
-    ref = latent_injection_reference(ref_ins[0], ref_ins[1], gate, mean_norm.double(), LAMBDA, 0.0, ref_ins[2])
+    ref = latent_injection_reference(
+        ref_ins[0], ref_ins[1], gate, mean_norm.double(), LAMBDA, 0.0, ref_ins[2]
+    )
     ref_grads = _grads(ref, ref_ins, dout.double())
 
     atol, rtol = TOL[dtype]
     assert out.dtype == dtype and out.shape == (batch, seq, d_g)
     assert_close(out, ref, atol, rtol, "out")
-    for name, g, rg, x in zip(["d_embeds", "d_hidden", "d_prev"], grads, ref_grads, [x for x in ins if x is not None]):
+    for name, g, rg, x in zip(
+        ["d_embeds", "d_hidden", "d_prev"], grads, ref_grads, [x for x in ins if x is not None]
+    ):
         assert g.dtype == x.dtype, name
         assert_close(g, rg, atol, rtol, name)
     # the pass-through gradient of the embeddings is exact
@@ -91,7 +95,7 @@ def test_matches_same_dtype_reference(dtype, device, force_triton, poison):
     e, h, prev, gate, dout = _inputs(2, 7, 123, 96, dtype, device, True, seed=3)
     out = latent_injection(e, h, gate, 1.5, 0.5, 0.0, prev)
     ref = latent_injection_reference(e, h, gate, 1.5, 0.5, 0.0, prev)
-    ulp = 2.0 ** -7 if dtype == torch.bfloat16 else 2.0 ** -22
+    ulp = 2.0**-7 if dtype == torch.bfloat16 else 2.0**-22
     assert_close(out, ref, atol=ulp, rtol=ulp, name="out")
 
 
@@ -143,7 +147,9 @@ def test_fused_embedding_gather(dtype, with_prev, device, force_triton, poison):
     out = embedding_latent_injection(ids, ins[0], ins[1], gate, m, LAMBDA, 0.0, ins[2])
     grads = _grads(out, ins, dout)
     ref_ins = [_leaf(x, torch.float64) for x in (table, h, prev)]
-    ref = embedding_latent_injection_reference(ids, ref_ins[0], ref_ins[1], gate, m.double(), LAMBDA, 0.0, ref_ins[2])
+    ref = embedding_latent_injection_reference(
+        ids, ref_ins[0], ref_ins[1], gate, m.double(), LAMBDA, 0.0, ref_ins[2]
+    )
     ref_grads = _grads(ref, ref_ins, dout.double())
 
     atol, rtol = TOL[dtype]
@@ -170,7 +176,9 @@ def test_shape_errors():
     with pytest.raises(ValueError, match="prev_hidden must be"):
         latent_injection(e, torch.randn(2, 3, 4), torch.ones(2, 3), 1.0, 0.5, 0.0, torch.randn(3, 4))
     with pytest.raises(ValueError, match="integer"):
-        embedding_latent_injection(torch.randn(2, 3), torch.randn(5, 8), torch.randn(2, 3, 4), torch.ones(2, 3), 1.0, 0.5)
+        embedding_latent_injection(
+            torch.randn(2, 3), torch.randn(5, 8), torch.randn(2, 3, 4), torch.ones(2, 3), 1.0, 0.5
+        )
 
 
 # ---------------------------------------------------------------- references: finite differences
@@ -196,7 +204,11 @@ def test_reference_jacobian_matches_finite_differences(with_prev):
     gen = torch.Generator().manual_seed(0)
     e = torch.randn(batch, seq, d_g, generator=gen, dtype=torch.float64)
     h = torch.randn(batch, seq, d_r, generator=gen, dtype=torch.float64)
-    prev = torch.randn(batch, d_r, generator=gen, dtype=torch.float64) if with_prev else torch.zeros(batch, d_r, dtype=torch.float64)
+    prev = (
+        torch.randn(batch, d_r, generator=gen, dtype=torch.float64)
+        if with_prev
+        else torch.zeros(batch, d_r, dtype=torch.float64)
+    )
     gate = torch.tensor([[1.0, 0.0, 1.0], [0.5, 1.0, 1.0]], dtype=torch.float64)
     eff_gate = gate.clone()
     if not with_prev:
@@ -246,7 +258,9 @@ def test_mismatch_report_flags_nan_inf_and_values():
     a = torch.tensor([1.0, math.nan, math.inf, 2.0, 5.0])
     e = torch.tensor([1.0, 0.0, 1.0, 2.0, 5.1])
     report = mismatch_report(a, e, 1e-3, 1e-3)
-    assert "3/5 elements mismatch" in report and "1 NaN" in report and "1 inf" in report and "1 values" in report
+    assert (
+        "3/5 elements mismatch" in report and "1 NaN" in report and "1 inf" in report and "1 values" in report
+    )
     assert mismatch_report(e, e.clone(), 0.0, 0.0) == ""
     assert mismatch_report(torch.tensor([math.nan]), torch.tensor([math.nan]), 0, 0) == ""
 
@@ -275,7 +289,9 @@ def test_gpu_large_shapes(shape, dtype, force_triton, poison):
 @pytest.mark.parametrize("gather", [False, True], ids=["embeds", "gather"])
 @pytest.mark.parametrize("with_prev", [False, True], ids=["no_prev", "prev"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
-def test_channel_gate_and_its_gradient_vs_float64_reference(gather, with_prev, dtype, device, force_triton, poison):
+def test_channel_gate_and_its_gradient_vs_float64_reference(
+    gather, with_prev, dtype, device, force_triton, poison
+):
     """out = e + λ·g·m̄·pad(c ⊙ src)/‖src‖ with a learned c: d c is summed over rows by the kernel."""
     batch, seq, d_g, d_r = 3, 9, 96, 64
     e, h, prev, gate, dout = _inputs(batch, seq, d_g, d_r, dtype, device, with_prev, seed=11)

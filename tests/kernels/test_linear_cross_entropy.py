@@ -174,7 +174,14 @@ def test_out_of_range_label_gives_nan_not_garbage(device, force_triton):
 
     z = torch.randn(2, 257, dtype=torch.float64, device=device)
     loss = torch.zeros(2, dtype=torch.float64, device=device)
-    ce_chunk_step_triton(z, torch.tensor([3, 257], device=device), loss, torch.ones(1, dtype=torch.float64, device=device), -100, False)
+    ce_chunk_step_triton(
+        z,
+        torch.tensor([3, 257], device=device),
+        loss,
+        torch.ones(1, dtype=torch.float64, device=device),
+        -100,
+        False,
+    )
     assert torch.isfinite(loss[0]) and torch.isnan(loss[1])
 
 
@@ -199,8 +206,12 @@ def test_reference_matches_transformers_for_causal_lm_loss(num_items, bias):
     labels[1, 4] = -100
     hf = ForCausalLMLoss(lm_head(hidden), labels, vocab, num_items_in_batch=num_items)
     shifted = F.pad(labels, (0, 1), value=-100)[:, 1:]
-    ours = linear_cross_entropy_reference(hidden, lm_head.weight, shifted, lm_head.bias, num_items_in_batch=num_items)
-    chunked = chunked_linear_cross_entropy(hidden, lm_head.weight, shifted, lm_head.bias, num_items_in_batch=num_items, chunk_size=4)
+    ours = linear_cross_entropy_reference(
+        hidden, lm_head.weight, shifted, lm_head.bias, num_items_in_batch=num_items
+    )
+    chunked = chunked_linear_cross_entropy(
+        hidden, lm_head.weight, shifted, lm_head.bias, num_items_in_batch=num_items, chunk_size=4
+    )
     assert_close(ours, hf, 1e-6, 1e-6, "reference")
     assert_close(chunked, hf, 1e-6, 1e-6, "chunked")
 
@@ -237,7 +248,9 @@ def test_unlabelled_rows_are_skipped_before_the_matmul(monkeypatch):
 
     rows_seen = []
     real_linear = lce.F.linear
-    monkeypatch.setattr(lce.F, "linear", lambda h, w, b=None: rows_seen.append(h.shape[0]) or real_linear(h, w, b))
+    monkeypatch.setattr(
+        lce.F, "linear", lambda h, w, b=None: rows_seen.append(h.shape[0]) or real_linear(h, w, b)
+    )
     hidden, weight, b, labels = _problem(40, 16, 53, torch.float64, "cpu", True, seed=5)
     labels[::3] = -100
     hidden.requires_grad_(True)
@@ -270,7 +283,6 @@ def test_gpu_large_vocab(dtype, force_triton, poison):
     _close_rel(loss, ref_loss, loss_tol, "loss")
     for name, g, rg in zip(["d_hidden", "d_weight", "d_bias"], grads, ref_grads):
         _close_rel(g, rg, grad_tol, name)
-
 
 
 @pytest.mark.parametrize("path", ["triton", "chunked"])

@@ -24,7 +24,9 @@ def _batch(device):
 def _loss_and_grads(model, batch, num_items=None):
     model.zero_grad(set_to_none=True)
     input_ids, attention_mask, labels = batch
-    out = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, num_items_in_batch=num_items)
+    out = model(
+        input_ids=input_ids, attention_mask=attention_mask, labels=labels, num_items_in_batch=num_items
+    )
     out.loss.backward()
     grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
     return out.loss.detach(), grads
@@ -49,7 +51,14 @@ def _set_backend(monkeypatch, backend):
         (torch.float32, {}, 13),
         (torch.float32, {"projection": "linear"}, None),
     ],
-    ids=["f64-zero_pad", "f64-zero_pad-num_items", "f64-linear", "f64-hf_loss", "f32-zero_pad-num_items", "f32-linear"],
+    ids=[
+        "f64-zero_pad",
+        "f64-zero_pad-num_items",
+        "f64-linear",
+        "f64-hf_loss",
+        "f32-zero_pad-num_items",
+        "f32-linear",
+    ],
 )
 def test_kernels_on_off_agree(dtype, config, num_items, device, monkeypatch, poison):
     pytest.importorskip("triton")

@@ -28,9 +28,13 @@ def _open(model, seed: int = 3):
     fusion = model.fusion
     with torch.no_grad():
         if fusion.gate_logit is not None:
-            fusion.gate_logit.copy_(torch.randn(fusion.gate_logit.shape, generator=generator, dtype=torch.float64))
+            fusion.gate_logit.copy_(
+                torch.randn(fusion.gate_logit.shape, generator=generator, dtype=torch.float64)
+            )
         if fusion.reasoner_center is not None:
-            fusion.reasoner_center.copy_(torch.randn(fusion.reasoner_center.shape, generator=generator, dtype=torch.float64))
+            fusion.reasoner_center.copy_(
+                torch.randn(fusion.reasoner_center.shape, generator=generator, dtype=torch.float64)
+            )
         if fusion.projection is not None:
             fusion.projection.weight.copy_(
                 0.3 * torch.randn(fusion.projection.weight.shape, generator=generator, dtype=torch.float64)
@@ -75,7 +79,9 @@ def test_each_option_matches_a_float64_reimplementation(option):
     with torch.no_grad():
         ours = model(input_ids, attention_mask=attention_mask).logits
         expected = plain_logits(model, input_ids, attention_mask)
-        bare = model.generator(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions).logits
+        bare = model.generator(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=positions
+        ).logits
     real = attention_mask.bool()
     assert (ours[real] - expected[real]).abs().max().item() <= 1e-10
     assert (ours[real] - bare[real]).abs().max().item() > 1e-4  # the option is really on
@@ -90,7 +96,9 @@ def test_a_closed_start_is_exactly_the_generator(option, dtype):
     positions = (attention_mask.cumsum(-1) - 1).clamp_min(0)
     with torch.no_grad():
         ours = model(input_ids, attention_mask=attention_mask).logits
-        bare = model.generator(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions).logits
+        bare = model.generator(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=positions
+        ).logits
     real = attention_mask.bool()
     assert torch.equal(ours[real], bare[real])
 
@@ -115,7 +123,9 @@ def test_incremental_decoding_equals_teacher_forcing(option):
         prompt = 5  # the shorter row starts at column 4: its prompt holds one real token
         steps = [model(input_ids[:, :prompt], attention_mask=attention_mask[:, :prompt], cache=cache).logits]
         for t in range(prompt, input_ids.shape[1]):
-            steps.append(model(input_ids[:, t : t + 1], attention_mask=attention_mask[:, : t + 1], cache=cache).logits)
+            steps.append(
+                model(input_ids[:, t : t + 1], attention_mask=attention_mask[:, : t + 1], cache=cache).logits
+            )
     stepped = torch.cat(steps, dim=1)
     real = attention_mask.bool()
     assert (stepped[real] - full[real]).abs().max().item() <= 1e-10

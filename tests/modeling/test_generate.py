@@ -54,7 +54,9 @@ def test_cached_forward_steps_equal_teacher_forced_logits_in_float64():
 def test_generate_without_cache_matches_cached():
     model = tiny_flythinker()
     input_ids, attention_mask, _ = left_padded_batch([4, 6], seed=12)
-    kwargs = dict(attention_mask=attention_mask, max_new_tokens=6, do_sample=False, pad_token_id=0, eos_token_id=None)
+    kwargs = dict(
+        attention_mask=attention_mask, max_new_tokens=6, do_sample=False, pad_token_id=0, eos_token_id=None
+    )
     cached = model.generate(input_ids, **kwargs)
     uncached = model.generate(input_ids, use_cache=False, **kwargs)
     assert torch.equal(cached, uncached)
@@ -63,8 +65,14 @@ def test_generate_without_cache_matches_cached():
 def test_sampling_is_seeded_and_stops_at_eos():
     model = tiny_flythinker()
     input_ids, attention_mask, _ = left_padded_batch([4, 6], seed=13)
-    kwargs = dict(attention_mask=attention_mask, max_new_tokens=12, do_sample=True, top_k=20, temperature=1.3,
-                  pad_token_id=0)
+    kwargs = dict(
+        attention_mask=attention_mask,
+        max_new_tokens=12,
+        do_sample=True,
+        top_k=20,
+        temperature=1.3,
+        pad_token_id=0,
+    )
     torch.manual_seed(3)
     first = model.generate(input_ids, eos_token_id=None, **kwargs)
     torch.manual_seed(3)

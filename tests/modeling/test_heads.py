@@ -30,9 +30,18 @@ SPEC = {"perm": {"kind": "perm"}, "peregrm": {"kind": "peregrm", "dropout": 0.1,
 
 def _backbone(vocab=64, hidden=32, seed=0) -> LlamaForCausalLM:
     torch.manual_seed(seed)
-    return LlamaForCausalLM(LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=64,
-                                        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                        max_position_embeddings=256, pad_token_id=0))
+    return LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=vocab,
+            hidden_size=hidden,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+            pad_token_id=0,
+        )
+    )
 
 
 def test_pool_last_token_left_and_right_padding():
@@ -117,8 +126,10 @@ def test_reward_model_save_load_identical_scores(tmp_path):
 def test_reward_model_padding_side_invariant(word_tokenizer):
     model = EmpathyRewardModel.from_backbone(_backbone(vocab=len(word_tokenizer)), {"perm": {"kind": "perm"}})
     model.eval()
-    samples = [EmpathySample(query="I feel sad", analysis="sad because job", response="I am here for you"),
-               EmpathySample(query="my dog left", analysis="", response="that sounds really hard you are not alone")]
+    samples = [
+        EmpathySample(query="I feel sad", analysis="sad because job", response="I am here for you"),
+        EmpathySample(query="my dog left", analysis="", response="that sounds really hard you are not alone"),
+    ]
     right = encode_samples(word_tokenizer, samples, padding_side="right")
     left = encode_samples(word_tokenizer, samples, padding_side="left")
     a, b = model.score_rewards(**right)["perm"], model.score_rewards(**left)["perm"]
@@ -153,11 +164,13 @@ def test_losses_hand_computed():
     pred = {"resonation": torch.tensor([3.0, 5.0]), "bystander": torch.tensor([50.0, 0.0])}
     target = {"resonation": torch.tensor([1.0, float("nan")]), "bystander": torch.tensor([100.0, 0.0])}
     loss, parts = regression_loss(pred, target)
-    assert parts["resonation"] == pytest.approx(0.25)          # ((3−1)/4)², NaN row ignored
-    assert parts["bystander"] == pytest.approx(0.125)          # mean(((50−100)/100)², 0)
+    assert parts["resonation"] == pytest.approx(0.25)  # ((3−1)/4)², NaN row ignored
+    assert parts["bystander"] == pytest.approx(0.125)  # mean(((50−100)/100)², 0)
     assert float(loss) == pytest.approx(0.375)
     bt = bradley_terry_loss(torch.tensor([2.0, 0.0]), torch.tensor([0.0, 0.0]))
-    assert float(bt) == pytest.approx((torch.log1p(torch.exp(torch.tensor(-2.0))) + torch.log(torch.tensor(2.0))) / 2)
+    assert float(bt) == pytest.approx(
+        (torch.log1p(torch.exp(torch.tensor(-2.0))) + torch.log(torch.tensor(2.0))) / 2
+    )
 
 
 def _separable_pairs(n, seed, length=10, vocab=64):
@@ -166,8 +179,12 @@ def _separable_pairs(n, seed, length=10, vocab=64):
     good = torch.randint(vocab // 2, vocab, (n, length), generator=g)
     bad = torch.randint(1, vocab // 2, (n, length), generator=g)
     ones = torch.ones(n, length, dtype=torch.long)
-    return {"chosen_input_ids": good, "chosen_attention_mask": ones,
-            "rejected_input_ids": bad, "rejected_attention_mask": ones}
+    return {
+        "chosen_input_ids": good,
+        "chosen_attention_mask": ones,
+        "rejected_input_ids": bad,
+        "rejected_attention_mask": ones,
+    }
 
 
 def test_bradley_terry_reaches_ranking_accuracy_on_held_out_pairs():
@@ -186,9 +203,15 @@ def test_regression_collator_and_fit(word_tokenizer):
     collate = RewardCollator(word_tokenizer, max_length=64)
     good = EmpathySample(query="I failed my exam", analysis="worried", response="You are not alone")
     bad = EmpathySample(query="I failed my exam", analysis="", response="stop complaining")
-    batch = collate([{"sample": good, "targets": {"reception": 5.0, "bystander": 90.0}},
-                     {"sample": bad, "targets": {"reception": 1.0, "bystander": 10.0}}])
+    batch = collate(
+        [
+            {"sample": good, "targets": {"reception": 5.0, "bystander": 90.0}},
+            {"sample": bad, "targets": {"reception": 1.0, "bystander": 10.0}},
+        ]
+    )
     losses = fit_reward_heads(model, [batch], objective="regression", epochs=60, lr=3e-3, progress=False)
     assert losses[-1] < 0.1 * losses[0]
-    out = model.eval().score_rewards(batch["input_ids"], batch["attention_mask"], batch["analysis_mask"])["perm"]
+    out = model.eval().score_rewards(batch["input_ids"], batch["attention_mask"], batch["analysis_mask"])[
+        "perm"
+    ]
     assert float(out["reception"][0]) > 4 and float(out["reception"][1]) < 2

@@ -30,7 +30,10 @@ def test_save_load_round_trip_one_directory(tmp_path):
     loaded = FlyThinkerForCausalLM.from_pretrained(tmp_path, dtype=torch.float64).eval()
     assert (_logits(model) - _logits(loaded)).abs().max().item() <= 1e-12
     # tied generator embeddings stay tied after loading
-    assert loaded.generator.lm_head.weight.data_ptr() == loaded.generator.get_input_embeddings().weight.data_ptr()
+    assert (
+        loaded.generator.lm_head.weight.data_ptr()
+        == loaded.generator.get_input_embeddings().weight.data_ptr()
+    )
     assert loaded.mean_embedding_norm.item() == pytest.approx(model.mean_embedding_norm.item(), abs=1e-12)
 
 
@@ -60,8 +63,12 @@ def test_from_components_with_different_widths_and_families(tmp_path):
         generator=str(tmp_path / "g"), reasoner=str(tmp_path / "r"), fusion_lambda=0.25, dtype=torch.float64
     ).eval()
     assert model.config.fusion_lambda == 0.25
-    assert torch.equal(model.generator.model.embed_tokens.weight, generator.model.embed_tokens.weight.double())
-    assert torch.equal(model.reasoner.layers[0].mlp.up_proj.weight, reasoner.model.layers[0].mlp.up_proj.weight.double())
+    assert torch.equal(
+        model.generator.model.embed_tokens.weight, generator.model.embed_tokens.weight.double()
+    )
+    assert torch.equal(
+        model.reasoner.layers[0].mlp.up_proj.weight, reasoner.model.layers[0].mlp.up_proj.weight.double()
+    )
     assert torch.isfinite(_logits(model)).all()
 
 

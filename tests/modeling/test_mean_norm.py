@@ -97,7 +97,9 @@ def test_trl_sft_trained_equals_reloaded(tmp_path):
     tokenizer = build_tiny_tokenizer()
     vocab = len(tokenizer)
     torch.manual_seed(0)
-    config = FlyThinkerConfig(generator_config=tiny_qwen2_config(vocab=vocab), reasoner_config=tiny_llama_config(vocab=vocab))
+    config = FlyThinkerConfig(
+        generator_config=tiny_qwen2_config(vocab=vocab), reasoner_config=tiny_llama_config(vocab=vocab)
+    )
     model = FlyThinkerForCausalLM(config)
     texts = ["This PEP proposes a new module.", "The quick brown fox jumps over the lazy dog."] * 4
     ids_dataset = Dataset.from_dict({"input_ids": [tokenizer(text)["input_ids"] for text in texts]})

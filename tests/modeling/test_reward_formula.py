@@ -14,18 +14,24 @@ from flythinker.rewards.samples import EmpathySample
 from flythinker.rewards.sections import parse_sections, span_token_mask
 
 # s = (4, 3, 5) → x = (0.8, 0.6, 1.0)
-HARMONIC = 36 / 47            # 3 / (5/4 + 5/3 + 1)
-ARITHMETIC = 0.8              # (0.8 + 0.6 + 1.0) / 3
-GEOMETRIC = 0.48 ** (1 / 3)   # (0.8·0.6·1.0)^(1/3)
-W_ARITH = 0.8                 # (2·0.8 + 0.6 + 1.0) / 4
-W_HARM = 24 / 31              # 4 / (2/0.8 + 1/0.6 + 1)
+HARMONIC = 36 / 47  # 3 / (5/4 + 5/3 + 1)
+ARITHMETIC = 0.8  # (0.8 + 0.6 + 1.0) / 3
+GEOMETRIC = 0.48 ** (1 / 3)  # (0.8·0.6·1.0)^(1/3)
+W_ARITH = 0.8  # (2·0.8 + 0.6 + 1.0) / 4
+W_HARM = 24 / 31  # 4 / (2/0.8 + 1/0.6 + 1)
 
 
-@pytest.mark.parametrize(("mode", "weights", "expected"), [
-    ("harmonic", None, HARMONIC), ("arithmetic", None, ARITHMETIC), ("geometric", None, GEOMETRIC),
-    ("weighted", [2, 1, 1], W_ARITH), ("harmonic", [2, 1, 1], W_HARM),
-    ("weighted", {"resonation": 2, "expression": 1, "reception": 1}, W_ARITH),
-])
+@pytest.mark.parametrize(
+    ("mode", "weights", "expected"),
+    [
+        ("harmonic", None, HARMONIC),
+        ("arithmetic", None, ARITHMETIC),
+        ("geometric", None, GEOMETRIC),
+        ("weighted", [2, 1, 1], W_ARITH),
+        ("harmonic", [2, 1, 1], W_HARM),
+        ("weighted", {"resonation": 2, "expression": 1, "reception": 1}, W_ARITH),
+    ],
+)
 def test_empathy_means(mode, weights, expected):
     assert formula.empathy_term(4, 3, 5, mode, weights) == pytest.approx(expected, abs=1e-12)
 
@@ -63,8 +69,10 @@ def test_tensor_matches_float(mode):
     n = torch.randint(700, 840, (64,), generator=g)
     n[:3] = torch.tensor([767, 768, 769])
     got = perm_reward_tensor(res, exp, rec, bys, n, mode=mode, weights=[1, 2, 3])
-    want = [perm_reward(*(float(t[i]) for t in (res, exp, rec, bys)), int(n[i]), mode=mode, weights=[1, 2, 3])
-            for i in range(64)]
+    want = [
+        perm_reward(*(float(t[i]) for t in (res, exp, rec, bys)), int(n[i]), mode=mode, weights=[1, 2, 3])
+        for i in range(64)
+    ]
     torch.testing.assert_close(got, torch.tensor(want, dtype=torch.float64), rtol=0, atol=1e-12)
     no_len = perm_reward_tensor(res, exp, rec, bys, None, mode=mode, weights=[1, 2, 3])
     torch.testing.assert_close(no_len[:2], got[:2], rtol=0, atol=1e-12)  # 767, 768: no penalty

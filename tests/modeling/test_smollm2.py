@@ -45,7 +45,9 @@ def test_generation_returns_text(smollm_pair):
     model, tokenizer = smollm_pair
     model.eval()
     messages = [{"role": "user", "content": "Name one colour of the sky."}]
-    inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    inputs = tokenizer.apply_chat_template(
+        messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
     out = model.generate(**inputs, max_new_tokens=12, do_sample=False, pad_token_id=tokenizer.pad_token_id)
     text = tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
     assert len(text.strip()) > 0

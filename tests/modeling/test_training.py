@@ -11,7 +11,9 @@ from tests.tiny_models import left_padded_batch, tiny_flythinker, tiny_llama_con
 
 def _loss(model):
     input_ids, attention_mask, _ = left_padded_batch([7, 5], seed=21)
-    return model(input_ids, attention_mask=attention_mask, labels=input_ids.masked_fill(attention_mask == 0, -100)).loss
+    return model(
+        input_ids, attention_mask=attention_mask, labels=input_ids.masked_fill(attention_mask == 0, -100)
+    ).loss
 
 
 def test_gradients_reach_both_models():
@@ -47,9 +49,13 @@ def test_mean_norm_refreshes_after_optimizer_step_and_has_no_grad():
 
 def test_reasoner_wider_than_generator_needs_projection():
     with pytest.raises(ValueError, match="projection='linear'"):
-        FlyThinkerConfig(generator_config=tiny_llama_config(hidden=16), reasoner_config=tiny_qwen2_config(hidden=32))
+        FlyThinkerConfig(
+            generator_config=tiny_llama_config(hidden=16), reasoner_config=tiny_qwen2_config(hidden=32)
+        )
     config = FlyThinkerConfig(
-        generator_config=tiny_llama_config(hidden=16), reasoner_config=tiny_qwen2_config(hidden=32), projection="linear"
+        generator_config=tiny_llama_config(hidden=16),
+        reasoner_config=tiny_qwen2_config(hidden=32),
+        projection="linear",
     )
     model = FlyThinkerForCausalLM(config).double()
     input_ids, attention_mask, _ = left_padded_batch([5], seed=22)
@@ -59,7 +65,9 @@ def test_reasoner_wider_than_generator_needs_projection():
 
 def test_bad_projection_name_is_rejected():
     with pytest.raises(ValueError, match="projection must be one of"):
-        FlyThinkerConfig(generator_config=tiny_qwen2_config(), reasoner_config=tiny_llama_config(), projection="pad")
+        FlyThinkerConfig(
+            generator_config=tiny_qwen2_config(), reasoner_config=tiny_llama_config(), projection="pad"
+        )
 
 
 def test_inputs_embeds_are_rejected_with_a_reason():
@@ -78,7 +86,9 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     reference = tiny_flythinker(dtype=torch.float64).train()
     checkpointed = tiny_flythinker(dtype=torch.float64).train()
     checkpointed.gradient_checkpointing_enable()
-    assert checkpointed.generator.model.gradient_checkpointing and checkpointed.reasoner.gradient_checkpointing
+    assert (
+        checkpointed.generator.model.gradient_checkpointing and checkpointed.reasoner.gradient_checkpointing
+    )
     _loss(reference).backward()
     _loss(checkpointed).backward()
     for (name, a), (_, b) in zip(reference.named_parameters(), checkpointed.named_parameters()):

@@ -10,8 +10,13 @@ from flythinker.rewards.prompts import dimension_messages
 from flythinker.rewards.samples import EmpathySample
 
 SAMPLES = [
-    EmpathySample(query="I failed my exam", persona="student", scenario="exam week",
-                  analysis="worried because exam failed", response="You are not alone, that sounds really hard."),
+    EmpathySample(
+        query="I failed my exam",
+        persona="student",
+        scenario="exam week",
+        analysis="worried because exam failed",
+        response="You are not alone, that sounds really hard.",
+    ),
     EmpathySample(query="My dog left", analysis="", response="Whatever, get over it."),
     EmpathySample(query="I feel lonely", analysis="lonely since friend moved away", response=""),
 ]
@@ -19,9 +24,9 @@ SAMPLES = [
 
 def test_expected_digit_score_hand_computed():
     logits = torch.full((2, 10), -1e9)
-    logits[0, [3, 4]] = 0.0                    # digit 1 → token 3, digit 2 → token 4: p = (½, ½)
+    logits[0, [3, 4]] = 0.0  # digit 1 → token 3, digit 2 → token 4: p = (½, ½)
     logits[1, [5, 8]] = torch.log(torch.tensor([1.0, 3.0]))  # digit 3 → 5, digit 5 → {7, 8}: p = (¼, ¾)
-    logits[1, 0] = 5.0                          # a non-digit token: ignored by renormalisation
+    logits[1, 0] = 5.0  # a non-digit token: ignored by renormalisation
     ids = [[3], [4], [5], [6], [7, 8]]
     got = expected_digit_score(logits, ids)
     torch.testing.assert_close(got, torch.tensor([1.5, 0.25 * 3 + 0.75 * 5], dtype=torch.float64))
@@ -34,9 +39,21 @@ def test_digit_ids_cover_spaced_and_plain_spellings():
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    corpus = ["Score: 1", "Score: 2", "Score: 3", "Score: 4", "Score: 5", "1 2 3 4 5", "12345 x1 x2 x3 x4 x5"] * 20
-    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>"],
-                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    corpus = [
+        "Score: 1",
+        "Score: 2",
+        "Score: 3",
+        "Score: 4",
+        "Score: 5",
+        "1 2 3 4 5",
+        "12345 x1 x2 x3 x4 x5",
+    ] * 20
+    tok.train_from_iterator(
+        corpus,
+        trainers.BpeTrainer(
+            vocab_size=300, special_tokens=["<unk>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        ),
+    )
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>")
     ids = digit_token_ids(fast)
     for d, variants in zip(range(1, 6), ids):
@@ -53,7 +70,9 @@ def test_digit_ids_missing_digit_is_a_clear_error(word_tokenizer):
             return {k: v for k, v in word_tokenizer.get_vocab().items() if k != "5"}
 
         def encode(self, text, add_special_tokens=False):
-            return [self.unk_token_id] if "5" in text else word_tokenizer.encode(text, add_special_tokens=False)
+            return (
+                [self.unk_token_id] if "5" in text else word_tokenizer.encode(text, add_special_tokens=False)
+            )
 
     with pytest.raises(ValueError, match=r"digit\(s\) \[5\]"):
         digit_token_ids(NoFive())
@@ -80,8 +99,12 @@ def test_score_equals_unpadded_single_forward(word_tokenizer, tiny_lm):
     judge = LocalJudge(tiny_lm, word_tokenizer, batch_size=3)
     got = judge.score(SAMPLES, dimensions=["reception"])["reception"]
     for sample, value in zip(SAMPLES, got):
-        text = word_tokenizer.apply_chat_template(dimension_messages("reception", sample), tokenize=False,
-                                                  add_generation_prompt=True) + "Score:"
+        text = (
+            word_tokenizer.apply_chat_template(
+                dimension_messages("reception", sample), tokenize=False, add_generation_prompt=True
+            )
+            + "Score:"
+        )
         ids = torch.tensor([word_tokenizer.encode(text, add_special_tokens=False)])
         with torch.no_grad():
             probs = torch.softmax(tiny_lm(ids).logits[0, -1].double(), -1)
@@ -93,7 +116,9 @@ def test_score_equals_unpadded_single_forward(word_tokenizer, tiny_lm):
 def test_peregrm_criteria_generated_cached_and_used(word_tokenizer, tiny_lm):
     judge = LocalJudge(tiny_lm, word_tokenizer, batch_size=2, criteria_max_new_tokens=6)
     s = EmpathySample(query="I feel sad", memories=["has a dog", "moved away"], response="I am here for you")
-    given = EmpathySample(query="I feel sad", memories=["x"], criteria="- be warm", response="I am here for you")
+    given = EmpathySample(
+        query="I feel sad", memories=["x"], criteria="- be warm", response="I am here for you"
+    )
     (crit,) = judge.generate_criteria([s])
     assert crit.startswith("- ") and len(crit) > 2
     assert judge.generate_criteria([s]) == [crit] and len(judge._criteria_cache) == 1  # cached

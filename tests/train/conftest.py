@@ -24,8 +24,12 @@ def workspace(tmp_path_factory):
     generator = AutoModelForCausalLM.from_config(tiny_qwen2_config(hidden=32, vocab=vocab))
     generator.save_pretrained(root / "generator")
     tokenizer.save_pretrained(root / "generator")
-    AutoModelForCausalLM.from_config(tiny_llama_config(hidden=16, vocab=vocab)).save_pretrained(root / "reasoner")
-    paths = write_synthetic_dataset(root / "data", n_users=2, n_train=5, n_test=1, min_profile=1, max_profile=2)
+    AutoModelForCausalLM.from_config(tiny_llama_config(hidden=16, vocab=vocab)).save_pretrained(
+        root / "reasoner"
+    )
+    paths = write_synthetic_dataset(
+        root / "data", n_users=2, n_train=5, n_test=1, min_profile=1, max_profile=2
+    )
     return {"root": root, "train": str(paths["train"]), "tokenizer": tokenizer}
 
 

@@ -24,24 +24,65 @@ def test_every_option_has_help(command, capsys):
 
 def test_train_generate_evaluate_end_to_end(workspace, tmp_path, capsys):
     run = tmp_path / "run"
-    code = main([
-        "train", "--train-file", workspace["train"], "--output-dir", str(run),
-        "--generator", str(workspace["root"] / "generator"), "--reasoner", str(workspace["root"] / "reasoner"),
-        "--max-length", "256", "--max-target-tokens", "32", "--max-steps", "2", "--global-batch-size", "2",
-        "--per-device-batch-size", "2", "--learning-rate", "1e-3", "--save-steps", "2",
-    ])
+    code = main(
+        [
+            "train",
+            "--train-file",
+            workspace["train"],
+            "--output-dir",
+            str(run),
+            "--generator",
+            str(workspace["root"] / "generator"),
+            "--reasoner",
+            str(workspace["root"] / "reasoner"),
+            "--max-length",
+            "256",
+            "--max-target-tokens",
+            "32",
+            "--max-steps",
+            "2",
+            "--global-batch-size",
+            "2",
+            "--per-device-batch-size",
+            "2",
+            "--learning-rate",
+            "1e-3",
+            "--save-steps",
+            "2",
+        ]
+    )
     assert code == 0
     assert json.loads((run / "options.json").read_text())["max_steps"] == 2
-    code = main([
-        "generate", "--model", str(run / "model"), "--data", workspace["train"], "--run-dir", str(run / "gen"),
-        "--max-records", "3", "--max-length", "256", "--max-target-tokens", "32", "--max-new-tokens", "5",
-        "--batch-size", "2", "--schedule", "sequential",
-    ])
+    code = main(
+        [
+            "generate",
+            "--model",
+            str(run / "model"),
+            "--data",
+            workspace["train"],
+            "--run-dir",
+            str(run / "gen"),
+            "--max-records",
+            "3",
+            "--max-length",
+            "256",
+            "--max-target-tokens",
+            "32",
+            "--max-new-tokens",
+            "5",
+            "--batch-size",
+            "2",
+            "--schedule",
+            "sequential",
+        ]
+    )
     assert code == 0
     rows = [json.loads(line) for line in (run / "gen" / "predictions.jsonl").read_text().splitlines()]
     assert len(rows) == 3 and all(isinstance(r["prediction"], str) and r["reference"] for r in rows)
     assert all(0 <= r["new_tokens"] <= 5 for r in rows)
-    code = main(["evaluate", "--predictions", str(run / "gen" / "predictions.jsonl"), "--metrics", "rouge1", "rougeL"])
+    code = main(
+        ["evaluate", "--predictions", str(run / "gen" / "predictions.jsonl"), "--metrics", "rouge1", "rougeL"]
+    )
     assert code == 0
     metrics = json.loads((run / "gen" / "metrics.json").read_text())
     assert 0.0 <= metrics["rouge1"] <= 1.0 and metrics["n"] == 3

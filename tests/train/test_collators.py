@@ -17,8 +17,14 @@ def _features(lengths, seed=0, vocab=50):
     for n in lengths:
         ids = [rng.randrange(3, vocab) for _ in range(n)]
         p = rng.randrange(1, n) if n > 1 else 0
-        feats.append({"input_ids": ids, "labels": [IGNORE_INDEX] * p + ids[p:], "prompt_length": p,
-                      "num_profile_items": 3})
+        feats.append(
+            {
+                "input_ids": ids,
+                "labels": [IGNORE_INDEX] * p + ids[p:],
+                "prompt_length": p,
+                "num_profile_items": 3,
+            }
+        )
     return feats
 
 
@@ -35,7 +41,9 @@ def test_padding_collator(side):
         pad[real] = False
         assert batch["input_ids"][row, real].tolist() == f["input_ids"]
         assert batch["labels"][row, real].tolist() == f["labels"]
-        assert batch["attention_mask"][row, real].eq(1).all() and batch["attention_mask"][row, pad].eq(0).all()
+        assert (
+            batch["attention_mask"][row, real].eq(1).all() and batch["attention_mask"][row, pad].eq(0).all()
+        )
         assert batch["input_ids"][row, pad].eq(0).all() and batch["labels"][row, pad].eq(IGNORE_INDEX).all()
 
 
@@ -75,7 +83,7 @@ def test_packing_matches_unpacked_examples():
             assert batch["input_ids"][r, s:e].tolist() == f["input_ids"]
             assert batch["position_ids"][r, s:e].tolist() == list(range(e - s))
             assert batch["labels"][r, s].item() == IGNORE_INDEX  # no prediction across the boundary
-            assert batch["labels"][r, s + 1:e].tolist() == f["labels"][1:]
+            assert batch["labels"][r, s + 1 : e].tolist() == f["labels"][1:]
             # transformers sees exactly this block as one sequence
             assert seq_ids[r, s:e].unique().tolist() == [k]
         end = row[-1][2]
@@ -88,8 +96,15 @@ def _tiny_llama(impl):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    cfg = LlamaConfig(
+        vocab_size=50,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
     cfg._attn_implementation = impl
     return LlamaForCausalLM(cfg).eval()
 

@@ -23,9 +23,19 @@ REPO = Path(__file__).resolve().parents[2]
 
 def _config(workspace, output_dir, **overrides):
     values = dict(
-        train_file=workspace["train"], output_dir=str(output_dir), generator=str(workspace["root"] / "generator"),
-        reasoner=str(workspace["root"] / "reasoner"), max_length=256, max_target_tokens=64, learning_rate=1e-3,
-        warmup_ratio=0.0, max_steps=4, global_batch_size=2, per_device_batch_size=1, save_steps=2, seed=7,
+        train_file=workspace["train"],
+        output_dir=str(output_dir),
+        generator=str(workspace["root"] / "generator"),
+        reasoner=str(workspace["root"] / "reasoner"),
+        max_length=256,
+        max_target_tokens=64,
+        learning_rate=1e-3,
+        warmup_ratio=0.0,
+        max_steps=4,
+        global_batch_size=2,
+        per_device_batch_size=1,
+        save_steps=2,
+        seed=7,
         logging_steps=1,
     )
     values.update(overrides)
@@ -54,7 +64,9 @@ def test_resume_continues_with_the_same_optimizer_scheduler_and_step(workspace, 
     run_finetune(_config(workspace, tmp_path / "interrupted"), callbacks=[StopAfter(2)])
     checkpoint = tmp_path / "interrupted" / "checkpoints" / "checkpoint-2"
     assert (checkpoint / "optimizer.pt").exists() and (checkpoint / "scheduler.pt").exists()
-    resumed = run_finetune(_config(workspace, tmp_path / "interrupted", resume_from_checkpoint=str(checkpoint)))
+    resumed = run_finetune(
+        _config(workspace, tmp_path / "interrupted", resume_from_checkpoint=str(checkpoint))
+    )
     assert resumed["global_step"] == 4
     a, b = _weights(tmp_path / "straight" / "model"), _weights(tmp_path / "interrupted" / "model")
     assert a.keys() == b.keys()
@@ -71,7 +83,9 @@ def test_resume_continues_with_the_same_optimizer_scheduler_and_step(workspace, 
 
 
 def test_lora_reasoner_is_merged_into_a_plain_checkpoint(workspace, tmp_path):
-    metrics = run_finetune(_config(workspace, tmp_path / "lora", reasoner_mode="lora", lora_rank=4, max_steps=2))
+    metrics = run_finetune(
+        _config(workspace, tmp_path / "lora", reasoner_mode="lora", lora_rank=4, max_steps=2)
+    )
     full = run_finetune(_config(workspace, tmp_path / "full", max_steps=1))
     assert metrics["trainable_parameters"] < full["trainable_parameters"]
     weights = _weights(tmp_path / "lora" / "model")
@@ -97,7 +111,8 @@ def test_sft_baseline_saves_a_plain_generator(workspace, tmp_path):
 def test_packed_batch_gives_the_unpacked_loss(workspace):
     tokenizer = workspace["tokenizer"]
     model = FlyThinkerForCausalLM.from_components(
-        generator=str(workspace["root"] / "generator"), reasoner=str(workspace["root"] / "reasoner"),
+        generator=str(workspace["root"] / "generator"),
+        reasoner=str(workspace["root"] / "reasoner"),
         dtype=torch.float64,
     ).eval()
     builder = PromptBuilder(tokenizer, max_length=256, max_target_tokens=64)
@@ -115,12 +130,34 @@ def test_packed_batch_gives_the_unpacked_loss(workspace):
 def test_two_process_ddp_step_through_accelerate_launch(workspace, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "configs/accelerate/ddp_cpu.yaml"),
-        "-m", "flythinker.cli", "train",
-        "--train-file", workspace["train"], "--output-dir", str(tmp_path / "ddp"),
-        "--generator", str(workspace["root"] / "generator"), "--reasoner", str(workspace["root"] / "reasoner"),
-        "--max-length", "256", "--max-target-tokens", "64", "--max-steps", "1", "--global-batch-size", "2",
-        "--per-device-batch-size", "1", "--save-steps", "1",
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(REPO / "configs/accelerate/ddp_cpu.yaml"),
+        "-m",
+        "flythinker.cli",
+        "train",
+        "--train-file",
+        workspace["train"],
+        "--output-dir",
+        str(tmp_path / "ddp"),
+        "--generator",
+        str(workspace["root"] / "generator"),
+        "--reasoner",
+        str(workspace["root"] / "reasoner"),
+        "--max-length",
+        "256",
+        "--max-target-tokens",
+        "64",
+        "--max-steps",
+        "1",
+        "--global-batch-size",
+        "2",
+        "--per-device-batch-size",
+        "1",
+        "--save-steps",
+        "1",
     ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]

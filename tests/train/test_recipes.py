@@ -44,7 +44,11 @@ def test_explicit_options_override_the_recipe(workspace, tmp_path):
 def test_paper_recipe_trains_the_papers_model(workspace, tmp_path):
     run_finetune(_config(workspace, tmp_path / "paper", recipe="paper"))
     saved = json.loads((tmp_path / "paper" / "model" / "config.json").read_text())
-    assert saved["fusion_gate"] == "none" and saved["center_reasoner"] is False and saved["projection"] == "zero_pad"
+    assert (
+        saved["fusion_gate"] == "none"
+        and saved["center_reasoner"] is False
+        and saved["projection"] == "zero_pad"
+    )
     model = FlyThinkerForCausalLM.from_pretrained(tmp_path / "paper" / "model")
     assert model.fusion.gate_logit is None and model.fusion.reasoner_center is None
 
@@ -67,7 +71,8 @@ def test_lambda_warmup_recipe_bakes_an_unfinished_ramp(workspace, tmp_path):
 def test_warm_start_group_gets_the_multiplied_lr_without_decay():
     model = tiny_flythinker(dtype=torch.float32, fusion_gate="scalar")
     optimizer = torch.optim.AdamW(
-        [{"params": [p for n, p in model.named_parameters() if "norm" not in n], "weight_decay": 0.1}], lr=1e-3
+        [{"params": [p for n, p in model.named_parameters() if "norm" not in n], "weight_decay": 0.1}],
+        lr=1e-3,
     )
     assert boost_warm_start_parameters(optimizer, model, 100.0) == 1
     group = optimizer.param_groups[-1]

@@ -19,10 +19,17 @@ def _jsonl(path, rows):
 
 
 def test_perm_records(tmp_path):
-    p = _jsonl(tmp_path / "perm.jsonl", [
-        {"persona": {"identity": "a nurse, 34"}, "scenario": "night shift", "dialogue": ["I am exhausted", "..."]},
-        {"persona": "student", "scenario": "", "dialogue": [{"role": "user", "content": "I failed"}]},
-    ])
+    p = _jsonl(
+        tmp_path / "perm.jsonl",
+        [
+            {
+                "persona": {"identity": "a nurse, 34"},
+                "scenario": "night shift",
+                "dialogue": ["I am exhausted", "..."],
+            },
+            {"persona": "student", "scenario": "", "dialogue": [{"role": "user", "content": "I failed"}]},
+        ],
+    )
     recs = read_perm_records(p)
     assert [r.persona for r in recs] == ["a nurse, 34", "student"]
     assert [r.query for r in recs] == ["I am exhausted", "I failed"]
@@ -30,13 +37,25 @@ def test_perm_records(tmp_path):
     assert (s.query, s.scenario, s.analysis) == ("I am exhausted", "night shift", "tired")
 
 
-@pytest.mark.parametrize(("row", "match"), [
-    ({"persona": "p", "scenario": "s"}, r"line 2: missing field 'dialogue'"),
-    ({"persona": "p", "scenario": "s", "dialogue": []}, r"line 2: field 'dialogue': expected a non-empty list"),
-    ({"persona": "p", "scenario": "s", "dialogue": [3]}, r"line 2: field 'dialogue\[0\]': expected a string"),
-    ({"persona": ["x"], "scenario": "s", "dialogue": ["q"]}, r"line 2: field 'persona': expected a string"),
-    ('{"persona": "p", ', r"line 2: invalid JSON"),
-])
+@pytest.mark.parametrize(
+    ("row", "match"),
+    [
+        ({"persona": "p", "scenario": "s"}, r"line 2: missing field 'dialogue'"),
+        (
+            {"persona": "p", "scenario": "s", "dialogue": []},
+            r"line 2: field 'dialogue': expected a non-empty list",
+        ),
+        (
+            {"persona": "p", "scenario": "s", "dialogue": [3]},
+            r"line 2: field 'dialogue\[0\]': expected a string",
+        ),
+        (
+            {"persona": ["x"], "scenario": "s", "dialogue": ["q"]},
+            r"line 2: field 'persona': expected a string",
+        ),
+        ('{"persona": "p", ', r"line 2: invalid JSON"),
+    ],
+)
 def test_perm_errors_name_file_line_field(tmp_path, row, match):
     p = _jsonl(tmp_path / "bad.jsonl", [{"persona": "p", "scenario": "s", "dialogue": ["q"]}, row])
     with pytest.raises(RewardDataError, match=match) as e:
@@ -49,9 +68,20 @@ def test_personaemp_sessions(tmp_path):
         "persona": {"name": "Ana", "traits": "introvert"},
         "extracted_memory": ["has a cat", "works night shifts"],
         "queries": [
-            {"query": "My cat is sick", "category": "health", "situation": "vet visit",
-             "relevant_mem": ["has a cat"], "criteria": ["be gentle", "mention the cat"]},
-            {"query": "Can't sleep", "category": "stress", "situation": "", "relevant_mem": [], "criteria": None},
+            {
+                "query": "My cat is sick",
+                "category": "health",
+                "situation": "vet visit",
+                "relevant_mem": ["has a cat"],
+                "criteria": ["be gentle", "mention the cat"],
+            },
+            {
+                "query": "Can't sleep",
+                "category": "stress",
+                "situation": "",
+                "relevant_mem": [],
+                "criteria": None,
+            },
         ],
     }
     p = tmp_path / "pe.json"
@@ -69,7 +99,9 @@ def test_personaemp_errors(tmp_path):
     bad = {"persona": "p", "queries": [{"query": "q", "relevant_mem": [1]}]}
     p = tmp_path / "pe.json"
     p.write_text(json.dumps([bad]))
-    with pytest.raises(RewardDataError, match=r"record 0: queries\[0\]: field 'relevant_mem\[0\]': expected a string"):
+    with pytest.raises(
+        RewardDataError, match=r"record 0: queries\[0\]: field 'relevant_mem\[0\]': expected a string"
+    ):
         read_personaemp_sessions(p)
     p.write_text(json.dumps([{"persona": "p", "queries": []}]))
     with pytest.raises(RewardDataError, match=r"record 0: field 'queries': expected a non-empty list"):

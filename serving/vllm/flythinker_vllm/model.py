@@ -1,6 +1,6 @@
 """FlyThinkerForCausalLM for vLLM: both stacks inside one engine model, token-exact with flythinker.
 
-Equations (DESIGN §1; ``flythinker.modeling.fusion.LatentFusion`` is their one definition, used here
+Equations (docs/design.md §1; ``flythinker.modeling.fusion.LatentFusion`` is their one definition, used here
 as is, warm-start options included)::
 
     m̄   = mean over the real V_G rows of ‖E_G[v]‖₂           fp32, after loading (vLLM pads the table)
