@@ -79,7 +79,8 @@ def _ce_chunk_kernel(
 
 def _block_v(vocab: int, block_v: int | None) -> tuple[int, int]:
     if block_v is None:
-        block_v = min(triton.next_power_of_2(vocab), 1024 if interpreting() else 32768)
+        # 16384 columns at most: 32768 spills registers in fp32 on sm_90 (bench/results/kernels_aot.md)
+        block_v = min(triton.next_power_of_2(vocab), 1024 if interpreting() else 16384)
     if interpreting():
         return block_v, 1
     return block_v, 32 if block_v >= 8192 else 16 if block_v >= 2048 else 8

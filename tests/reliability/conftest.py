@@ -29,26 +29,12 @@ def tiny_model_dir(workspace):  # noqa: F811
     return target
 
 
-def _run_main(argv):
-    import threading
-
-    from tqdm import tqdm
-    from tqdm.auto import tqdm as auto_tqdm
-
-    from flythinker.cli import main
-
-    # tqdm's write lock is a multiprocessing lock inherited through fork: a child killed while holding it
-    # would block the test process's next progress bar forever. The child gets a lock of its own.
-    for cls in (tqdm, auto_tqdm):
-        cls.set_lock(threading.RLock())
-    os._exit(main(argv))
-
-
 def start_cli(argv: list[str]) -> multiprocessing.Process:
-    """``flythinker <argv>`` in a forked process (no interpreter start-up cost), so a test can SIGKILL it."""
-    process = multiprocessing.get_context("fork").Process(target=_run_main, args=(argv,))
-    process.start()
-    return process
+    """``flythinker <argv>`` in a child process (from a fork server: see tests/cli_runner.py), so a test
+    can SIGKILL it."""
+    from tests.cli_runner import start
+
+    return start(argv)
 
 
 def kill_when(process: multiprocessing.Process, condition, timeout: float = 120.0) -> bool:

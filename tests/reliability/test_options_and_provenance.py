@@ -115,9 +115,10 @@ def test_convert_rejects_a_non_finite_lambda(tmp_path, capsys):
 
 
 def test_train_exposes_the_projection_the_width_error_asks_for(workspace, tmp_path, capsys):
-    """A reasoner wider than the generator needs projection='linear'; `flythinker train` can set it."""
+    """A reasoner wider than the generator cannot be zero-padded (the paper's recipe): the error names
+    --projection, and `flythinker train` can set it (the default recipe's zero_linear fits any width)."""
     root = workspace["root"]
-    wide = _train_argv(workspace, tmp_path / "zero_pad")
+    wide = [*_train_argv(workspace, tmp_path / "zero_pad"), "--recipe", "paper"]  # the paper's zero-padding
     wide[wide.index("--reasoner") + 1] = str(root / "generator")  # d_R = 32
     wide[wide.index("--generator") + 1] = str(root / "reasoner_as_generator")
     from transformers import AutoModelForCausalLM
