@@ -77,7 +77,7 @@ def _timestamped(command: str) -> str:
 
 
 def _write_options(run_dir: Path, options: dict[str, Any]) -> None:
-    from flythinker.train.finetune import atomic_write_text
+    from flythinker.train.checkpoints import atomic_write_text
 
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "options.json", json.dumps(options, indent=2, default=str))
@@ -163,7 +163,9 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     import flythinker.modeling  # noqa: F401  (registers the architecture)
     from flythinker.modeling.loading import check_model_source
     from flythinker.predict import PredictionLog, PredictionSettings, generate_predictions
-    from flythinker.train.finetune import atomic_write_text, load_tokenizer, non_finite_parameter
+    from flythinker.train.checkpoints import atomic_write_text
+    from flythinker.train.divergence import non_finite_parameter
+    from flythinker.train.finetune import load_tokenizer
     from flythinker.train.prompts import PromptBuilder
     from flythinker.train.readers import read_records
 

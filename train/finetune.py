@@ -28,7 +28,23 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
+from .checkpoints import (
+    AtomicCheckpoints,
+    _barrier,
+    atomic_write_text,
+    checkpoint_is_complete,
+    complete_checkpoints,
+    last_complete_checkpoint,
+    publish_directory,
+)
 from .collators import PackingCollator, PaddingCollator
+from .divergence import (
+    DivergenceGuard,
+    TrainingDivergedError,
+    _last_good,
+    guarded_trainer_class,
+    non_finite_parameter,
+)
 from .prompts import PromptBuilder, encode_records
 from .readers import read_records
 
@@ -55,8 +71,6 @@ RECIPE_FIELDS: tuple[str, ...] = (
 """FinetuneConfig fields a ``--recipe`` fills in when they are left unset (None)."""
 """FinetuneConfig fields passed unchanged to ``FlyThinkerConfig`` (a new config option: add a field of the same
 name to FinetuneConfig, its name here and its help in ``flythinker.cli.FINETUNE_HELP``; the CLI exposes it)."""
-COMPLETE_MARKER = "checkpoint_complete.json"
-"""Written into a checkpoint after everything else; a checkpoint without it is incomplete."""
 FINISHED_MARKER = "train_metrics.json"
 """Written last by a finished run."""
 
@@ -387,204 +401,6 @@ class MeanNormAndThroughputCallback(TrainerCallback):
             logs["real_tokens_per_second"] = round(
                 (self.counter.real_tokens - self.tokens_at_start) / elapsed, 2
             )
-
-
-class TrainingDivergedError(RuntimeError):
-    """Training produced a non-finite loss, gradient norm or weight; nothing non-finite was saved."""
-
-
-def _last_good(checkpoints: Path) -> str:
-    last = last_complete_checkpoint(checkpoints)
-    return (
-        f"the last good checkpoint is {last} (resume from it with a lower --learning-rate)"
-        if last
-        else "no checkpoint was saved before it"
-    )
-
-
-class DivergenceGuard(TrainerCallback):
-    """Stops training at the first non-finite gradient norm, before the optimizer applies it.
-
-    transformers' ``logging_nan_inf_filter`` would log a NaN loss as the running mean and carry on;
-    this callback (with :class:`GuardedTrainer`'s loss and weight checks) raises instead, naming the step.
-    Cost: one norm over the gradients and one host sync per optimizer step.
-    """
-
-    def __init__(self, checkpoints: Path):
-        self.checkpoints = checkpoints
-
-    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
-        grads = [p.grad for p in model.parameters() if p.grad is not None]
-        if not grads:
-            return
-        norm = torch.nn.utils.get_total_norm(grads, norm_type=2.0, error_if_nonfinite=False, foreach=True)
-        if not bool(torch.isfinite(norm)):
-            raise TrainingDivergedError(
-                f"training diverged at optimizer step {state.global_step + 1}: the gradient norm is {float(norm)} "
-                f"(learning rate {args.learning_rate:g}); the step was not applied and no non-finite weight was "
-                f"saved; {_last_good(self.checkpoints)}"
-            )
-
-
-def non_finite_parameter(model) -> str | None:
-    """Name of the first parameter or buffer holding NaN/inf, or ``None`` (one pass over the weights)."""
-    for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
-        if tensor.is_floating_point() and tensor.numel() and not bool(torch.isfinite(tensor).all()):
-            return name
-    return None
-
-
-def guarded_trainer_class():
-    """The transformers Trainer with two public-method overrides: ``training_step`` raises on a non-finite
-    loss (naming the step) and ``save_model`` refuses to write non-finite weights. (Built on first use so
-    importing this module does not import the Trainer.)"""
-    global _GUARDED_TRAINER
-    if _GUARDED_TRAINER is not None:
-        return _GUARDED_TRAINER
-    from transformers import Trainer
-
-    class GuardedTrainer(Trainer):
-        """Trainer that stops on a non-finite loss and never saves non-finite weights."""
-
-        def __init__(self, *args, checkpoints: Path, warm_start_lr_multiplier: float = 1.0, **kwargs):
-            self.warm_start_lr_multiplier = warm_start_lr_multiplier
-            super().__init__(*args, **kwargs)
-            self.checkpoints = checkpoints
-
-        def training_step(self, model, inputs, num_items_in_batch=None):
-            loss = super().training_step(model, inputs, num_items_in_batch)
-            if not bool(torch.isfinite(loss).all()):
-                raise TrainingDivergedError(
-                    f"training diverged at optimizer step {self.state.global_step + 1}: the loss is {float(loss.sum())} "
-                    f"(learning rate {self.args.learning_rate:g}); no non-finite weight was saved; "
-                    f"{_last_good(self.checkpoints)}"
-                )
-            return loss
-
-        def create_optimizer(self, *args, **kwargs):
-            """The Trainer's optimizer, with the warm-start parameters (gate α, zero_linear W) in their
-            own group at ``lr × warm_start_lr_multiplier`` (``flythinker.train.warm_start``)."""
-            optimizer = super().create_optimizer(*args, **kwargs)
-            if self.warm_start_lr_multiplier != 1.0:
-                from .warm_start import boost_warm_start_parameters
-
-                inner = getattr(optimizer, "optimizer", optimizer)  # accelerate may wrap it
-                boost_warm_start_parameters(inner, self.model, self.warm_start_lr_multiplier)
-            return optimizer
-
-        def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
-            bad = non_finite_parameter(self.model)
-            if bad is not None:
-                raise TrainingDivergedError(
-                    f"training diverged at optimizer step {self.state.global_step}: weight {bad} holds NaN/inf "
-                    f"(learning rate {self.args.learning_rate:g}); it was not saved; {_last_good(self.checkpoints)}"
-                )
-            return super().save_model(output_dir, _internal_call)
-
-    _GUARDED_TRAINER = GuardedTrainer
-    return GuardedTrainer
-
-
-_GUARDED_TRAINER = None
-
-
-# ------------------------------------------------------------------------------------ checkpoints
-def checkpoint_is_complete(path: Path) -> bool:
-    """A checkpoint counts only when its completion marker exists (written after every other file).
-
-    Checkpoints of older flythinker versions (no marker) count when ``trainer_state.json`` parses.
-    """
-    if (path / COMPLETE_MARKER).is_file():
-        return True
-    try:
-        json.loads((path / "trainer_state.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return True
-
-
-def _step_of(path: Path) -> int:
-    try:
-        return int(path.name.rsplit("-", 1)[1])
-    except (IndexError, ValueError):
-        return -1
-
-
-def complete_checkpoints(checkpoints: Path) -> list[Path]:
-    """Complete ``checkpoint-N`` directories, oldest first."""
-    if not checkpoints.is_dir():
-        return []
-    found = [p for p in checkpoints.glob("checkpoint-*") if p.is_dir() and _step_of(p) >= 0]
-    return sorted((p for p in found if checkpoint_is_complete(p)), key=_step_of)
-
-
-def last_complete_checkpoint(checkpoints: Path) -> Path | None:
-    """The newest complete checkpoint (what ``--resume-from-checkpoint last`` resumes), or ``None``."""
-    found = complete_checkpoints(checkpoints)
-    return found[-1] if found else None
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``path`` through a unique temporary file and ``os.replace``: readers see the old or the new file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
-def publish_directory(staged: Path, final: Path) -> None:
-    """Move a completely written directory to its final name (a rename; an older copy is replaced)."""
-    _fsync_dir(staged)
-    if final.exists():
-        trash = final.with_name(f".{final.name}.old-{os.getpid()}")
-        os.replace(final, trash)
-        os.replace(staged, final)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.replace(staged, final)
-    _fsync_dir(final.parent)
-
-
-class AtomicCheckpoints(TrainerCallback):
-    """The Trainer writes each checkpoint under a staging folder; once it is complete (``on_save``), this
-    callback writes the completion marker and renames it into ``checkpoints/``, then keeps the newest
-    ``save_total_limit``. A kill during a save leaves only the staging folder, removed at the next start.
-    """
-
-    def __init__(self, checkpoints: Path, save_total_limit: int | None):
-        self.checkpoints = checkpoints
-        self.save_total_limit = save_total_limit
-
-    def on_save(self, args, state, control, **kwargs):
-        _barrier()  # every process has written its part (e.g. its RNG state)
-        if state.is_world_process_zero:
-            staged = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            atomic_write_text(staged / COMPLETE_MARKER, json.dumps({"global_step": state.global_step}))
-            publish_directory(staged, self.checkpoints / staged.name)
-            if self.save_total_limit:
-                for old in complete_checkpoints(self.checkpoints)[: -self.save_total_limit]:
-                    shutil.rmtree(old, ignore_errors=True)
-        _barrier()
-
-
-def _barrier() -> None:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()
 
 
 # ------------------------------------------------------------------------------------------ data

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from flythinker.train import finetune
+from flythinker.train import checkpoints as checkpoints_module
 from flythinker.train.finetune import FinetuneConfig, run_finetune
 from tests.reliability.conftest import kill_when, run_cli, start_cli
 
@@ -80,7 +80,7 @@ def test_kill_9_at_several_points_then_resume_last_equals_an_uninterrupted_run(w
         extra = ("--resume-from-checkpoint", "last") if number else ()
         kills += kill_when(start_cli(_argv(workspace, run, *extra)), trigger)
         for checkpoint in (run / "checkpoints").glob("checkpoint-*"):  # whatever is visible is complete
-            assert (checkpoint / finetune.COMPLETE_MARKER).is_file() and (
+            assert (checkpoint / checkpoints_module.COMPLETE_MARKER).is_file() and (
                 checkpoint / "trainer_state.json"
             ).is_file()
         assert not (run / "model").exists() or (run / "train_metrics.json").exists()
@@ -102,9 +102,9 @@ def test_last_skips_an_incomplete_checkpoint(tmp_path):
         folder.mkdir(parents=True)
         (folder / "model.safetensors").write_bytes(b"\0" * 8)
         if complete:
-            (folder / finetune.COMPLETE_MARKER).write_text("{}")
+            (folder / checkpoints_module.COMPLETE_MARKER).write_text("{}")
     (checkpoints / "checkpoint-6" / "trainer_state.json").write_text('{"global_st')  # torn by a kill
-    assert finetune.last_complete_checkpoint(checkpoints) == checkpoints / "checkpoint-4"
+    assert checkpoints_module.last_complete_checkpoint(checkpoints) == checkpoints / "checkpoint-4"
 
 
 def test_an_incomplete_checkpoint_is_refused_by_name(workspace, tmp_path):
