@@ -60,3 +60,34 @@ def tiny_llama(vocab_size: int, hidden: int = 32, layers: int = 2, seed: int = 0
                          max_position_embeddings=4096, pad_token_id=0, bos_token_id=2, eos_token_id=3,
                          tie_word_embeddings=False)  # fmt: skip
     return LlamaForCausalLM(config).eval()
+
+
+def tiny_flythinker_policy(vocab: int):
+    """A one-layer FlyThinker (Qwen2 d=32 generator, Llama d=16 reasoner) over ``vocab`` ids (policies)."""
+    from transformers import LlamaConfig, Qwen2Config
+
+    from flythinker import FlyThinkerConfig, FlyThinkerForCausalLM
+
+    torch.manual_seed(0)
+    common = dict(
+        vocab_size=vocab, max_position_embeddings=1024, pad_token_id=0, bos_token_id=2, eos_token_id=3
+    )
+    gen = Qwen2Config(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+        **common,
+    )
+    rea = LlamaConfig(
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=8,
+        **common,
+    )
+    return FlyThinkerForCausalLM(FlyThinkerConfig(generator_config=gen, reasoner_config=rea))

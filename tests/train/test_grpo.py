@@ -9,7 +9,7 @@ from flythinker.rewards.judge import LocalJudge
 from flythinker.rewards.samples import EmpathySample
 from flythinker.rewards.trl_rewards import PermRewardFunctions
 from flythinker.train.grpo import build_grpo_dataset, make_grpo_trainer
-from tests.word_models import tiny_llama
+from tests.word_models import tiny_flythinker_policy, tiny_llama
 
 pytest.importorskip("trl")
 
@@ -30,36 +30,6 @@ SAMPLES = [
 ]
 
 
-def _tiny_flythinker_policy(vocab: int):
-    from transformers import LlamaConfig, Qwen2Config
-
-    from flythinker import FlyThinkerConfig, FlyThinkerForCausalLM
-
-    torch.manual_seed(0)
-    common = dict(
-        vocab_size=vocab, max_position_embeddings=1024, pad_token_id=0, bos_token_id=2, eos_token_id=3
-    )
-    gen = Qwen2Config(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        tie_word_embeddings=True,
-        **common,
-    )
-    rea = LlamaConfig(
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=8,
-        **common,
-    )
-    return FlyThinkerForCausalLM(FlyThinkerConfig(generator_config=gen, reasoner_config=rea))
-
-
 def _tiny_llama_policy(vocab: int):
     return tiny_llama(vocab, hidden=32, layers=1, seed=0).train()
 
@@ -70,7 +40,7 @@ def _tiny_llama_policy(vocab: int):
 def test_two_grpo_steps_update_policy_and_log_components(tmp_path, word_tokenizer, policy_kind, variant):
     from trl import GRPOConfig
 
-    build = _tiny_flythinker_policy if policy_kind == "flythinker" else _tiny_llama_policy
+    build = tiny_flythinker_policy if policy_kind == "flythinker" else _tiny_llama_policy
     policy = build(len(word_tokenizer))
     judge = LocalJudge(
         tiny_llama(len(word_tokenizer), seed=1), word_tokenizer, batch_size=4, criteria_max_new_tokens=4

@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from flythinker import FlyThinkerConfig, FlyThinkerForCausalLM
-from tests.word_models import build_word_tokenizer, tiny_llama
+from flythinker import FlyThinkerForCausalLM
+from tests.word_models import build_word_tokenizer, tiny_flythinker_policy, tiny_llama
 
 pytest.importorskip("trl")
 
@@ -21,35 +21,8 @@ def tokenizer():
 @pytest.fixture()
 def policy_dir(tmp_path, tokenizer):
     """A tiny FlyThinker saved to disk, as a user's checkpoint would be (TRL reloads it by path)."""
-    from transformers import LlamaConfig, Qwen2Config
 
-    torch.manual_seed(0)
-    common = dict(
-        vocab_size=len(tokenizer),
-        max_position_embeddings=1024,
-        pad_token_id=0,
-        bos_token_id=2,
-        eos_token_id=3,
-    )
-    generator = Qwen2Config(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        tie_word_embeddings=True,
-        **common,
-    )
-    reasoner = LlamaConfig(
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=8,
-        **common,
-    )
-    model = FlyThinkerForCausalLM(FlyThinkerConfig(generator_config=generator, reasoner_config=reasoner))
+    model = tiny_flythinker_policy(len(tokenizer))
     model.save_pretrained(tmp_path / "policy")
     tokenizer.save_pretrained(tmp_path / "policy")
     return tmp_path / "policy"
