@@ -734,8 +734,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "Same weights, same records, same token content for every variant: the reference re-pads our "
         "PromptBuilder examples to its fixed row length, so its extra cost is the recipe (padding, reasoner "
         "logits + KV caches, eager injection, plain loss), not a different prompt.",
-        "On CPU flythinker.kernels.fused_linear_cross_entropy dispatches to the eager reference (full logits): "
-        "the chunked/Triton loss only runs on CUDA, so CPU memory does not show the fused loss's saving.",
+        "On CPU flythinker.kernels.fused_linear_cross_entropy runs its chunked PyTorch step (labelled rows "
+        "only, CPU-sized chunks); the Triton step runs on CUDA.",
         "t_reasoner_fwd_bwd excludes the reasoner's AdamW update; the ratio including it is reported too.",
     ]
     stem = args.stem or f"train_{'cuda' if device.type == 'cuda' else 'cpu'}"
