@@ -10,43 +10,15 @@ from safetensors.torch import load_file
 
 from flythinker.train import checkpoints as checkpoints_module
 from flythinker.train.finetune import FinetuneConfig, run_finetune
+from tests.finetune_helpers import train_argv
 from tests.reliability.conftest import kill_when, run_cli, start_cli
 
 
 def _argv(workspace, run_dir, *extra):
-    root = workspace["root"]
-    return [
-        "train",
-        "--train-file",
-        workspace["train"],
-        "--output-dir",
-        str(run_dir),
-        "--generator",
-        str(root / "generator"),
-        "--reasoner",
-        str(root / "reasoner"),
-        "--max-length",
-        "256",
-        "--max-target-tokens",
-        "32",
-        "--max-steps",
-        "6",
-        "--global-batch-size",
-        "2",
-        "--per-device-batch-size",
-        "1",
-        "--learning-rate",
-        "1e-3",
-        "--warmup-ratio",
-        "0",
-        "--save-steps",
-        "1",
-        "--save-total-limit",
-        "2",
-        "--seed",
-        "3",
-        *extra,
-    ]
+    return train_argv(
+        workspace, run_dir, *extra, max_target_tokens=32, max_steps=6, global_batch_size=2, per_device_batch_size=1,
+        learning_rate="1e-3", warmup_ratio=0, save_steps=1, save_total_limit=2, seed=3,
+    )  # fmt: skip
 
 
 def _staged(run_dir):

@@ -9,28 +9,13 @@ from transformers import TrainerCallback
 
 from flythinker.cli import main
 from flythinker.train import finetune
-from flythinker.train.finetune import FinetuneConfig, run_finetune
+from flythinker.train.finetune import run_finetune
+from tests.finetune_helpers import train_argv, workspace_config
 
 
 def _config(workspace, output_dir, **overrides):
-    root = workspace["root"]
-    values = dict(
-        train_file=workspace["train"],
-        output_dir=str(output_dir),
-        generator=str(root / "generator"),
-        reasoner=str(root / "reasoner"),
-        max_length=256,
-        max_target_tokens=32,
-        learning_rate=1e-3,
-        warmup_ratio=0.0,
-        max_steps=6,
-        global_batch_size=2,
-        per_device_batch_size=1,
-        save_steps=1,
-        seed=7,
-    )
-    values.update(overrides)
-    return FinetuneConfig(**values)
+    options = dict(max_target_tokens=32, max_steps=6, global_batch_size=2, save_steps=1, seed=7)
+    return workspace_config(workspace, output_dir, **{**options, **overrides})
 
 
 class PoisonAfter(TrainerCallback):
@@ -76,36 +61,10 @@ def test_cli_learning_rate_far_too_high_exits_non_zero_naming_the_step(
     workspace, tmp_path, capsys, learning_rate
 ):
     run = tmp_path / "run"
-    root = workspace["root"]
     code = main(
-        [
-            "train",
-            "--train-file",
-            workspace["train"],
-            "--output-dir",
-            str(run),
-            "--generator",
-            str(root / "generator"),
-            "--reasoner",
-            str(root / "reasoner"),
-            "--max-length",
-            "256",
-            "--max-target-tokens",
-            "32",
-            "--max-steps",
-            "6",
-            "--global-batch-size",
-            "2",
-            "--per-device-batch-size",
-            "1",
-            "--learning-rate",
-            learning_rate,
-            "--warmup-ratio",
-            "0",
-            "--save-steps",
-            "1",
-        ]
-    )
+        train_argv(workspace, run, max_target_tokens=32, max_steps=6, global_batch_size=2, per_device_batch_size=1,
+                   learning_rate=learning_rate, warmup_ratio=0, save_steps=1)
+    )  # fmt: skip
     lines = [
         line for line in capsys.readouterr().err.splitlines() if line.startswith("flythinker train: error:")
     ]

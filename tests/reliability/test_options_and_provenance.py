@@ -8,32 +8,13 @@ import pytest
 
 from flythinker.cli import main
 from flythinker.train.finetune import FinetuneConfig
+from tests.finetune_helpers import train_argv
 
 
 def _train_argv(workspace, run, *extra):
-    root = workspace["root"]
-    return [
-        "train",
-        "--train-file",
-        workspace["train"],
-        "--output-dir",
-        str(run),
-        "--generator",
-        str(root / "generator"),
-        "--reasoner",
-        str(root / "reasoner"),
-        "--max-length",
-        "256",
-        "--max-target-tokens",
-        "32",
-        "--max-steps",
-        "1",
-        "--global-batch-size",
-        "1",
-        "--save-steps",
-        "5",
-        *extra,
-    ]
+    return train_argv(
+        workspace, run, *extra, max_target_tokens=32, max_steps=1, global_batch_size=1, save_steps=5
+    )
 
 
 def _error(capsys, command):

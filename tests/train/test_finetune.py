@@ -14,32 +14,19 @@ from transformers import AutoModelForCausalLM, TrainerCallback
 
 from flythinker import FlyThinkerForCausalLM
 from flythinker.train.collators import PackingCollator, PaddingCollator
-from flythinker.train.finetune import FinetuneConfig, run_finetune
+from flythinker.train.finetune import run_finetune
 from flythinker.train.prompts import PromptBuilder, encode_records
 from flythinker.train.readers import read_records
+from tests.finetune_helpers import workspace_config
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def _config(workspace, output_dir, **overrides):
-    values = dict(
-        train_file=workspace["train"],
-        output_dir=str(output_dir),
-        generator=str(workspace["root"] / "generator"),
-        reasoner=str(workspace["root"] / "reasoner"),
-        max_length=256,
-        max_target_tokens=64,
-        learning_rate=1e-3,
-        warmup_ratio=0.0,
-        max_steps=4,
-        global_batch_size=2,
-        per_device_batch_size=1,
-        save_steps=2,
-        seed=7,
-        logging_steps=1,
+    options = dict(
+        max_target_tokens=64, max_steps=4, global_batch_size=2, save_steps=2, seed=7, logging_steps=1
     )
-    values.update(overrides)
-    return FinetuneConfig(**values)
+    return workspace_config(workspace, output_dir, **{**options, **overrides})
 
 
 class StopAfter(TrainerCallback):

@@ -8,21 +8,18 @@ import pytest
 import torch
 
 from flythinker.modeling import FlyThinkerForCausalLM
-from flythinker.train.finetune import FinetuneConfig, run_finetune
+from flythinker.train.finetune import run_finetune
 from flythinker.train.recipes import DEFAULT_RECIPE, RECIPES, get_recipe
 from flythinker.train.warm_start import boost_warm_start_parameters
+from tests.finetune_helpers import workspace_config
 from tests.tiny_models import tiny_flythinker
 
 
 def _config(workspace, output_dir, **overrides):
-    values = dict(
-        train_file=workspace["train"], output_dir=str(output_dir), generator=str(workspace["root"] / "generator"),
-        reasoner=str(workspace["root"] / "reasoner"), max_length=256, max_target_tokens=64, learning_rate=1e-3,
-        warmup_ratio=0.0, max_steps=3, global_batch_size=2, per_device_batch_size=1, save_steps=100, seed=3,
-        logging_steps=1,
-    )  # fmt: skip
-    values.update(overrides)
-    return FinetuneConfig(**values)
+    options = dict(
+        max_target_tokens=64, max_steps=3, global_batch_size=2, save_steps=100, seed=3, logging_steps=1
+    )
+    return workspace_config(workspace, output_dir, **{**options, **overrides})
 
 
 def test_recipe_table_and_default():
