@@ -68,6 +68,8 @@ FINETUNE_HELP = {
     "max_records": "use only the first N training records",
     "attn_implementation": "'sdpa' (default), 'eager' or 'flash_attention_2' (needs flash-attn installed)",
     "use_fused_loss": "compute the loss with the chunked fused linear cross-entropy (never builds [tokens, vocab])",
+    "keep_freed_host_memory": "on CPU, tune glibc malloc to reuse freed memory instead of faulting in fresh "
+    "pages every step (flythinker.kernels.host_memory; resident memory stays at its peak)",
     "overwrite": "replace a run directory that already holds a run (default: refuse, so no run is lost)",
 }
 

@@ -28,6 +28,8 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
+from flythinker.kernels.host_memory import keep_freed_host_memory
+
 from .checkpoints import (
     AtomicCheckpoints,
     _barrier,
@@ -120,6 +122,7 @@ class FinetuneConfig:
     max_records: int | None = None
     attn_implementation: str = "sdpa"
     use_fused_loss: bool = True
+    keep_freed_host_memory: bool = True
     overwrite: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -173,6 +176,7 @@ class FinetuneConfig:
             "gradient_checkpointing",
             "bf16",
             "use_fused_loss",
+            "keep_freed_host_memory",
             "overwrite",
         ):
             if not isinstance(getattr(self, name), bool):
@@ -617,6 +621,8 @@ def run_finetune(
     """
     config.validate()
     check_run_directory(config)
+    if config.keep_freed_host_memory and not torch.cuda.is_available():
+        keep_freed_host_memory()  # CPU steps reuse freed memory instead of faulting in fresh pages
     records = read_training_records(config)
     models = f"--generator {config.generator}" + (
         f" / --reasoner {config.reasoner}" if config.reasoner else ""

@@ -121,6 +121,9 @@ def main(fd: int) -> None:
     hello = pickle.loads(conn.recv_bytes())
     multiprocessing.current_process().authkey = hello["authkey"]
     torch.set_num_threads(hello["threads"])
+    from flythinker.kernels.host_memory import keep_freed_host_memory
+
+    keep_freed_host_memory()  # this process only decodes: reuse freed blocks, no fresh page per step
     conn.send_bytes(OK)
     serve(conn)
     os._exit(0)  # nothing to flush or save: skip the interpreter's slow teardown
