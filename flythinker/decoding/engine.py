@@ -40,6 +40,8 @@ def prefill(generator: GeneratorSide, runner: ReasonerRunner, ids, positions, ma
         hidden = runner.finish()  # R's states for chunk k
         if k + 1 < len(chunks):  # R on chunk k+1 while G runs chunk k
             runner.start(ids[:, chunks[k + 1]], positions[:, chunks[k + 1]])
+        else:  # G's last chunk runs alone: the runner may hand G the reasoner's cores
+            runner.generator_alone()
         gate = prefill_gate(mask, positions[:, part], part.start)
         last = generator.forward_chunk(ids[:, part], hidden, gate, previous, mask, positions[:, part], cache)
         previous = hidden[:, -1]

@@ -37,6 +37,9 @@ class ReasonerRunner(Protocol):
     def finish(self) -> torch.Tensor:
         """Wait for the launch; its states ``[b, L, d]`` on the generator's device."""
 
+    def generator_alone(self) -> None:
+        """Hint: the generator now runs with no reasoner launch in flight (until the next ``start``)."""
+
     def select(self, rows: torch.Tensor) -> None:
         """Keep only these batch rows (local indices), after ``finish``."""
 
@@ -96,6 +99,9 @@ class DeviceRunner:
             hidden.record_stream(current)
         return hidden.to(self.out_device, non_blocking=True)
 
+    def generator_alone(self) -> None:
+        pass  # nothing to hand over: R and G share the device's resources as they are
+
     def select(self, rows: torch.Tensor) -> None:
         select_cache_rows(self.cache, rows)
         self.mask = self.mask.index_select(0, rows.to(self.device))
@@ -140,6 +146,9 @@ class ThreadRunner:
         if isinstance(result, BaseException):
             raise RuntimeError("reasoner worker thread failed") from result
         return result
+
+    def generator_alone(self) -> None:
+        pass  # one thread count for the whole process: the split stays
 
     def select(self, rows: torch.Tensor) -> None:
         self.inner.select(rows)

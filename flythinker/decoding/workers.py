@@ -234,11 +234,11 @@ def _tensors(side: ReasonerSide) -> list[torch.Tensor]:
 class ProcessRunner:
     """R in a persistent worker process; token ids and latents cross through shared memory.
 
-    ``threads`` = (generator, reasoner). The first launch of a call runs alone (the generator waits for
-    its states), so the worker uses every thread of the call for it, and the caller's process keeps
-    them all until the second launch (G on the prompt's last chunk); from then on they run side by
-    side with the split. With the whole prompt as one chunk (the default) each side prefills alone
-    with every core, which on a few cores beats pipelining at half the cores each.
+    ``threads`` = (generator, reasoner). Whoever runs alone gets every thread of the call: the worker
+    for the first launch (the generator waits for its states), the generator for the prompt's last
+    chunk (``generator_alone``: no reasoner launch in flight). Whenever both run, they split the
+    threads. With the whole prompt as one chunk (the default for short prompts) each side prefills
+    alone with every core.
     """
 
     def __init__(self, out_device: torch.device, threads: tuple[int, int]):
@@ -277,7 +277,7 @@ class ProcessRunner:
         self.buffers.ids[:batch, :length].copy_(ids)
         self.buffers.pos[:batch, :length].copy_(positions)
         self._shape = (batch, length)
-        if self._launches == 1:  # from now on G and R run side by side
+        if self._launches >= 1 and torch.get_num_threads() != self.threads[0]:  # G runs beside R
             torch.set_num_threads(self.threads[0])
         threads = sum(self.threads) if self._launches == 0 else self.threads[1]
         self._launches += 1
@@ -287,6 +287,10 @@ class ProcessRunner:
         self.worker.reply()
         batch, length = self._shape
         return self.buffers.out[:batch, :length].clone()  # the next start() overwrites the buffer
+
+    def generator_alone(self) -> None:
+        if self._launches >= 1:  # the worker is idle until the next start(): G takes every thread
+            torch.set_num_threads(sum(self.threads))
 
     def select(self, rows: torch.Tensor) -> None:
         self.buffers.rows[: rows.numel()].copy_(rows)

@@ -129,3 +129,40 @@ def test_a_worker_that_dies_while_starting_quotes_its_output(monkeypatch):
         match=r"(?s)did not start \(exit code 3\); use schedule='threads'.*\nno module named something$",
     ):
         workers.Worker(1)
+
+
+@pytest.mark.slow
+def test_the_side_running_alone_gets_every_thread_and_the_tokens_stay(monkeypatch):
+    """processes, threads (1, 1), a 3-chunk prefill: G's chunks 0 and 1 run beside R (1 thread), G's last
+    chunk runs alone (2 threads: the worker is idle), every decode step runs beside R again (1 thread)."""
+    import torch
+
+    import flythinker
+    from flythinker.decoding import steps
+    from tests.tiny_models import left_padded_batch, tiny_flythinker
+
+    model = tiny_flythinker(dtype=torch.float32, seed=3)
+    ids, mask, _ = left_padded_batch([9], seed=3)
+    reference = flythinker.generate(model, ids, mask, schedule="sequential", max_new_tokens=4, pad_token_id=0)
+    seen = []
+    original = steps.GeneratorSide.forward_chunk
+
+    def recording(self, input_ids, *args):
+        seen.append((input_ids.shape[1], torch.get_num_threads()))
+        return original(self, input_ids, *args)
+
+    monkeypatch.setattr(steps.GeneratorSide, "forward_chunk", recording)
+    saved = torch.get_num_threads()
+    out = flythinker.generate(
+        model,
+        ids,
+        mask,
+        schedule="processes",
+        threads=(1, 1),
+        prefill_chunk=3,
+        max_new_tokens=4,
+        pad_token_id=0,
+    )
+    assert torch.equal(out.sequences, reference.sequences)
+    assert seen == [(3, 1), (3, 1), (3, 2), (1, 1), (1, 1), (1, 1)]
+    assert torch.get_num_threads() == saved  # restored after the call
