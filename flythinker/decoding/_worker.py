@@ -8,7 +8,7 @@ Protocol: the parent sends one :data:`COMMAND` header per request and the worker
 one reply, ``OK`` or ``FAILED`` + the traceback::
 
     hello (pickled {"authkey", "threads"})     the first message; answered OK
-    SETUP   batch, max_len  + pickled (side | None, buffers | None)   new call: cache, mask copy
+    SETUP   batch, max_len  + pickled (side | None, buffers | None, static)   new call: cache, mask copy
     FORWARD batch, length, threads   h = R(ids[:b, :L], pos[:b, :L]) written to out[:b, :L]
     SELECT  batch           keep rows[:b] of the cache and the mask
     END                     drop the call's cache
@@ -78,7 +78,7 @@ class SharedBuffers:
 
 def serve(conn: Connection) -> None:
     """Answer requests until the parent closes the connection."""
-    from .steps import new_static_cache, select_cache_rows
+    from .steps import new_decode_cache, select_cache_rows
 
     side = buffers = cache = mask = None
     with torch.no_grad():
@@ -89,10 +89,10 @@ def serve(conn: Connection) -> None:
                 return
             try:
                 if op == Op.SETUP:
-                    new_side, new_buffers = pickle.loads(conn.recv_bytes())
+                    new_side, new_buffers, static = pickle.loads(conn.recv_bytes())
                     side = new_side if new_side is not None else side
                     buffers = new_buffers if new_buffers is not None else buffers
-                    cache = new_static_cache(side.config, length)
+                    cache = new_decode_cache(side.config, length, static)
                     mask = buffers.mask[:batch, :length].clone()
                 elif op == Op.FORWARD:
                     if threads and threads != torch.get_num_threads():

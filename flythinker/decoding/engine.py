@@ -120,7 +120,7 @@ def run(call: Call) -> Iterator[int]:
     )
     config = call.generator.model.config.generator_config
     state, positions = DecodeState.for_prompts(
-        call.input_ids, call.prompt_mask, s.max_new_tokens, config, vocab
+        call.input_ids, call.prompt_mask, s.max_new_tokens, config, vocab, s.static_cache
     )
     if call.streamer is not None:
         call.streamer.put(call.input_ids.cpu())

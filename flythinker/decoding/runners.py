@@ -21,7 +21,7 @@ from typing import Protocol, runtime_checkable
 import torch
 
 from .settings import DecodingSettings
-from .steps import ReasonerSide, new_static_cache, select_cache_rows
+from .steps import ReasonerSide, new_decode_cache, select_cache_rows
 
 
 @runtime_checkable
@@ -54,15 +54,18 @@ def _device_of(module: torch.nn.Module) -> torch.device:
 class DeviceRunner:
     """R on its own device, optionally on a side CUDA stream (see the module docstring)."""
 
-    def __init__(self, out_device: torch.device, use_stream: bool = False, step_fn=None):
+    def __init__(
+        self, out_device: torch.device, use_stream: bool = False, step_fn=None, static_cache: bool = True
+    ):
         self.out_device = torch.device(out_device)
+        self.static_cache = static_cache
         self.use_stream = use_stream
         self.step_fn = step_fn  # optional compiled one-token forward (same signature as ReasonerSide)
         self.stream = self.event = self._pending = None
 
     def setup(self, side: ReasonerSide, attention_mask: torch.Tensor, max_len: int, chunk: int) -> None:
         self.side, self.device = side, _device_of(side)
-        self.cache = new_static_cache(side.config, max_len)
+        self.cache = new_decode_cache(side.config, max_len, self.static_cache)
         self.mask = attention_mask.to(self.device)
         if self.use_stream:
             if self.device.type != "cuda":
@@ -116,8 +119,8 @@ class ThreadRunner:
     ``torch.set_num_threads`` is process-wide: both threads use ``threads`` intra-op threads for the call.
     """
 
-    def __init__(self, out_device: torch.device, threads: int):
-        self.inner, self.threads = DeviceRunner(out_device), threads
+    def __init__(self, out_device: torch.device, threads: int, static_cache: bool = True):
+        self.inner, self.threads = DeviceRunner(out_device, static_cache=static_cache), threads
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
         self._results: queue.SimpleQueue = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
@@ -173,7 +176,7 @@ def make_runner(settings: DecodingSettings, model, requested: str) -> tuple[Reas
 
         try:
             start_worker(settings.threads[1])
-            return ProcessRunner(device, settings.threads), settings
+            return ProcessRunner(device, settings.threads, settings.static_cache), settings
         except WorkerStartError as error:
             if requested != "concurrent":
                 raise
@@ -183,10 +186,13 @@ def make_runner(settings: DecodingSettings, model, requested: str) -> tuple[Reas
             settings = dataclasses.replace(settings, schedule="threads")
             schedule = "threads"
     if schedule == "threads":
-        return ThreadRunner(device, settings.threads[1]), settings
+        return ThreadRunner(device, settings.threads[1], settings.static_cache), settings
     step_fn = None
     if settings.compile is not None:
         step_fn = torch.compile(
             ReasonerSide(model.reasoner, model.fusion), mode=settings.compile, dynamic=False
         )
-    return DeviceRunner(device, use_stream=schedule == "cuda-streams", step_fn=step_fn), settings
+    runner = DeviceRunner(
+        device, use_stream=schedule == "cuda-streams", step_fn=step_fn, static_cache=settings.static_cache
+    )
+    return runner, settings

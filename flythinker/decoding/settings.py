@@ -103,6 +103,7 @@ class DecodingSettings:
     compile: str | None
     generator_device: str
     reasoner_device: str
+    static_cache: bool = True  # StaticCache (compile, CUDA) or DynamicCache (CPU eager); see steps.py
 
 
 # ------------------------------------------------------------------------------------------ checks
@@ -351,4 +352,5 @@ def resolve_settings(
         compile=compile_mode,
         generator_device=str(generator_device),
         reasoner_device=str(reasoner_device),
+        static_cache=compile_mode is not None or "cuda" in (generator_device.type, reasoner_device.type),
     )

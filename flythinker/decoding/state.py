@@ -11,10 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from transformers import StaticCache
+from transformers import DynamicCache, StaticCache
 
 from .settings import DecodingSettings
-from .steps import new_static_cache, select_cache_rows
+from .steps import new_decode_cache, select_cache_rows
 from .stopping import find_stop
 
 
@@ -30,13 +30,22 @@ class DecodeState:
     done: torch.Tensor  # [b] bool: finished (EOS, or a stop string seen by the host)
     length: torch.Tensor  # [b] tokens kept (N until the row finishes)
     seen: torch.Tensor | None  # [b, V] bool: tokens seen so far (repetition penalty), else None
-    cache: StaticCache  # the generator's KV cache
+    cache: StaticCache | DynamicCache  # the generator's KV cache
 
     @classmethod
-    def for_prompts(cls, input_ids, prompt_mask, max_new_tokens: int, generator_config, vocab: int = 0):
+    def for_prompts(
+        cls,
+        input_ids,
+        prompt_mask,
+        max_new_tokens: int,
+        generator_config,
+        vocab: int = 0,
+        static: bool = True,
+    ):
         """The state before the prefill (``hidden`` is set by it) and the prompt positions [B, T0].
 
-        ``vocab`` > 0 keeps the seen-token mask of the repetition penalty (prompt tokens counted)."""
+        ``vocab`` > 0 keeps the seen-token mask of the repetition penalty (prompt tokens counted);
+        ``static`` picks the generator's cache kind (:func:`~flythinker.decoding.steps.new_decode_cache`)."""
         batch, device = input_ids.shape[0], input_ids.device
         positions = (prompt_mask.cumsum(-1) - 1).clamp_min(0)
         seen = None
@@ -52,7 +61,7 @@ class DecodeState:
             done=torch.zeros(batch, dtype=torch.bool, device=device),
             length=torch.full((batch,), max_new_tokens, dtype=torch.long, device=device),
             seen=seen,
-            cache=new_static_cache(generator_config, input_ids.shape[1] + max_new_tokens),
+            cache=new_decode_cache(generator_config, input_ids.shape[1] + max_new_tokens, static),
         )
         return state, positions
 

@@ -6,23 +6,37 @@
   (the one definition of the equation and of m̄), the generator's decoder, and the LM head on the
   last position only.
 
-Both run on transformers ``StaticCache`` objects allocated once per call at ``prompt + max_new``
-tokens, and always receive the full preallocated ``[B, max_len]`` attention mask (future columns are
-excluded by causality), so the one-token step has fixed shapes.
+Both run on transformers caches made once per call by :func:`new_decode_cache`: a ``StaticCache``
+of ``prompt + max_new`` tokens where fixed shapes matter (``torch.compile``, CUDA), receiving the full
+preallocated ``[B, max_len]`` attention mask (future columns are excluded by causality); a
+``DynamicCache`` on CPU without compile, receiving only the mask columns written so far
+(:func:`attention_window`), so an unpadded prompt takes sdpa's causal path instead of an explicit
+``[T, max_len]`` mask (a 1,536-token prefill of SmolLM2 on 2 cores: 3.06 s instead of 3.82 s).
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
-from transformers import StaticCache
+from transformers import DynamicCache, StaticCache
 
 from flythinker.modeling.fusion import injection_gate
 
 
-def new_static_cache(config, max_len: int) -> StaticCache:
-    """An empty transformers ``StaticCache`` of ``max_len`` tokens (allocated on the first update)."""
-    return StaticCache(config=config, max_cache_len=max_len)
+def new_decode_cache(config, max_len: int, static: bool = True) -> StaticCache | DynamicCache:
+    """An empty cache for one call: a ``StaticCache`` of ``max_len`` tokens (allocated on the first
+    update) when ``static``, else a ``DynamicCache`` (grows with the tokens fed)."""
+    if static:
+        return StaticCache(config=config, max_cache_len=max_len)
+    return DynamicCache(config=config)
+
+
+def attention_window(attention_mask: torch.Tensor, cache, length: int) -> torch.Tensor:
+    """The 2D mask a forward of ``length`` new tokens gets: the whole preallocated ``[B, max_len]``
+    mask for a static cache (fixed shapes), its first ``past + length`` columns for a dynamic one."""
+    if isinstance(cache, StaticCache):
+        return attention_mask
+    return attention_mask[:, : cache.get_seq_length() + length]
 
 
 def select_cache_rows(cache: StaticCache, rows: torch.Tensor) -> None:
@@ -32,7 +46,7 @@ def select_cache_rows(cache: StaticCache, rows: torch.Tensor) -> None:
             layer.keys = layer.keys.index_select(0, rows.to(layer.keys.device))
             layer.values = layer.values.index_select(0, rows.to(layer.values.device))
             layer.batch_size = layer.keys.shape[0]
-            if not torch.compiler.is_compiling():
+            if isinstance(cache, StaticCache) and not torch.compiler.is_compiling():
                 torch._dynamo.mark_static_address(layer.keys)
                 torch._dynamo.mark_static_address(layer.values)
 
@@ -57,7 +71,7 @@ class ReasonerSide(nn.Module):
     def forward(self, input_ids, attention_mask, position_ids, cache) -> torch.Tensor:
         hidden = self.reasoner(
             input_ids=input_ids,
-            attention_mask=attention_mask,
+            attention_mask=attention_window(attention_mask, cache, input_ids.shape[1]),
             position_ids=position_ids,
             past_key_values=cache,
             use_cache=True,
@@ -83,7 +97,7 @@ class GeneratorSide:
         fused = self.fusion(self.embed(input_ids), reasoner_hidden, gate, self.embed.weight, prev_hidden)
         hidden = self.decoder(
             inputs_embeds=fused,
-            attention_mask=attention_mask,
+            attention_mask=attention_window(attention_mask, cache, input_ids.shape[1]),
             position_ids=position_ids,
             past_key_values=cache,
             use_cache=True,

@@ -241,10 +241,10 @@ class ProcessRunner:
     alone with every core.
     """
 
-    def __init__(self, out_device: torch.device, threads: tuple[int, int]):
+    def __init__(self, out_device: torch.device, threads: tuple[int, int], static_cache: bool = True):
         if torch.device(out_device).type != "cpu":
             raise ValueError("the processes schedule runs on CPU tensors only")
-        self.threads = threads
+        self.threads, self.static_cache = threads, static_cache
         self.worker: Worker | None = None
 
     def setup(self, side: ReasonerSide, attention_mask: torch.Tensor, max_len: int, chunk: int) -> None:
@@ -268,7 +268,7 @@ class ProcessRunner:
             for tensor in _tensors(side):  # in place: the caller's model now lives in shared memory
                 tensor.data.share_memory_()
             worker.side_key, worker.side_ref = None, None  # until the worker confirms
-        worker.request(Op.SETUP, batch, max_len, payload=(send_side, send_buffers))
+        worker.request(Op.SETUP, batch, max_len, payload=(send_side, send_buffers, self.static_cache))
         if send_side is not None:
             worker.side_key, worker.side_ref = key, weakref.ref(side.reasoner)
 

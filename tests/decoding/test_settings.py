@@ -114,3 +114,28 @@ def test_stream_settings_report_a_check_every_step(setup):
     out = generate(model, input_ids[:1], mask[:1], max_new_tokens=3, schedule="sequential")
     assert out.settings.check_every == DecodeOptions().check_every
     assert out.settings.pad_token_id == 0  # no pad given, no EOS: 0
+
+
+def test_cpu_eager_decodes_on_dynamic_caches_and_compile_keeps_static_shapes(setup, monkeypatch):
+    """CPU without compile: DynamicCache (an unpadded prompt takes sdpa's causal path); compile:
+    StaticCache (fixed shapes). Both give the same tokens (tests/decoding/test_schedules.py)."""
+    from transformers import DynamicCache
+
+    from flythinker.decoding import settings, state
+
+    model, input_ids, mask = setup
+    caches = []
+    original = state.DecodeState.for_prompts.__func__
+
+    def recording(cls, *args, **kwargs):
+        made, positions = original(cls, *args, **kwargs)
+        caches.append(type(made.cache))
+        return made, positions
+
+    monkeypatch.setattr(state.DecodeState, "for_prompts", classmethod(recording))
+    out = generate(model, input_ids, mask, max_new_tokens=3, schedule="sequential")
+    assert out.settings.static_cache is False and caches == [DynamicCache]
+    resolved = settings.resolve_settings(
+        model, input_ids, DecodeOptions.from_kwargs("generate", {"max_new_tokens": 3, "compile": True}), False
+    )
+    assert resolved.static_cache is True
