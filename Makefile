@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test lint bench
+.PHONY: setup demo test lint bench bench-speed
 
 setup:
 	@bash scripts/setup.sh
@@ -18,3 +18,7 @@ lint: setup
 
 bench: setup
 	$(PY) bench/bench_kernels.py
+
+# Issue 12's tables: training step vs its floor + decoding vs transformers' generate (~12 min, quiet machine)
+bench-speed: setup
+	$(PY) bench/speed.py

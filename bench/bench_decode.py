@@ -1,13 +1,18 @@
-"""Decode benchmark: generator alone vs FlyThinker sequential / threads / processes on CPU.
+"""Decode benchmark: the generator alone vs FlyThinker sequential / threads / processes on CPU.
 
 SmolLM2-135M-Instruct as both models (fp32). Measures, in paired, interleaved repeats (medians):
 
-* time to first token with a long prompt (default 1536 tokens, batch 1), pipelined chunked prefill
-  for the concurrent schedules;
-* decode tokens/s and median per-token latency after a short prompt (default 128 tokens, greedy,
-  EOS off) at batch 1 and 8.
+* time to first token with a long prompt (default 1536 tokens, batch 1);
+* after a short prompt (default 128 tokens, greedy, EOS off) at batch 1 and 8: end-to-end tokens/s
+  (new tokens / wall time of the whole call, prefill included), decode-only tokens/s and the median
+  per-token latency.
 
-"generator alone" is the same static-cache loop on ``model.generator`` (no reasoner, no fusion).
+Baselines: ``hf_generate`` is transformers' ``model.generator.generate`` (greedy, ``min_new_tokens`` =
+``max_new_tokens``; its first token is timed with a streamer) — what a user of the generator alone
+runs, with every core; ``generator`` is this library's static-cache loop on ``model.generator`` (no
+reasoner, no fusion); ``generator_core_share`` is that loop with only the generator's share of the
+threads under ``processes`` (1 of 2 cores here): the bound a split of the cores puts on FlyThinker.
+Greedy tokens of every FlyThinker schedule are compared with ``sequential``'s.
 Writes ``bench/results/decode_cpu.json`` and ``bench/results/decode_cpu.md``.
 
     python bench/bench_decode.py                # ~8-10 minutes on 2 cores
@@ -26,7 +31,8 @@ from pathlib import Path
 
 import torch
 
-CONFIGS = ("generator", "sequential", "threads", "processes")
+CONFIGS = ("hf_generate", "generator", "generator_core_share", "sequential", "threads", "processes")
+BASELINES = ("hf_generate", "generator", "generator_core_share", "sequential")
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -68,17 +74,59 @@ def generator_alone(model, input_ids, attention_mask, max_new_tokens: int) -> di
     begin = time.perf_counter()
     token = forward(input_ids, positions).argmax(-1)
     first = time.perf_counter()
-    position, steps = positions[:, -1:], []
+    position, steps, tokens = positions[:, -1:], [], [token]
     for _ in range(max_new_tokens - 1):
         tick = time.perf_counter()
         position = position + 1
         token = forward(token[:, None], position).argmax(-1)
+        tokens.append(token)
         steps.append(time.perf_counter() - tick)
     end = time.perf_counter()
+    return _timing(begin, first, end, steps, max_new_tokens, torch.stack(tokens, 1))
+
+
+class _FirstTokenClock:
+    """A logits processor that notes when ``generate``'s first forward (the prefill) has finished."""
+
+    def __init__(self):
+        self.first = None
+
+    def __call__(self, input_ids, scores):
+        if self.first is None:
+            self.first = time.perf_counter()
+        return scores
+
+
+@torch.no_grad()
+def hf_generate(model, input_ids, attention_mask, max_new_tokens: int) -> dict:
+    """transformers' ``generate`` of the generator alone: greedy, exactly ``max_new_tokens`` tokens."""
+    from transformers import LogitsProcessorList
+
+    clock = _FirstTokenClock()
+    begin = time.perf_counter()
+    out = model.generator.generate(
+        input_ids,
+        attention_mask=attention_mask,
+        max_new_tokens=max_new_tokens,
+        min_new_tokens=max_new_tokens,
+        do_sample=False,
+        pad_token_id=0,
+        logits_processor=LogitsProcessorList([clock]),
+    )
+    end = time.perf_counter()
+    n = max_new_tokens - 1
+    steps = [(end - clock.first) / n] * n if n else []  # generate exposes no per-step times: the mean
+    return _timing(begin, clock.first, end, steps, max_new_tokens, out[:, input_ids.shape[1] :])
+
+
+def _timing(begin, first, end, steps, new_tokens, tokens) -> dict:
     return {
         "ttft_s": first - begin,
         "per_token_s": statistics.median(steps) if steps else 0.0,
         "tokens_per_s": len(steps) / (end - first) if steps else 0.0,
+        "end_to_end_tokens_per_s": new_tokens / (end - begin),
+        "total_s": end - begin,
+        "tokens": tokens,
     }
 
 
@@ -100,7 +148,10 @@ def flythinker_run(model, schedule, input_ids, attention_mask, max_new_tokens, t
         "ttft_s": t.time_to_first_token_s,
         "per_token_s": t.per_token_s,
         "tokens_per_s": t.tokens_per_s,
+        "end_to_end_tokens_per_s": max_new_tokens / t.total_s,
+        "total_s": t.total_s,
         "prefill_chunk": out.settings.prefill_chunk,
+        "tokens": out.new_tokens,
     }
 
 
@@ -108,21 +159,30 @@ BASELINE_THREADS: int | None = None  # --baseline-threads (None = torch's defaul
 
 
 def run_config(name, model, input_ids, attention_mask, max_new_tokens, threads) -> dict:
-    if name not in ("generator", "sequential"):  # the engine splits the cores itself
+    if name not in BASELINES:  # the engine splits the cores itself
         return flythinker_run(model, name, input_ids, attention_mask, max_new_tokens, threads)
     saved = torch.get_num_threads()
-    if BASELINE_THREADS is not None:
+    if name == "generator_core_share":
+        torch.set_num_threads(threads[0])
+    elif BASELINE_THREADS is not None:
         torch.set_num_threads(BASELINE_THREADS)
     try:
-        if name == "generator":
+        if name == "hf_generate":
+            return hf_generate(model, input_ids, attention_mask, max_new_tokens)
+        if name in ("generator", "generator_core_share"):
             return generator_alone(model, input_ids, attention_mask, max_new_tokens)
         return flythinker_run(model, name, input_ids, attention_mask, max_new_tokens, threads)
     finally:
         torch.set_num_threads(saved)
 
 
+RATIO_BASES = ("hf_generate", "generator", "generator_core_share", "sequential")
+
+
 def paired(model, input_ids, attention_mask, max_new_tokens, repeats, threads, configs, label) -> dict:
-    """Interleaved repeats (rotating order); per-config medians and per-repeat paired ratios."""
+    """Interleaved repeats (rotating order); per-config medians and per-repeat paired ratios.
+
+    Also checks that every FlyThinker schedule's greedy tokens equal ``sequential``'s (when it ran)."""
     runs = {name: [] for name in configs}
     for r in range(repeats):
         order = configs[r % len(configs) :] + configs[: r % len(configs)]
@@ -140,33 +200,58 @@ def paired(model, input_ids, attention_mask, max_new_tokens, repeats, threads, c
     for name in configs:
         summary[name] = {
             key: statistics.median(run[key] for run in runs[name])
-            for key in ("ttft_s", "per_token_s", "tokens_per_s")
+            for key in ("ttft_s", "per_token_s", "tokens_per_s", "end_to_end_tokens_per_s", "total_s")
         }
-        summary[name]["runs"] = runs[name]
-    for name in configs:  # paired ratios: median over repeats of the same-repeat ratio
-        for base in ("generator", "sequential"):
-            if base in configs and name != base:
-                summary[name][f"speed_vs_{base}"] = statistics.median(
-                    runs[name][i]["tokens_per_s"] / runs[base][i]["tokens_per_s"] for i in range(repeats)
-                )
-                summary[name][f"ttft_ratio_vs_{base}"] = statistics.median(
-                    runs[name][i]["ttft_s"] / runs[base][i]["ttft_s"] for i in range(repeats)
-                )
+        if "sequential" in configs and name not in ("hf_generate", "generator", "generator_core_share"):
+            reference = runs["sequential"][0]["tokens"]
+            summary[name]["tokens_equal_sequential"] = all(
+                torch.equal(run["tokens"], reference) for run in runs[name]
+            )
+        summary[name]["runs"] = [{k: v for k, v in run.items() if k != "tokens"} for run in runs[name]]
+    for name in configs:  # paired ratios: median (and range) over repeats of the same-repeat ratio
+        for base in RATIO_BASES:
+            if base not in configs or name == base:
+                continue
+            for key, field_name in (
+                ("tokens_per_s", "speed_vs"),
+                ("end_to_end_tokens_per_s", "end_to_end_vs"),
+                ("ttft_s", "ttft_ratio_vs"),
+            ):
+                values = [runs[name][i][key] / runs[base][i][key] for i in range(repeats)]
+                summary[name][f"{field_name}_{base}"] = statistics.median(values)
+                summary[name][f"{field_name}_{base}_range"] = [min(values), max(values)]
     return summary
 
 
+def _ratio_cell(row: dict, key: str) -> str:
+    value = row.get(key)
+    if value is None:
+        return "–"
+    low, high = row.get(f"{key}_range", (value, value))
+    return f"{value:.2f} ({low:.2f}–{high:.2f})"
+
+
+GOALS = {  # issue 12's goals, checked in the table's last section
+    "end_to_end_b1": 0.95,
+    "batch8": 0.9,
+}
+
+
 def markdown(report: dict) -> str:
+    settings = report["settings"]
+    load0, load1 = settings["load_average_at_start"], settings["load_average_at_end"]
+    quiet = "quiet before the run" if load0[0] < 0.5 else "other jobs shared the machine"
     lines = [
         f"# Decode benchmark (CPU) — {report['device']}",
         "",
         f"torch {report['versions']['torch']}, transformers {report['versions']['transformers']}, "
-        f"{report['settings']['threads_available']} cores; SmolLM2-135M-Instruct as generator and reasoner (fp32); "
-        f"greedy, EOS off; medians of {report['settings']['repeats']} paired interleaved repeats "
-        f"(TTFT: {report['settings']['ttft_repeats']}). Baselines (generator, sequential) ran with "
-        f"{report['settings']['baseline_threads']} thread(s); threads/processes split the cores "
-        f"{report['settings']['thread_split_generator_reasoner']} (generator, reasoner). Load average "
-        f"(1/5/15 min) at start {report['settings']['load_average_at_start']}, at end "
-        f"{report['settings']['load_average_at_end']} (other jobs shared the machine).",
+        f"{settings['threads_available']} cores; SmolLM2-135M-Instruct as generator and reasoner (fp32); "
+        f"greedy, EOS off; medians of {settings['repeats']} paired interleaved repeats "
+        f"(TTFT: {settings['ttft_repeats']}), range in brackets. Baselines (hf_generate, generator, "
+        f"sequential) ran with {settings['baseline_threads']} thread(s); threads/processes split the cores "
+        f"{settings['thread_split_generator_reasoner']} (generator, reasoner). Load average (1/5/15 min) "
+        f"at start {[round(x, 2) for x in load0]}, at end {[round(x, 2) for x in load1]} ({quiet}). "
+        f"Command: `{settings.get('command', 'python bench/bench_decode.py')}`.",
         "",
     ]
     for section, rows in report["results"].items():
@@ -174,42 +259,82 @@ def markdown(report: dict) -> str:
             lines += [
                 f"## {section}",
                 "",
-                "| config | TTFT s | TTFT / generator alone | TTFT / sequential |",
-                "|---|---|---|---|",
+                "| config | TTFT s | / hf_generate | / generator loop | / sequential |",
+                "|---|---|---|---|---|",
             ]
             for name, row in rows.items():
                 lines.append(
-                    f"| {name} | {row['ttft_s']:.2f} | {row.get('ttft_ratio_vs_generator', 1.0):.2f} | "
-                    f"{row.get('ttft_ratio_vs_sequential', 1.0 if name == 'sequential' else float('nan')):.2f} |"
+                    f"| {name} | {row['ttft_s']:.2f} | {_ratio_cell(row, 'ttft_ratio_vs_hf_generate')} | "
+                    f"{_ratio_cell(row, 'ttft_ratio_vs_generator')} | {_ratio_cell(row, 'ttft_ratio_vs_sequential')} |"
                 )
             lines.append("")
             continue
         lines += [
             f"## {section}",
             "",
-            "| config | TTFT s | ms/token | tokens/s | × generator alone | × sequential |",
-            "|---|---|---|---|---|---|",
+            "| config | TTFT s | ms/token | decode tok/s | end-to-end tok/s | end-to-end × hf_generate | "
+            "decode × hf_generate | × generator loop (e2e) | decode × generator on its core share | "
+            "× sequential (e2e) | tokens = sequential |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for name, row in rows.items():
+            same = row.get("tokens_equal_sequential")
             lines.append(
                 f"| {name} | {row['ttft_s']:.2f} | {row['per_token_s'] * 1e3:.1f} | {row['tokens_per_s']:.2f} | "
-                f"{row.get('speed_vs_generator', 1.0):.2f} | {row.get('speed_vs_sequential', 1.0 if name == 'sequential' else float('nan')):.2f} |"
+                f"{row['end_to_end_tokens_per_s']:.2f} | {_ratio_cell(row, 'end_to_end_vs_hf_generate')} | "
+                f"{_ratio_cell(row, 'speed_vs_hf_generate')} | {_ratio_cell(row, 'end_to_end_vs_generator')} | "
+                f"{_ratio_cell(row, 'speed_vs_generator_core_share')} | "
+                f"{_ratio_cell(row, 'end_to_end_vs_sequential')} | {'–' if same is None else ('yes' if same else '**no**')} |"
             )
         lines.append("")
     lines.append(
-        "Decode ratios are tokens/s ratios (higher is faster), TTFT ratios are time ratios (lower is "
-        "faster); both are medians of same-repeat pairs. ms/token is the median decode step."
+        "Tokens/s ratios: higher is faster; TTFT ratios are time ratios: lower is faster. Every ratio is "
+        "the median of same-repeat pairs. ms/token is the median decode step (hf_generate: the mean). "
+        "End-to-end = new tokens / the whole call's wall time (prefill included)."
     )
+    goals = report.get("goals")
+    if goals:
+        lines += ["", "| goal (issue 12) | measured | met |", "|---|---|---|"]
+        for goal in goals:
+            lines.append(f"| {goal['goal']} | {goal['measured']} | {'yes' if goal['met'] else 'no'} |")
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
+def goal_rows(results: dict) -> list[dict]:
+    """Issue 12's decode goals against what was measured (processes = the CPU default schedule)."""
+    rows = []
+    for section, configs in results.items():
+        proc = configs.get("processes")
+        if proc is None:
+            continue
+        if section.startswith("TTFT") or "batch 1" in section and "decode" in section:
+            if "ttft_ratio_vs_sequential" in proc:
+                value = proc["ttft_ratio_vs_sequential"]
+                rows.append({"goal": f"TTFT ≤ sequential's ({section})", "measured": f"{value:.2f}×",
+                             "met": value <= 1.0})  # fmt: skip
+        if "decode" in section and section.endswith("batch 1") and "end_to_end_vs_hf_generate" in proc:
+            value = proc["end_to_end_vs_hf_generate"]
+            rows.append({"goal": f"end-to-end ≥ {GOALS['end_to_end_b1']}× transformers' generate of G alone "
+                         f"({section})", "measured": f"{value:.2f}×", "met": value >= GOALS["end_to_end_b1"]})  # fmt: skip
+        if "decode" in section and section.endswith("batch 8"):
+            base = "hf_generate" if "end_to_end_vs_hf_generate" in proc else "generator"
+            value = proc.get(f"end_to_end_vs_{base}")
+            if value is not None:
+                rows.append({"goal": f"batch 8 ≥ {GOALS['batch8']}× the generator alone ({base}, end to end)",
+                             "measured": f"{value:.2f}×", "met": value >= GOALS["batch8"]})  # fmt: skip
+        if "tokens_equal_sequential" in proc:
+            rows.append({"goal": f"exact tokens, processes = sequential ({section})",
+                         "measured": str(proc["tokens_equal_sequential"]), "met": proc["tokens_equal_sequential"]})  # fmt: skip
+    return rows
+
+
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--long-prompt", type=int, default=1536)
     parser.add_argument("--short-prompt", type=int, default=128)
-    parser.add_argument("--new-tokens", type=int, default=48)
+    parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--ttft-repeats", type=int, default=2)
@@ -218,7 +343,14 @@ def main() -> None:
         "--baseline-threads",
         type=int,
         default=None,
-        help="threads for 'generator' and 'sequential' (default: all cores; 1 helps on a loaded machine)",
+        help="threads for the baselines (hf_generate, generator, sequential; default: all cores)",
+    )
+    parser.add_argument(
+        "--host-allocator",
+        choices=("reuse", "default"),
+        default="reuse",
+        help="'reuse' tunes glibc malloc to keep freed memory in this process (flythinker.kernels."
+        "host_memory; the reasoner worker always does); 'default' leaves it (default: reuse)",
     )
     parser.add_argument("--quick", action="store_true", help="tiny settings for a smoke run")
     parser.add_argument(
@@ -227,7 +359,14 @@ def main() -> None:
         default=RESULTS / "decode_cpu.json",
         help="results file (.json; a .md table is written beside it) or a folder",
     )
-    args = parser.parse_args()
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
     if args.out.is_dir():  # a results folder: use the default file name inside it
         args.out = args.out / "decode_cpu.json"
     if args.quick:
@@ -240,8 +379,11 @@ def main() -> None:
     from flythinker import FlyThinkerForCausalLM
     from flythinker.decoding import CPU_CONCURRENT_DEFAULT, shutdown_workers
     from flythinker.decoding.settings import default_cpu_threads
+    from flythinker.kernels.host_memory import host_memory_settings, keep_freed_host_memory
     from flythinker.modeling.smollm import fix_end_of_turn, smollm2_path
 
+    if args.host_allocator == "reuse":
+        keep_freed_host_memory()
     path = smollm2_path()
     tokenizer = AutoTokenizer.from_pretrained(path)
     fix_end_of_turn(tokenizer)
@@ -284,22 +426,28 @@ def main() -> None:
         },
         "settings": {
             **{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+            "command": "python bench/bench_decode.py " + " ".join(argv),
             "threads_available": cores,
             "thread_split_generator_reasoner": threads,
             "cpu_concurrent_default": CPU_CONCURRENT_DEFAULT,
             "dtype": "float32",
             "model": "SmolLM2-135M-Instruct (generator and reasoner)",
             "baseline_threads": args.baseline_threads or torch.get_num_threads(),
+            "host_allocator": host_memory_settings() or "default",
             "load_average_at_start": load_at_start,
             "load_average_at_end": list(os.getloadavg()),
         },
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "results": results,
+        "goals": goal_rows(results),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
+    tmp = args.out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(report, indent=2))
+    tmp.replace(args.out)
     args.out.with_suffix(".md").write_text(markdown(report))
     print(markdown(report))
+    return report
 
 
 if __name__ == "__main__":

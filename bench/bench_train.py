@@ -191,8 +191,11 @@ def build_variants(
 
 
 def make_optimizer(model: torch.nn.Module) -> torch.optim.Optimizer:
-    """AdamW with the paper's lr and weight decay over every trainable parameter (tied ones once)."""
-    return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-6, weight_decay=0.025)
+    """AdamW with the paper's lr and weight decay over every trainable parameter (tied ones once), in
+    its fused implementation: transformers' Trainer default (``adamw_torch_fused``), which ``flythinker
+    train`` uses. (torch's plain default, ``foreach``, takes 3-6x longer per step on CPU.)"""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW(params, lr=5e-6, weight_decay=0.025, fused=True)
 
 
 def init_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
@@ -313,6 +316,25 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return None if a is None or not b else a / b
 
 
+def _paired_ratios(
+    samples: Mapping[str, list[dict]],
+    num: str,
+    den: Sequence[str],
+    key_num: str = "step_s",
+    key_den: Sequence[str] | None = None,
+) -> list[float]:
+    """Per round where all variants ran: ``num[key] / sum(den[key])`` (in round order)."""
+    key_den = key_den or [key_num] * len(den)
+    by_round = {name: {s["round"]: s for s in samples.get(name, [])} for name in [num, *den]}
+    common = set(by_round[num])
+    for name in den:
+        common &= set(by_round[name])
+    return [
+        by_round[num][r][key_num] / sum(by_round[n][r][k] for n, k in zip(den, key_den))
+        for r in sorted(common)
+    ]
+
+
 def _paired(
     samples: Mapping[str, list[dict]],
     num: str,
@@ -321,16 +343,35 @@ def _paired(
     key_den: Sequence[str] | None = None,
 ) -> float | None:
     """Median over rounds where all variants ran of ``num[key] / sum(den[key])``."""
-    key_den = key_den or [key_num] * len(den)
-    by_round = {name: {s["round"]: s for s in samples.get(name, [])} for name in [num, *den]}
-    common = set(by_round[num])
-    for name in den:
-        common &= set(by_round[name])
-    ratios = [
-        by_round[num][r][key_num] / sum(by_round[n][r][k] for n, k in zip(den, key_den))
-        for r in sorted(common)
-    ]
-    return _median(ratios)
+    return _median(_paired_ratios(samples, num, den, key_num, key_den))
+
+
+def _floor_ratios(samples: Mapping[str, list[dict]]) -> dict[str, Any]:
+    """FlyThinker's step against its floor, three ways, each as paired per-round ratios with their spread:
+
+    * ``fwd_bwd``: forward + backward of FlyThinker / (SFT's + the reasoner's forward + backward);
+    * ``step``: the whole step (AdamW over both models) / (SFT's step + the reasoner's forward,
+      backward and AdamW update) — equal work on both sides;
+    * ``step_vs_issue_floor``: the whole step / (SFT's step + the reasoner's forward + backward only),
+      issue 12's floor as written (the reasoner's AdamW update counts on one side only).
+    """
+    fly, den = "flythinker_padded", ["sft", "reasoner_fwd_bwd"]
+    definitions = {
+        "fwd_bwd": ("fwd_bwd_s", ["fwd_bwd_s", "fwd_bwd_s"]),
+        "step": ("step_s", ["step_s", "step_s"]),
+        "step_vs_issue_floor": ("step_s", ["step_s", "fwd_bwd_s"]),
+    }
+    out: dict[str, Any] = {}
+    for name, (key_num, key_den) in definitions.items():
+        ratios = _paired_ratios(samples, fly, den, key_num, key_den)
+        out[name] = {
+            "median": _median(ratios),
+            "min": min(ratios) if ratios else None,
+            "max": max(ratios) if ratios else None,
+            "quartiles": statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) >= 2 else None,
+            "rounds": [round(r, 4) for r in ratios],
+        }
+    return out
 
 
 def summarize(variants: Mapping[str, Variant], result: Mapping[str, Any]) -> dict[str, Any]:
@@ -394,9 +435,13 @@ def summarize(variants: Mapping[str, Variant], result: Mapping[str, Any]) -> dic
         ),
         "flythinker_over_sft": _ratio(t["flythinker_padded"], t["sft"]),
     }
+    floor = None
+    if samples.get("flythinker_padded") and samples.get("sft") and samples.get("reasoner_fwd_bwd"):
+        floor = _floor_ratios(samples)
     return {
         "variants": per,
         "ratios": ratios,
+        "floor": floor,
         "targets": {
             "throughput_vs_reference": ">= 1.5",
             "peak_memory_vs_reference": "<= 0.7",
@@ -474,7 +519,8 @@ def markdown(report: Mapping[str, Any]) -> str:
         f"record(s) per step from offset {settings['offset']}; ours: max_length {settings['max_length']}, "
         f"max_target_tokens {settings['max_target_tokens']}; reference rows {settings['reference_row_length']} "
         f"tokens. Medians of {settings['repeats']} interleaved steps ({settings['reference_repeats']} for the "
-        f"reference) after {settings['warmup']} warm-up round(s). Memory: {settings['memory_method']}.",
+        f"reference) after {settings['warmup']} warm-up round(s). Memory: {settings['memory_method']}. "
+        f"Host allocator: {settings.get('host_allocator', 'default')}.",
         "",
     ]
     if report.get("load_average"):
@@ -517,6 +563,27 @@ def markdown(report: Mapping[str, Any]) -> str:
         f"update {_fmt(ratios['flythinker_over_sft_plus_reasoner_incl_its_optimizer'], '.3f')}) | ≤ 1.03 |",
         f"| t_flythinker / t_sft | {_fmt(ratios['flythinker_over_sft'])} | – |",
     ]
+    floor = summary.get("floor")
+    if floor:
+        labels = {
+            "fwd_bwd": "forward + backward / (SFT's + the reasoner's forward + backward)",
+            "step": "whole step / (SFT step + reasoner forward, backward and AdamW): equal work",
+            "step_vs_issue_floor": "whole step / (SFT step + reasoner forward + backward): issue 12 as written",
+        }
+        lines += [
+            "",
+            f"Against the floor, paired per round ({len(floor['fwd_bwd']['rounds'])} rounds; goal ≤ 1.03):",
+            "",
+            "| ratio | median | quartiles | min–max | ≤ 1.03 |",
+            "|---|---|---|---|---|",
+        ]
+        for key, label in labels.items():
+            f = floor[key]
+            quartiles = "–" if not f["quartiles"] else f"{f['quartiles'][0]:.3f}–{f['quartiles'][2]:.3f}"
+            lines.append(
+                f"| {label} | {_fmt(f['median'], '.3f')} | {quartiles} | {_fmt(f['min'], '.3f')}–"
+                f"{_fmt(f['max'], '.3f')} | {'yes' if f['median'] is not None and f['median'] <= 1.03 else 'no'} |"
+            )
     noise = _noise_notes(per, ratios)
     if noise:
         lines += [""] + [f"* **Caveat:** {n}" for n in noise]
@@ -586,6 +653,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--stem", help="result file name without extension (default: train_cpu / train_cuda)")
     parser.add_argument("--child-variant", help=argparse.SUPPRESS)
     parser.add_argument(
+        "--host-allocator",
+        choices=("reuse", "default"),
+        default="reuse",
+        help="CPU: 'reuse' tunes glibc malloc to keep freed memory (flythinker.kernels.host_memory, as "
+        "`flythinker train` does); 'default' leaves the C library as it is (default: reuse)",
+    )
+    parser.add_argument(
         "--model", default=None, help="checkpoint for both models (default: SmolLM2-135M-Instruct)"
     )
     return parser.parse_args(argv)
@@ -607,7 +681,7 @@ def _settings(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
         "warmup": args.warmup,
         "dtype": "bfloat16" if device.type == "cuda" else "float32",
         "data": str(args.data),
-        "optimizer": "AdamW(lr=5e-6, weight_decay=0.025), one optimizer over all parameters",
+        "optimizer": "AdamW(lr=5e-6, weight_decay=0.025, fused=True) over all parameters (the Trainer default)",
         "memory_method": (
             "torch.cuda.max_memory_allocated"
             if device.type == "cuda"
@@ -666,6 +740,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         else ("cpu" if args.device == "auto" else args.device)
     )
     settings = _settings(args, device)
+    if device.type == "cpu" and args.host_allocator == "reuse":
+        from flythinker.kernels.host_memory import host_memory_settings, keep_freed_host_memory
+
+        keep_freed_host_memory()
+        settings["host_allocator"] = host_memory_settings() or "default (not glibc)"
+    else:
+        settings["host_allocator"] = "default"
     names = [n.strip() for n in args.variants.split(",") if n.strip()]
     unknown = set(names) - set(VARIANTS)
     if unknown:
@@ -727,8 +808,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     }
     if device.type == "cpu":
         report["note"] = (
-            "other processes shared this 2-core machine during the run, so absolute times are "
-            "noisy; the interleaved, paired design keeps the ratios comparable"
+            "the machine was quiet before the run (1-minute load < 0.5; during it, the benchmark's own "
+            "threads count)"
+            if load_before[0] < 0.5
+            else "other processes shared this machine before the run, so absolute times are noisy; the "
+            "interleaved, paired design keeps the ratios comparable"
         )
     report["notes"] = [
         "Same weights, same records, same token content for every variant: the reference re-pads our "

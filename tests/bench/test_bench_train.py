@@ -88,6 +88,16 @@ def test_benchmark_code_path_one_step(tmp_path):
     assert per["reference"]["pad_fraction"] == pytest.approx(1 - 17 / 64)
     ratios = summary["ratios"]
     assert all(v is not None and v > 0 for v in ratios.values())
+    samples = result["samples"]
+    fly, sft, rsn = (samples[n][0] for n in ("flythinker_padded", "sft", "reasoner_fwd_bwd"))
+    floor = summary["floor"]
+    assert floor["fwd_bwd"]["median"] == pytest.approx(
+        fly["fwd_bwd_s"] / (sft["fwd_bwd_s"] + rsn["fwd_bwd_s"])
+    )
+    assert floor["step"]["median"] == pytest.approx(fly["step_s"] / (sft["step_s"] + rsn["step_s"]))
+    assert floor["step_vs_issue_floor"]["median"] == pytest.approx(
+        fly["step_s"] / (sft["step_s"] + rsn["fwd_bwd_s"])
+    )
     report = {
         "environment": bt.environment(torch.device("cpu")),
         "settings": {
@@ -108,3 +118,4 @@ def test_benchmark_code_path_one_step(tmp_path):
     json_path, md_path = bt.write_results(report, tmp_path, "train_test")
     assert json.loads(json_path.read_text())["summary"]["ratios"] == pytest.approx(ratios)
     assert "flythinker_padded" in md_path.read_text()
+    assert "issue 12 as written" in md_path.read_text()
