@@ -65,6 +65,9 @@ class Worker:
         self.log = tempfile.TemporaryFile()  # the worker's stdout/stderr, quoted when it fails
         ours, theirs = socket.socketpair()
         env = dict(os.environ, FLYTHINKER_WORKER_SYS_PATH=json.dumps(sys.path))
+        # Idle OpenMP threads of the worker must sleep, not spin: spinning, they took the generator's core
+        # (a SmolLM2 decode step on 2 cores: 73-80 ms instead of 60-61; the user's own value wins).
+        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         try:
             self.process = subprocess.Popen(
                 [sys.executable, "-c", _BOOT, str(theirs.fileno())],

@@ -166,3 +166,31 @@ def test_the_side_running_alone_gets_every_thread_and_the_tokens_stay(monkeypatc
     assert torch.equal(out.sequences, reference.sequences)
     assert seen == [(3, 1), (3, 1), (3, 2), (1, 1), (1, 1), (1, 1)]
     assert torch.get_num_threads() == saved  # restored after the call
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="reads /proc/<pid>/environ")
+def test_the_worker_lets_idle_openmp_threads_sleep_unless_the_user_says_otherwise(monkeypatch):
+    import torch
+
+    import flythinker
+    from flythinker.decoding import shutdown_workers, worker_pids
+    from tests.tiny_models import left_padded_batch, tiny_flythinker
+
+    model = tiny_flythinker(dtype=torch.float32, seed=3)
+    ids, mask, _ = left_padded_batch([5], seed=3)
+
+    def worker_environment() -> dict[str, str]:
+        shutdown_workers()
+        flythinker.generate(model, ids, mask, schedule="processes", max_new_tokens=2, pad_token_id=0)
+        (pid,) = worker_pids()
+        raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        return dict(item.decode().split("=", 1) for item in raw if b"=" in item)
+
+    try:
+        monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+        assert worker_environment()["OMP_WAIT_POLICY"] == "PASSIVE"
+        monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+        assert worker_environment()["OMP_WAIT_POLICY"] == "ACTIVE"
+    finally:
+        shutdown_workers()
