@@ -9,8 +9,8 @@ SmolLM2-135M-Instruct as both models (fp32). Measures, in paired, interleaved re
 
 Baselines: ``hf_generate`` is transformers' ``model.generator.generate`` (greedy, ``min_new_tokens`` =
 ``max_new_tokens``; its first token is timed with a streamer) — what a user of the generator alone
-runs, with every core; ``generator`` is this library's static-cache loop on ``model.generator`` (no
-reasoner, no fusion); ``generator_core_share`` is that loop with only the generator's share of the
+runs, with every core; ``generator`` is this library's loop on ``model.generator`` (no reasoner, no fusion,
+the engine's CPU cache); ``generator_core_share`` is that loop with only the generator's share of the
 threads under ``processes`` (1 of 2 cores here): the bound a split of the cores puts on FlyThinker.
 Greedy tokens of every FlyThinker schedule are compared with ``sequential``'s.
 Writes ``bench/results/decode_cpu.json`` and ``bench/results/decode_cpu.md``.
@@ -58,17 +58,19 @@ def prompt_ids(tokenizer, length: int, batch: int, offset: int = 0) -> tuple[tor
 
 @torch.no_grad()
 def generator_alone(model, input_ids, attention_mask, max_new_tokens: int) -> dict:
-    """The generator's own static-cache greedy loop (LM head on the last position only)."""
-    from transformers import StaticCache
+    """The generator's own greedy loop on the cache the engine uses on CPU (a ``DynamicCache``, fed
+    the mask columns written so far), LM head on the last position only."""
+    from transformers import DynamicCache
 
     generator = model.generator
     batch, length = input_ids.shape
     mask = torch.cat([attention_mask, attention_mask.new_ones(batch, max_new_tokens)], dim=1)
     positions = (attention_mask.cumsum(-1) - 1).clamp_min(0)
-    cache = StaticCache(config=generator.config, max_cache_len=length + max_new_tokens)
+    cache = DynamicCache(config=generator.config)
 
     def forward(ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
-        kwargs = dict(attention_mask=mask, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        window = mask[:, : cache.get_seq_length() + ids.shape[1]]
+        kwargs = dict(attention_mask=window, past_key_values=cache, use_cache=True, logits_to_keep=1)
         return generator(input_ids=ids, position_ids=position_ids, **kwargs).logits[:, -1]
 
     begin = time.perf_counter()
