@@ -38,6 +38,22 @@ START_TIMEOUT_S = 300.0  # importing torch + transformers on a loaded machine
 _ADVICE = "use schedule='threads' (same tokens, no worker process) or schedule='sequential'"
 
 
+WORKER_SPINCOUNT = "10000"
+
+
+def worker_openmp_environment(environ) -> dict[str, str]:
+    """OpenMP settings the worker starts with: idle threads spin briefly, then sleep.
+
+    With libgomp's default (spin 300,000 rounds, then sleep) the worker's idle OpenMP threads took the
+    generator's core (SmolLM2 pair, 2 cores, batch 1: decode steps of 65-80 ms instead of 61-62);
+    ``OMP_WAIT_POLICY=PASSIVE`` fixed the steps but slowed the worker's 2-thread prefill (TTFT
+    0.51-0.60 s instead of 0.45-0.50 s). ``GOMP_SPINCOUNT=10000`` keeps both. A user who sets
+    ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT`` keeps their own value."""
+    if "OMP_WAIT_POLICY" in environ or "GOMP_SPINCOUNT" in environ:
+        return {}
+    return {"GOMP_SPINCOUNT": WORKER_SPINCOUNT}
+
+
 class WorkerStartError(RuntimeError):
     """The reasoner worker process could not start (the message says why and what to do)."""
 
@@ -65,9 +81,7 @@ class Worker:
         self.log = tempfile.TemporaryFile()  # the worker's stdout/stderr, quoted when it fails
         ours, theirs = socket.socketpair()
         env = dict(os.environ, FLYTHINKER_WORKER_SYS_PATH=json.dumps(sys.path))
-        # Idle OpenMP threads of the worker must sleep, not spin: spinning, they took the generator's core
-        # (a SmolLM2 decode step on 2 cores: 73-80 ms instead of 60-61; the user's own value wins).
-        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        env.update(worker_openmp_environment(os.environ))
         try:
             self.process = subprocess.Popen(
                 [sys.executable, "-c", _BOOT, str(theirs.fileno())],

@@ -170,7 +170,7 @@ def test_the_side_running_alone_gets_every_thread_and_the_tokens_stay(monkeypatc
 
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="reads /proc/<pid>/environ")
-def test_the_worker_lets_idle_openmp_threads_sleep_unless_the_user_says_otherwise(monkeypatch):
+def test_the_worker_lets_idle_openmp_threads_sleep_soon_unless_the_user_says_otherwise(monkeypatch):
     import torch
 
     import flythinker
@@ -189,8 +189,10 @@ def test_the_worker_lets_idle_openmp_threads_sleep_unless_the_user_says_otherwis
 
     try:
         monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
-        assert worker_environment()["OMP_WAIT_POLICY"] == "PASSIVE"
+        monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
+        assert worker_environment()["GOMP_SPINCOUNT"] == "10000"
         monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
-        assert worker_environment()["OMP_WAIT_POLICY"] == "ACTIVE"
+        env = worker_environment()
+        assert env["OMP_WAIT_POLICY"] == "ACTIVE" and "GOMP_SPINCOUNT" not in env
     finally:
         shutdown_workers()
