@@ -108,9 +108,16 @@ def _imports(path: Path, module: str) -> set[str]:
 
 
 def test_decoding_reaches_the_kernels_only_through_modeling():
-    """The decoding engine fuses through ``model.fusion``; it never calls a kernel itself."""
+    """The decoding engine fuses through ``model.fusion``; it never calls a kernel itself. (The one
+    kernels module it may use is ``host_memory``: process set-up for the worker, not an op.)"""
+    allowed = {"flythinker.kernels.host_memory"}
     for path in (ROOT / "flythinker" / "decoding").rglob("*.py"):
-        direct = {m for m in _imports(path, _module_name(path)) if m.startswith("flythinker.kernels")}
+        direct = {
+            m
+            for m in _imports(path, _module_name(path))
+            if m.startswith("flythinker.kernels")
+            and not any(m == a or m.startswith(a + ".") for a in allowed)
+        }
         assert not direct, f"{path.relative_to(ROOT)} imports {sorted(direct)}"
 
 
