@@ -12,6 +12,9 @@ Ops:
     fused_linear_cross_entropy / linear_cross_entropy_reference   lm_head + CE, chunked over tokens
     chunked_linear_cross_entropy                                  chunked pure-PyTorch loss (any device)
     mean_embedding_norm                                           m̄ = mean_v ‖E[v]‖₂ (no grad)
+
+Not an op: ``flythinker.kernels.host_memory.keep_freed_host_memory`` keeps freed CPU memory in glibc's
+heap (process set-up for CPU training and the decoding worker; imported only where it is used).
 """
 
 from .dispatch import triton_available, use_triton
