@@ -335,17 +335,6 @@ def _paired_ratios(
     ]
 
 
-def _paired(
-    samples: Mapping[str, list[dict]],
-    num: str,
-    den: Sequence[str],
-    key_num: str = "step_s",
-    key_den: Sequence[str] | None = None,
-) -> float | None:
-    """Median over rounds where all variants ran of ``num[key] / sum(den[key])``."""
-    return _median(_paired_ratios(samples, num, den, key_num, key_den))
-
-
 def _floor_ratios(samples: Mapping[str, list[dict]]) -> dict[str, Any]:
     """FlyThinker's step against its floor, three ways, each as paired per-round ratios with their spread:
 
@@ -414,7 +403,7 @@ def summarize(variants: Mapping[str, Variant], result: Mapping[str, Any]) -> dic
             per["flythinker_packed"]["real_tokens_per_s"], per["reference"]["real_tokens_per_s"]
         ),
         "throughput_padded_vs_reference_paired": _ratio(
-            1.0, _paired(samples, "flythinker_padded", ["reference"])
+            1.0, _median(_paired_ratios(samples, "flythinker_padded", ["reference"]))
         ),
         "peak_memory_padded_vs_reference": _ratio(mem("flythinker_padded"), mem("reference")),
         "peak_memory_packed_vs_reference": _ratio(mem("flythinker_packed"), mem("reference")),
@@ -427,8 +416,10 @@ def summarize(variants: Mapping[str, Variant], result: Mapping[str, Any]) -> dic
         "flythinker_over_sft_plus_reasoner": _ratio(
             t["flythinker_padded"], None if t["sft"] is None or t_r is None else t["sft"] + t_r
         ),
-        "flythinker_over_sft_plus_reasoner_paired": _paired(
-            samples, "flythinker_padded", ["sft", "reasoner_fwd_bwd"], "step_s", ["step_s", "fwd_bwd_s"]
+        "flythinker_over_sft_plus_reasoner_paired": _median(
+            _paired_ratios(
+                samples, "flythinker_padded", ["sft", "reasoner_fwd_bwd"], "step_s", ["step_s", "fwd_bwd_s"]
+            )
         ),
         "flythinker_over_sft_plus_reasoner_incl_its_optimizer": _ratio(
             t["flythinker_padded"], None if None in (t["sft"], t_r, t_r_opt) else t["sft"] + t_r + t_r_opt

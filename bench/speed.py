@@ -81,10 +81,7 @@ def _run(script: str, args: list[str]) -> dict:
     began = time.perf_counter()
     code = subprocess.run(command, check=False).returncode
     return {
-        "command": "python "
-        + " ".join(
-            str(Path(c).relative_to(HERE.parent)) if c.startswith(str(HERE)) else c for c in command[1:]
-        ),  # fmt: skip
+        "command": " ".join(["python", f"bench/{script}", *args]),
         "exit_code": code,
         "idle_before": None if idle is None else round(idle, 3),
         "seconds": round(time.perf_counter() - began, 1),

@@ -43,7 +43,9 @@ def test_goal_rows_check_each_goal_against_its_threshold(e2e, met):
             "processes": _row(end_to_end_vs_hf_generate=0.9, tokens_equal_sequential=False)
         },
     }
-    goals = {g["goal"]: g["met"] for g in bd.goal_rows(results)}
+    rows = bd.goal_rows(results)
+    goals = {g["goal"]: g["met"] for g in rows}
+    assert [g["measured"] for g in rows if g["goal"].startswith("end-to-end")] == [f"{e2e:.3f}×"]
     (e2e_goal,) = [g for g in goals if g.startswith("end-to-end")]
     assert goals[e2e_goal] is met
     (ttft_goal,) = [g for g in goals if g.startswith("TTFT")]
