@@ -39,7 +39,7 @@ def attention_window(attention_mask: torch.Tensor, cache, length: int) -> torch.
     return attention_mask[:, : cache.get_seq_length() + length]
 
 
-def select_cache_rows(cache: StaticCache, rows: torch.Tensor) -> None:
+def select_cache_rows(cache: StaticCache | DynamicCache, rows: torch.Tensor) -> None:
     """Keep only batch ``rows`` of every layer (a copy into smaller static tensors)."""
     for layer in cache.layers:
         if getattr(layer, "is_initialized", False):
