@@ -28,14 +28,11 @@ CPU training script of your own. On a C library other than glibc it does nothing
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
-import threading
 
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
 _MAX_MMAP_THRESHOLD = 32 << 20  # glibc's ceiling on 64-bit (HEAP_MAX_SIZE / 2)
 _INT_MAX = 2**31 - 1
 
-_lock = threading.Lock()
 _applied: dict[str, int] | None = None
 
 
@@ -91,11 +88,10 @@ def keep_freed_host_memory(
         "M_TRIM_THRESHOLD": (_M_TRIM_THRESHOLD, -1 if trim_threshold is None else trim_threshold),
         "M_TOP_PAD": (_M_TOP_PAD, top_pad),
     }
-    with _lock:
-        for name, (param, value) in settings.items():
-            if libc.mallopt(param, value) != 1:  # mallopt returns 1 on success
-                raise OSError(f"glibc mallopt({name}, {value}) failed")
-        _applied = {name: value for name, (_, value) in settings.items()}
+    for name, (param, value) in settings.items():
+        if libc.mallopt(param, value) != 1:  # mallopt returns 1 on success
+            raise OSError(f"glibc mallopt({name}, {value}) failed")
+    _applied = {name: value for name, (_, value) in settings.items()}
     return True
 
 
