@@ -406,7 +406,11 @@ class FlyThinkerForCausalLM(FlyThinkerPreTrainedModel, GenerationMixin):
 
     def generator_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """The generator's logits for final hidden states, including any softcapping/scaling it applies."""
-        logits = self.generator.get_output_embeddings()(hidden_states)
+        return self.scale_generator_logits(self.generator.get_output_embeddings()(hidden_states))
+
+    def scale_generator_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """The generator's own scaling and softcapping of its LM head's raw outputs (elementwise, so
+        it may follow a head computed in row slices)."""
         generator_config = self.config.get_text_config()
         if scale := getattr(generator_config, "logit_scale", None):
             logits = logits * scale

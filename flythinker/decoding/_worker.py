@@ -8,10 +8,16 @@ Protocol: the parent sends one :data:`COMMAND` header per request and the worker
 one reply, ``OK`` or ``FAILED`` + the traceback::
 
     hello (pickled {"authkey", "threads"})     the first message; answered OK
-    SETUP   batch, max_len  + pickled (side | None, buffers | None, static)   new call: cache, mask copy
+    SETUP   batch, max_len  + pickled (side | None, buffers | None, static, head | None)
+                            new call: cache, mask copy; head = the generator's (LM-head weight, bias)
     FORWARD batch, length, threads   h = R(ids[:b, :L], pos[:b, :L]) written to out[:b, :L]
+    HEAD    batch, cut      G's raw head rows [cut, V) of final[:b] written to logits[:b, :V - cut]
     SELECT  batch           keep rows[:b] of the cache and the mask
     END                     drop the call's cache
+
+``clock`` (shared, ``time.monotonic()``, comparable across processes) records when the last FORWARD
+ended and when the last HEAD started and ended: the caller balances the head's rows by them
+(:mod:`flythinker.decoding.head_split`).
 
 Tensors cross in shared memory (torch's file-descriptor sharing; the authkey lets the worker fetch
 the descriptors from the parent). The worker exits when the parent closes its end (or dies).
@@ -24,6 +30,7 @@ import os
 import pickle
 import signal
 import struct
+import time
 import traceback
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -36,9 +43,11 @@ class Op(enum.IntEnum):
     FORWARD = 2
     SELECT = 3
     END = 4
+    HEAD = 5
 
 
-# (op, batch rows, length: chunk tokens for FORWARD / max_len for SETUP, threads for FORWARD: 0 = keep)
+# (op, batch rows, length: chunk tokens for FORWARD / max_len for SETUP / cut for HEAD,
+#  threads for FORWARD: 0 = keep)
 COMMAND = struct.Struct("<4q")
 OK, FAILED = b"\0", b"\1"
 
@@ -52,35 +61,64 @@ class SharedBuffers:
     out: torch.Tensor  # [B, L, d] the reasoner's states
     rows: torch.Tensor  # [B] long, rows kept by SELECT
     mask: torch.Tensor  # [B, max_len] long
+    final: torch.Tensor  # [B, d_G] the generator's final hidden state (HEAD's input; [B, 0] without)
+    logits: torch.Tensor  # [B, V] the worker's head rows (HEAD's output; [B, 0] without)
+    clock: torch.Tensor  # [3] float64: FORWARD end, HEAD start, HEAD end (time.monotonic())
 
     @classmethod
-    def allocate(cls, batch: int, chunk: int, max_len: int, width: int, dtype: torch.dtype) -> SharedBuffers:
+    def allocate(
+        cls,
+        batch: int,
+        chunk: int,
+        max_len: int,
+        width: int,
+        dtype: torch.dtype,
+        head: tuple[int, int, torch.dtype] = (0, 0, torch.float32),
+    ) -> SharedBuffers:
+        """``head`` = (d_G, V, dtype) of the generator's LM head the worker shares, (0, 0, …) if none."""
+
         def shared(*shape, dtype=torch.long):
             return torch.zeros(shape, dtype=dtype).share_memory_()
 
+        head_width, vocab, head_dtype = head
         return cls(
             shared(batch, chunk),
             shared(batch, chunk),
             shared(batch, chunk, width, dtype=dtype),
             shared(batch),
             shared(batch, max_len),
+            shared(batch, head_width, dtype=head_dtype),
+            shared(batch, vocab, dtype=head_dtype),
+            shared(3, dtype=torch.float64),
         )
 
-    def fits(self, batch: int, chunk: int, max_len: int, width: int, dtype: torch.dtype) -> bool:
+    def fits(
+        self,
+        batch: int,
+        chunk: int,
+        max_len: int,
+        width: int,
+        dtype: torch.dtype,
+        head: tuple[int, int, torch.dtype] = (0, 0, torch.float32),
+    ) -> bool:
         b, length, d = self.out.shape
+        head_width, vocab, head_dtype = head
         return (
             batch <= b
             and chunk <= length
             and max_len <= self.mask.shape[1]
             and (d, self.out.dtype) == (width, dtype)
+            and (self.final.shape[1], self.logits.shape[1]) == (head_width, vocab)
+            and (vocab == 0 or self.logits.dtype == head_dtype)
         )
 
 
 def serve(conn: Connection) -> None:
     """Answer requests until the parent closes the connection."""
+    from .head_split import head_rows
     from .steps import new_decode_cache, select_cache_rows
 
-    side = buffers = cache = mask = None
+    side = buffers = cache = mask = head = None
     with torch.no_grad():
         while True:
             try:
@@ -89,8 +127,9 @@ def serve(conn: Connection) -> None:
                 return
             try:
                 if op == Op.SETUP:
-                    new_side, new_buffers, static = pickle.loads(conn.recv_bytes())
+                    new_side, new_buffers, static, new_head = pickle.loads(conn.recv_bytes())
                     side = new_side if new_side is not None else side
+                    head = new_head if new_head is not None else head
                     buffers = new_buffers if new_buffers is not None else buffers
                     cache = new_decode_cache(side.config, length, static)
                     mask = buffers.mask[:batch, :length].clone()
@@ -99,6 +138,13 @@ def serve(conn: Connection) -> None:
                         torch.set_num_threads(threads)
                     hidden = side(buffers.ids[:batch, :length], mask, buffers.pos[:batch, :length], cache)
                     buffers.out[:batch, :length].copy_(hidden)
+                    buffers.clock[0] = time.monotonic()
+                elif op == Op.HEAD:
+                    buffers.clock[1] = time.monotonic()
+                    weight, bias = head
+                    rows = head_rows(weight, bias, buffers.final[:batch], length, weight.shape[0])
+                    buffers.logits[:batch, : rows.shape[1]].copy_(rows)
+                    buffers.clock[2] = time.monotonic()
                 elif op == Op.SELECT:
                     rows = buffers.rows[:batch].clone()
                     select_cache_rows(cache, rows)

@@ -15,6 +15,7 @@ strings and drops finished rows every ``check_every`` steps (every step while st
 
 from __future__ import annotations
 
+import functools
 import inspect
 import time
 import warnings
@@ -143,6 +144,7 @@ def run(call: Call) -> Iterator[int]:
         end = time.perf_counter()
     finally:
         call.runner.end()
+        timings.reasoner_head_share = call.runner.head_share
     if call.streamer is not None:
         call.streamer.end()
     timings.decode_s, timings.total_s = end - first, end - begin
@@ -165,9 +167,10 @@ def open_call(model, input_ids, attention_mask, options: DecodeOptions, streamin
     settings = resolve_settings(model, input_ids, options, streaming)
     runner, settings = make_runner(settings, model, options.schedule)
     generator = GeneratorSide(model)
-    step = generator.step
     if settings.compile is not None:
         step = torch.compile(generator.step, mode=settings.compile, dynamic=False)
+    else:  # the runner computes the logits (a worker process may take some of the head's rows)
+        step = functools.partial(generator.step, head=runner.logits)
     device = torch.device(settings.generator_device)
     return Call(
         settings=settings,
@@ -209,6 +212,9 @@ def generate(
         shrink_finished: drop finished rows from both models' batches at those checks (default True).
         threads: (generator, reasoner) CPU threads for the processes/threads schedules (default: split cores).
         compile: ``torch.compile`` the one-token steps (True = ``reduce-overhead`` on CUDA, or a mode name).
+        share_head: ``processes`` without compile: once its reasoner step is done, the worker computes
+            a balanced share of the generator's LM-head rows (default True; the logits are the whole
+            head's bit for bit, see ``decoding/head_split.py``). False keeps the whole head in the caller.
 
     The defaults are those of :class:`~flythinker.decoding.settings.DecodeOptions`; every value is checked.
 

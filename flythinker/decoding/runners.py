@@ -21,7 +21,7 @@ from typing import Protocol, runtime_checkable
 import torch
 
 from .settings import DecodingSettings
-from .steps import ReasonerSide, new_decode_cache, select_cache_rows
+from .steps import GeneratorSide, ReasonerSide, new_decode_cache, select_cache_rows
 
 
 @runtime_checkable
@@ -37,8 +37,14 @@ class ReasonerRunner(Protocol):
     def finish(self) -> torch.Tensor:
         """Wait for the launch; its states ``[b, L, d]`` on the generator's device."""
 
+    head_share: float  # the fraction of the generator's LM-head rows computed by the runner (0: none)
+
     def generator_alone(self) -> None:
         """Hint: the generator now runs with no reasoner launch in flight (until the next ``start``)."""
+
+    def logits(self, generator: GeneratorSide, last_hidden: torch.Tensor) -> torch.Tensor:
+        """G's logits of a decode step, between ``start`` and ``finish`` (a placement with idle
+        cores may compute some of the head's rows; the values are the whole head's)."""
 
     def select(self, rows: torch.Tensor) -> None:
         """Keep only these batch rows (local indices), after ``finish``."""
@@ -53,6 +59,8 @@ def _device_of(module: torch.nn.Module) -> torch.device:
 
 class DeviceRunner:
     """R on its own device, optionally on a side CUDA stream (see the module docstring)."""
+
+    head_share = 0.0
 
     def __init__(
         self, out_device: torch.device, use_stream: bool = False, step_fn=None, static_cache: bool = True
@@ -105,6 +113,9 @@ class DeviceRunner:
     def generator_alone(self) -> None:
         pass  # nothing to hand over: R and G share the device's resources as they are
 
+    def logits(self, generator: GeneratorSide, last_hidden: torch.Tensor) -> torch.Tensor:
+        return generator.logits(last_hidden)
+
     def select(self, rows: torch.Tensor) -> None:
         select_cache_rows(self.cache, rows)
         self.mask = self.mask.index_select(0, rows.to(self.device))
@@ -118,6 +129,8 @@ class ThreadRunner:
 
     ``torch.set_num_threads`` is process-wide: both threads use ``threads`` intra-op threads for the call.
     """
+
+    head_share = 0.0
 
     def __init__(self, out_device: torch.device, threads: int, static_cache: bool = True):
         self.inner, self.threads = DeviceRunner(out_device, static_cache=static_cache), threads
@@ -153,6 +166,9 @@ class ThreadRunner:
     def generator_alone(self) -> None:
         pass  # one thread count for the whole process: the split stays
 
+    def logits(self, generator: GeneratorSide, last_hidden: torch.Tensor) -> torch.Tensor:
+        return generator.logits(last_hidden)
+
     def select(self, rows: torch.Tensor) -> None:
         self.inner.select(rows)
 
@@ -172,11 +188,13 @@ def make_runner(settings: DecodingSettings, model, requested: str) -> tuple[Reas
     device = torch.device(settings.generator_device)
     schedule = settings.schedule
     if schedule == "processes":
+        from .head_split import head_parameters
         from .workers import ProcessRunner, WorkerStartError, start_worker
 
         try:
             start_worker(settings.threads[1])
-            return ProcessRunner(device, settings.threads, settings.static_cache), settings
+            head = head_parameters(model.generator.get_output_embeddings()) if settings.share_head else None
+            return ProcessRunner(device, settings.threads, settings.static_cache, head), settings
         except WorkerStartError as error:
             if requested != "concurrent":
                 raise

@@ -51,6 +51,7 @@ class DecodeOptions:
     shrink_finished: bool = True
     threads: tuple[int, int] | None = None
     compile: bool | str = False
+    share_head: bool = True
 
     @classmethod
     def from_kwargs(cls, caller: str, kwargs: dict) -> DecodeOptions:
@@ -104,6 +105,7 @@ class DecodingSettings:
     generator_device: str
     reasoner_device: str
     static_cache: bool = True  # StaticCache (compile, CUDA) or DynamicCache (CPU eager); see steps.py
+    share_head: bool = False  # processes without compile: the worker computes some LM-head rows
 
 
 # ------------------------------------------------------------------------------------------ checks
@@ -353,4 +355,5 @@ def resolve_settings(
         generator_device=str(generator_device),
         reasoner_device=str(reasoner_device),
         static_cache=compile_mode is not None or "cuda" in (generator_device.type, reasoner_device.type),
+        share_head=_flag("share_head", o.share_head) and schedule == "processes" and compile_mode is None,
     )

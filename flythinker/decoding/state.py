@@ -85,6 +85,9 @@ class Timings:
     step_s: list[float] = field(default_factory=list)  # each decode step after the first token
     generator_rows: int = 0  # Σ rows fed to the generator over all forward passes (prefill counts once)
     reasoner_rows: int = 0
+    # fraction of the generator's LM-head rows the reasoner's worker computed in the decode steps
+    # (processes schedule, decoding/head_split.py; 0 elsewhere)
+    reasoner_head_share: float = 0.0
 
     @property
     def per_token_s(self) -> float:

@@ -107,14 +107,19 @@ class GeneratorSide:
     def logits(self, last_hidden: torch.Tensor) -> torch.Tensor:
         return self.model.generator_logits(last_hidden)
 
-    def step(self, tokens, prev_hidden, attention_mask, position_ids, cache) -> torch.Tensor:
-        """One token per row: x̃_t = E_G[x_t] + λ·r_{t-1}; returns logits [B, V]."""
+    def finish_logits(self, raw: torch.Tensor) -> torch.Tensor:
+        """Logits from the LM head's raw outputs (computed elsewhere, e.g. in row slices)."""
+        return self.model.scale_generator_logits(raw)
+
+    def step(self, tokens, prev_hidden, attention_mask, position_ids, cache, head=None) -> torch.Tensor:
+        """One token per row: x̃_t = E_G[x_t] + λ·r_{t-1}; returns logits [B, V]. ``head(self, last)``,
+        when given, computes the logits from the last hidden state (a runner's ``logits``)."""
         gate = position_ids != 0  # a_{t-1} = 1 for every generated position (prompts are non-empty)
         # Only prev_hidden is read for a one-token chunk (row 0 of the shifted sources).
         last = self.forward_chunk(
             tokens, prev_hidden[:, None], gate, prev_hidden, attention_mask, position_ids, cache
         )
-        return self.logits(last)
+        return self.logits(last) if head is None else head(self, last)
 
 
 def prefill_gate(attention_mask: torch.Tensor, position_ids: torch.Tensor, start: int) -> torch.Tensor:

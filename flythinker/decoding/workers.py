@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import weakref
 from multiprocessing.connection import Connection
 from multiprocessing.reduction import ForkingPickler
@@ -28,7 +29,8 @@ from multiprocessing.reduction import ForkingPickler
 import torch
 
 from ._worker import COMMAND, FAILED, OK, Op, SharedBuffers
-from .steps import ReasonerSide
+from .head_split import HeadBalancer, head_rows, slices_are_exact
+from .steps import GeneratorSide, ReasonerSide
 
 _BOOT = (
     "import json, os, sys; sys.path[:] = json.loads(os.environ.pop('FLYTHINKER_WORKER_SYS_PATH')); "
@@ -78,6 +80,7 @@ class Worker:
         self.buffers: SharedBuffers | None = None
         self.side_key: tuple | None = None
         self.side_ref = None
+        self.head_key: tuple | None = None
         self.log = tempfile.TemporaryFile()  # the worker's stdout/stderr, quoted when it fails
         ours, theirs = socket.socketpair()
         env = dict(os.environ, FLYTHINKER_WORKER_SYS_PATH=json.dumps(sys.path))
@@ -241,7 +244,11 @@ if hasattr(os, "register_at_fork"):
 def _side_key(side: ReasonerSide) -> tuple:
     """Identity of the weights and buffers a worker holds (shared: in-place updates reach it); a new
     model, dtype or device means a resend."""
-    return tuple((t.data_ptr(), t.dtype, tuple(t.shape)) for t in _tensors(side))
+    return _key(_tensors(side))
+
+
+def _key(tensors) -> tuple:
+    return tuple((t.data_ptr(), t.dtype, tuple(t.shape)) for t in tensors)
 
 
 def _tensors(side: ReasonerSide) -> list[torch.Tensor]:
@@ -256,13 +263,25 @@ class ProcessRunner:
     chunk (``generator_alone``: no reasoner launch in flight). Whenever both run, they split the
     threads. With the whole prompt as one chunk (the default for short prompts) each side prefills
     alone with every core.
+
+    ``head`` = the generator's (LM-head weight, bias): the worker then computes a balanced share of the
+    head's rows once its reasoner step is done (:mod:`~flythinker.decoding.head_split`; the logits are
+    the whole head's, bit for bit). None: the generator keeps its whole head.
     """
 
-    def __init__(self, out_device: torch.device, threads: tuple[int, int], static_cache: bool = True):
+    def __init__(
+        self,
+        out_device: torch.device,
+        threads: tuple[int, int],
+        static_cache: bool = True,
+        head: tuple[torch.Tensor, torch.Tensor | None] | None = None,
+    ):
         if torch.device(out_device).type != "cpu":
             raise ValueError("the processes schedule runs on CPU tensors only")
         self.threads, self.static_cache = threads, static_cache
+        self.head = head
         self.worker: Worker | None = None
+        self.head_share = 0.0  # of all head rows of the call's decode steps, the worker's fraction
 
     def setup(self, side: ReasonerSide, attention_mask: torch.Tensor, max_len: int, chunk: int) -> None:
         if next(side.parameters()).device.type != "cpu":
@@ -273,21 +292,41 @@ class ProcessRunner:
         batch = attention_mask.shape[0]
         dtype = next(side.parameters()).dtype
         width = side.width
+        head_shape = (0, 0, torch.float32)
+        if self.head is not None:
+            weight = self.head[0]
+            head_shape = (weight.shape[1], weight.shape[0], weight.dtype)
+            self.balancer = HeadBalancer(weight.shape[0])
+            self._rows_total = self._rows_worker = 0
         send_buffers = None
-        if worker.buffers is None or not worker.buffers.fits(batch, chunk, max_len, width, dtype):
-            worker.buffers = send_buffers = SharedBuffers.allocate(batch, chunk, max_len, width, dtype)
+        if worker.buffers is None or not worker.buffers.fits(batch, chunk, max_len, width, dtype, head_shape):
+            worker.buffers = send_buffers = SharedBuffers.allocate(
+                batch, chunk, max_len, width, dtype, head_shape
+            )
         self.buffers = worker.buffers
         self.buffers.mask[:batch, :max_len].copy_(attention_mask)
         key = _side_key(side)
         held = worker.side_ref is not None and worker.side_ref() is side.reasoner and worker.side_key == key
         send_side = None if held else side
+        send_head = None
+        if self.head is not None and worker.head_key != _key(t for t in self.head if t is not None):
+            send_head = self.head
+        for tensor in [
+            *(_tensors(side) if send_side is not None else ()),
+            *(t for t in send_head or () if t is not None),
+        ]:
+            tensor.data.share_memory_()  # in place: the caller's model now lives in shared memory
         if send_side is not None:
-            for tensor in _tensors(side):  # in place: the caller's model now lives in shared memory
-                tensor.data.share_memory_()
             worker.side_key, worker.side_ref = None, None  # until the worker confirms
-        worker.request(Op.SETUP, batch, max_len, payload=(send_side, send_buffers, self.static_cache))
+        if send_head is not None:
+            worker.head_key = None
+        worker.request(
+            Op.SETUP, batch, max_len, payload=(send_side, send_buffers, self.static_cache, send_head)
+        )
         if send_side is not None:
             worker.side_key, worker.side_ref = key, weakref.ref(side.reasoner)
+        if send_head is not None:
+            worker.head_key = _key(t for t in send_head if t is not None)
 
     def start(self, ids: torch.Tensor, positions: torch.Tensor) -> None:
         batch, length = ids.shape
@@ -298,10 +337,45 @@ class ProcessRunner:
             torch.set_num_threads(self.threads[0])
         threads = sum(self.threads) if self._launches == 0 else self.threads[1]
         self._launches += 1
+        self._answered, self._unshared_at = False, None
         self.worker.request(Op.FORWARD, batch, length, threads, wait=False)
 
-    def finish(self) -> torch.Tensor:
+    def logits(self, generator: GeneratorSide, last_hidden: torch.Tensor) -> torch.Tensor:
+        """G's logits [b, V] for the decode step in flight, the head's rows [cut, V) from the worker."""
+        if self.head is None:
+            return generator.logits(last_hidden)
+        weight, bias = self.head
+        batch, rows = last_hidden.shape[0], weight.shape[0]
+        cut = self.balancer.cut() if slices_are_exact(weight, bias, batch) else rows
+        requested = time.monotonic()
+        if cut < rows:
+            self.buffers.final[:batch].copy_(last_hidden)
+            self.worker.request(Op.HEAD, batch, cut, wait=False)
+        tick = time.monotonic()
+        own = head_rows(weight, bias, last_hidden, 0, cut)
+        self.balancer.observe_caller(cut, time.monotonic() - tick)
+        self._rows_total += rows
+        if cut == rows:
+            self._unshared_at = requested  # the worker's lag is read once its step is answered
+            return generator.finish_logits(own)
+        self._collect_forward()
         self.worker.reply()
+        clock = self.buffers.clock.tolist()
+        self.balancer.observe_worker(
+            rows - cut, clock[2] - clock[1], clock[1] - requested, clock[0] - requested
+        )
+        self._rows_worker += rows - cut
+        return generator.finish_logits(torch.cat([own, self.buffers.logits[:batch, : rows - cut]], 1))
+
+    def _collect_forward(self) -> None:
+        if not self._answered:
+            self.worker.reply()
+            self._answered = True
+
+    def finish(self) -> torch.Tensor:
+        self._collect_forward()
+        if self._unshared_at is not None:
+            self.balancer.observe_unshared(float(self.buffers.clock[0]) - self._unshared_at)
         batch, length = self._shape
         return self.buffers.out[:batch, :length].clone()  # the next start() overwrites the buffer
 
@@ -317,6 +391,8 @@ class ProcessRunner:
         """Release the call's cache in the worker; first collect a forward left in flight (after an
         error or an abandoned stream), so requests and replies stay paired — or drop the worker."""
         worker, self.worker = self.worker, None
+        if self.head is not None and getattr(self, "_rows_total", 0):
+            self.head_share = self._rows_worker / self._rows_total
         try:
             while worker is not None and worker.pending and worker.alive():
                 with contextlib.suppress(RuntimeError):  # a failed forward is still an answer
