@@ -12,6 +12,8 @@ Baselines: ``hf_generate`` is transformers' ``model.generator.generate`` (greedy
 runs, with every core; ``generator`` is this library's loop on ``model.generator`` (no reasoner, no fusion,
 the engine's CPU cache); ``generator_core_share`` is that loop with only the generator's share of the
 threads under ``processes`` (1 of 2 cores here): the bound a split of the cores puts on FlyThinker.
+``processes_whole_head`` is ``processes`` with ``share_head=False`` (the worker computes none of the
+generator's LM-head rows): the paired ratio to it is what sharing the head gains.
 Greedy tokens of every FlyThinker schedule are compared with ``sequential``'s.
 Writes ``bench/results/decode_cpu.json`` and ``bench/results/decode_cpu.md``.
 
@@ -31,7 +33,17 @@ from pathlib import Path
 
 import torch
 
-CONFIGS = ("hf_generate", "generator", "generator_core_share", "sequential", "threads", "processes")
+CONFIGS = (
+    "hf_generate",
+    "generator",
+    "generator_core_share",
+    "sequential",
+    "threads",
+    "processes",
+    "processes_whole_head",
+)
+# configs that are a schedule run with options: processes without handing LM-head rows to the worker
+VARIANTS = {"processes_whole_head": ("processes", {"share_head": False})}
 BASELINES = ("hf_generate", "generator", "generator_core_share", "sequential")
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -132,9 +144,10 @@ def _timing(begin, first, end, steps, new_tokens, tokens) -> dict:
     }
 
 
-def flythinker_run(model, schedule, input_ids, attention_mask, max_new_tokens, threads) -> dict:
+def flythinker_run(model, config, input_ids, attention_mask, max_new_tokens, threads) -> dict:
     from flythinker.decoding import generate
 
+    schedule, options = VARIANTS.get(config, (config, {}))
     out = generate(
         model,
         input_ids,
@@ -144,6 +157,7 @@ def flythinker_run(model, schedule, input_ids, attention_mask, max_new_tokens, t
         eos_token_id=(),
         pad_token_id=0,
         threads=threads,
+        **options,
     )
     t = out.timings
     return {
@@ -153,6 +167,7 @@ def flythinker_run(model, schedule, input_ids, attention_mask, max_new_tokens, t
         "end_to_end_tokens_per_s": max_new_tokens / t.total_s,
         "total_s": t.total_s,
         "prefill_chunk": out.settings.prefill_chunk,
+        "reasoner_head_share": t.reasoner_head_share,
         "tokens": out.new_tokens,
     }
 
@@ -178,7 +193,7 @@ def run_config(name, model, input_ids, attention_mask, max_new_tokens, threads) 
         torch.set_num_threads(saved)
 
 
-RATIO_BASES = ("hf_generate", "generator", "generator_core_share", "sequential")
+RATIO_BASES = ("hf_generate", "generator", "generator_core_share", "sequential", "processes_whole_head")
 
 
 def paired(model, input_ids, attention_mask, max_new_tokens, repeats, threads, configs, label) -> dict:
@@ -276,8 +291,8 @@ def markdown(report: dict) -> str:
             "",
             "| config | TTFT s | ms/token | decode tok/s | end-to-end tok/s | end-to-end × hf_generate | "
             "decode × hf_generate | × generator loop (e2e) | decode × generator on its core share | "
-            "× sequential (e2e) | tokens = sequential |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
+            "× sequential (e2e) | × processes, whole head (e2e) | tokens = sequential |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for name, row in rows.items():
             same = row.get("tokens_equal_sequential")
@@ -286,7 +301,9 @@ def markdown(report: dict) -> str:
                 f"{row['end_to_end_tokens_per_s']:.2f} | {_ratio_cell(row, 'end_to_end_vs_hf_generate')} | "
                 f"{_ratio_cell(row, 'speed_vs_hf_generate')} | {_ratio_cell(row, 'end_to_end_vs_generator')} | "
                 f"{_ratio_cell(row, 'speed_vs_generator_core_share')} | "
-                f"{_ratio_cell(row, 'end_to_end_vs_sequential')} | {'–' if same is None else ('yes' if same else '**no**')} |"
+                f"{_ratio_cell(row, 'end_to_end_vs_sequential')} | "
+                f"{_ratio_cell(row, 'end_to_end_vs_processes_whole_head')} | "
+                f"{'–' if same is None else ('yes' if same else '**no**')} |"
             )
         lines.append("")
     lines.append(
