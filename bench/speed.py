@@ -31,7 +31,7 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 
 TRAIN_ARGS = ["--variants", "flythinker_padded,sft,reasoner_fwd_bwd", "--repeats", "16"]
-DECODE_ARGS = ["--repeats", "3", "--ttft-repeats", "2", "--long-prompt", "1536", "--new-tokens", "64"]
+DECODE_ARGS = ["--repeats", "5", "--ttft-repeats", "2", "--long-prompt", "1536", "--new-tokens", "64"]
 QUICK_TRAIN = ["--variants", "flythinker_padded,sft,reasoner_fwd_bwd", "--repeats", "2", "--records", "1",
                "--max-length", "256", "--max-target-tokens", "64"]  # fmt: skip
 QUICK_DECODE = ["--quick"]
