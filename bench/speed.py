@@ -1,7 +1,7 @@
 """Issue 12's tables in one command: the training step against its floor, and decoding against
 transformers' ``generate`` of the generator alone.
 
-    python bench/speed.py              # ≈ 10 minutes on 2 quiet cores (``make bench-speed``)
+    python bench/speed.py              # ≈ 20 minutes on 2 quiet cores (``make bench-speed``)
     python bench/speed.py --quick      # a smoke run of the same code paths (tiny settings)
 
 Runs, one after the other in fresh interpreters (so neither inherits the other's threads or heap):
@@ -31,7 +31,7 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 
 TRAIN_ARGS = ["--variants", "flythinker_padded,sft,reasoner_fwd_bwd", "--repeats", "16"]
-DECODE_ARGS = ["--repeats", "5", "--ttft-repeats", "2", "--long-prompt", "1536", "--new-tokens", "64"]
+DECODE_ARGS = ["--repeats", "5", "--ttft-repeats", "3", "--long-prompt", "1536", "--new-tokens", "64"]
 QUICK_TRAIN = ["--variants", "flythinker_padded,sft,reasoner_fwd_bwd", "--repeats", "2", "--records", "1",
                "--max-length", "256", "--max-target-tokens", "64"]  # fmt: skip
 QUICK_DECODE = ["--quick"]
