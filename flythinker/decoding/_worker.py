@@ -108,8 +108,13 @@ class SharedBuffers:
             and chunk <= length
             and max_len <= self.mask.shape[1]
             and (d, self.out.dtype) == (width, dtype)
-            and (self.final.shape[1], self.logits.shape[1]) == (head_width, vocab)
-            and (vocab == 0 or self.logits.dtype == head_dtype)
+            and (  # a call that shares no head uses buffers that have room for one
+                vocab == 0
+                or (
+                    (self.final.shape[1], self.logits.shape[1]) == (head_width, vocab)
+                    and self.logits.dtype == head_dtype
+                )
+            )
         )
 
 

@@ -81,6 +81,7 @@ class Worker:
         self.side_key: tuple | None = None
         self.side_ref = None
         self.head_key: tuple | None = None
+        self.head_ref = None
         self.log = tempfile.TemporaryFile()  # the worker's stdout/stderr, quoted when it fails
         ours, theirs = socket.socketpair()
         env = dict(os.environ, FLYTHINKER_WORKER_SYS_PATH=json.dumps(sys.path))
@@ -308,9 +309,12 @@ class ProcessRunner:
         key = _side_key(side)
         held = worker.side_ref is not None and worker.side_ref() is side.reasoner and worker.side_key == key
         send_side = None if held else side
-        send_head = None
-        if self.head is not None and worker.head_key != _key(t for t in self.head if t is not None):
-            send_head = self.head
+        send_head, head_key = None, None
+        if self.head is not None:
+            head_key = _key(t for t in self.head if t is not None)
+            ref = worker.head_ref
+            if not (ref is not None and ref() is self.head[0] and worker.head_key == head_key):
+                send_head = self.head
         for tensor in [
             *(_tensors(side) if send_side is not None else ()),
             *(t for t in send_head or () if t is not None),
@@ -319,14 +323,14 @@ class ProcessRunner:
         if send_side is not None:
             worker.side_key, worker.side_ref = None, None  # until the worker confirms
         if send_head is not None:
-            worker.head_key = None
+            worker.head_key, worker.head_ref = None, None
         worker.request(
             Op.SETUP, batch, max_len, payload=(send_side, send_buffers, self.static_cache, send_head)
         )
         if send_side is not None:
             worker.side_key, worker.side_ref = key, weakref.ref(side.reasoner)
         if send_head is not None:
-            worker.head_key = _key(t for t in send_head if t is not None)
+            worker.head_key, worker.head_ref = head_key, weakref.ref(send_head[0])
 
     def start(self, ids: torch.Tensor, positions: torch.Tensor) -> None:
         batch, length = ids.shape

@@ -156,3 +156,26 @@ def test_share_head_must_be_a_flag():
     input_ids, mask, _ = left_padded_batch([3], vocab=VOCAB)
     with pytest.raises(ValueError, match="share_head"):
         generate(model, input_ids, mask, schedule="sequential", max_new_tokens=2, share_head="yes")
+
+
+@pytest.mark.slow
+def test_calls_with_and_without_a_shared_head_reuse_the_workers_buffers_and_head():
+    """Alternating share_head (as the benchmark does) neither reallocates the shared buffers nor
+    resends the head; a new head weight (another model) is sent again."""
+    from flythinker.decoding.workers import start_worker, worker_pids
+
+    model = wide_vocab_model(seed=5)
+    input_ids, mask, _ = left_padded_batch([4, 6], seed=1, vocab=VOCAB)
+    kwargs = dict(schedule="processes", max_new_tokens=3, pad_token_id=0, threads=(1, 1))
+    generate(model, input_ids, mask, **kwargs)
+    worker = start_worker(1)
+    assert worker.pid in worker_pids()
+    buffers, head_ref = worker.buffers, worker.head_ref
+    assert head_ref() is model.generator.get_output_embeddings().weight
+    for share in (False, True, False):
+        generate(model, input_ids, mask, share_head=share, **kwargs)
+        assert worker.buffers is buffers
+        assert worker.head_ref is head_ref  # not sent again
+    other = wide_vocab_model(seed=6)
+    generate(other, input_ids, mask, **kwargs)
+    assert worker.head_ref() is other.generator.get_output_embeddings().weight
