@@ -1,7 +1,7 @@
 """Issue 12's tables in one command: the training step against its floor, and decoding against
 transformers' ``generate`` of the generator alone.
 
-    python bench/speed.py              # ≈ 20 minutes on 2 quiet cores (``make bench-speed``)
+    python bench/speed.py              # ≈ 16 minutes on 2 quiet cores (``make bench-speed``)
     python bench/speed.py --quick      # a smoke run of the same code paths (tiny settings)
 
 Runs, one after the other in fresh interpreters (so neither inherits the other's threads or heap):
