@@ -22,8 +22,12 @@ def _argv(workspace, run_dir, *extra):
 
 
 def _staged(run_dir):
-    staging = run_dir / "checkpoints" / ".in-progress"
-    return staging.is_dir() and any(staging.iterdir())
+    """A checkpoint is being written (its staging folder holds files). The trainer renames the folder
+    into place at any moment, so it may vanish between the check and the listing: not staged then."""
+    try:
+        return any((run_dir / "checkpoints" / ".in-progress").iterdir())
+    except FileNotFoundError:
+        return False
 
 
 def _has(run_dir, name):
