@@ -52,6 +52,19 @@ COMMAND = struct.Struct("<4q")
 OK, FAILED = b"\0", b"\1"
 
 
+@dataclass(frozen=True)
+class BufferShape:
+    """What one call needs of the exchange tensors: ``head`` = (d_G, V, dtype) of the generator's LM
+    head the worker shares, (0, 0, …) when it shares none."""
+
+    batch: int
+    chunk: int
+    max_len: int
+    width: int
+    dtype: torch.dtype
+    head: tuple[int, int, torch.dtype] = (0, 0, torch.float32)
+
+
 @dataclass
 class SharedBuffers:
     """Shared-memory exchange tensors, sized to a capacity and reused by every call that fits."""
@@ -66,55 +79,33 @@ class SharedBuffers:
     clock: torch.Tensor  # [3] float64: FORWARD end, HEAD start, HEAD end (time.monotonic())
 
     @classmethod
-    def allocate(
-        cls,
-        batch: int,
-        chunk: int,
-        max_len: int,
-        width: int,
-        dtype: torch.dtype,
-        head: tuple[int, int, torch.dtype] = (0, 0, torch.float32),
-    ) -> SharedBuffers:
-        """``head`` = (d_G, V, dtype) of the generator's LM head the worker shares, (0, 0, …) if none."""
+    def allocate(cls, shape: BufferShape) -> SharedBuffers:
+        def shared(*size, dtype=torch.long):
+            return torch.zeros(size, dtype=dtype).share_memory_()
 
-        def shared(*shape, dtype=torch.long):
-            return torch.zeros(shape, dtype=dtype).share_memory_()
-
-        head_width, vocab, head_dtype = head
+        batch, chunk = shape.batch, shape.chunk
+        head_width, vocab, head_dtype = shape.head
         return cls(
             shared(batch, chunk),
             shared(batch, chunk),
-            shared(batch, chunk, width, dtype=dtype),
+            shared(batch, chunk, shape.width, dtype=shape.dtype),
             shared(batch),
-            shared(batch, max_len),
+            shared(batch, shape.max_len),
             shared(batch, head_width, dtype=head_dtype),
             shared(batch, vocab, dtype=head_dtype),
             shared(3, dtype=torch.float64),
         )
 
-    def fits(
-        self,
-        batch: int,
-        chunk: int,
-        max_len: int,
-        width: int,
-        dtype: torch.dtype,
-        head: tuple[int, int, torch.dtype] = (0, 0, torch.float32),
-    ) -> bool:
+    def fits(self, shape: BufferShape) -> bool:
         b, length, d = self.out.shape
-        head_width, vocab, head_dtype = head
+        head_width, vocab, head_dtype = shape.head
+        same_head = (self.final.shape[1], self.logits.shape[1], self.logits.dtype) == shape.head
         return (
-            batch <= b
-            and chunk <= length
-            and max_len <= self.mask.shape[1]
-            and (d, self.out.dtype) == (width, dtype)
-            and (  # a call that shares no head uses buffers that have room for one
-                vocab == 0
-                or (
-                    (self.final.shape[1], self.logits.shape[1]) == (head_width, vocab)
-                    and self.logits.dtype == head_dtype
-                )
-            )
+            shape.batch <= b
+            and shape.chunk <= length
+            and shape.max_len <= self.mask.shape[1]
+            and (d, self.out.dtype) == (shape.width, shape.dtype)
+            and (vocab == 0 or same_head)  # a call that shares no head uses buffers with room for one
         )
 
 

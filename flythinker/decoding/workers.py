@@ -28,7 +28,7 @@ from multiprocessing.reduction import ForkingPickler
 
 import torch
 
-from ._worker import COMMAND, FAILED, OK, Op, SharedBuffers
+from ._worker import COMMAND, FAILED, OK, BufferShape, Op, SharedBuffers
 from .head_split import HeadBalancer, head_rows, slices_are_exact
 from .steps import GeneratorSide, ReasonerSide
 
@@ -299,11 +299,10 @@ class ProcessRunner:
             head_shape = (weight.shape[1], weight.shape[0], weight.dtype)
             self.balancer = HeadBalancer(weight.shape[0])
             self._rows_total = self._rows_worker = 0
+        shape = BufferShape(batch, chunk, max_len, width, dtype, head_shape)
         send_buffers = None
-        if worker.buffers is None or not worker.buffers.fits(batch, chunk, max_len, width, dtype, head_shape):
-            worker.buffers = send_buffers = SharedBuffers.allocate(
-                batch, chunk, max_len, width, dtype, head_shape
-            )
+        if worker.buffers is None or not worker.buffers.fits(shape):
+            worker.buffers = send_buffers = SharedBuffers.allocate(shape)
         self.buffers = worker.buffers
         self.buffers.mask[:batch, :max_len].copy_(attention_mask)
         key = _side_key(side)
