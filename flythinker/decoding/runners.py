@@ -201,7 +201,7 @@ def make_runner(settings: DecodingSettings, model, requested: str) -> tuple[Reas
             warnings.warn(
                 f"{error}; decoding with schedule='threads' instead (the same tokens)", stacklevel=4
             )
-            settings = dataclasses.replace(settings, schedule="threads")
+            settings = dataclasses.replace(settings, schedule="threads", share_head=False)
             schedule = "threads"
     if schedule == "threads":
         return ThreadRunner(device, settings.threads[1], settings.static_cache), settings

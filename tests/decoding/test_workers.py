@@ -94,6 +94,7 @@ def test_a_worker_that_cannot_start_says_why_and_concurrent_falls_back(monkeypat
     with pytest.warns(UserWarning, match="schedule='threads' instead"):
         out = generate(model, ids, mask, max_new_tokens=4, pad_token_id=0)
     assert out.settings.schedule == "threads"
+    assert not out.settings.share_head  # the settings say what ran: threads share no head
     reference = generate(model, ids, mask, max_new_tokens=4, pad_token_id=0, schedule="sequential")
     assert torch.equal(out.sequences, reference.sequences)
 
