@@ -98,7 +98,7 @@ class SharedBuffers:
 
     def fits(self, shape: BufferShape) -> bool:
         b, length, d = self.out.shape
-        head_width, vocab, head_dtype = shape.head
+        vocab = shape.head[1]
         same_head = (self.final.shape[1], self.logits.shape[1], self.logits.dtype) == shape.head
         return (
             shape.batch <= b

@@ -283,6 +283,7 @@ class ProcessRunner:
         self.head = head
         self.worker: Worker | None = None
         self.head_share = 0.0  # of all head rows of the call's decode steps, the worker's fraction
+        self._rows_total = self._rows_worker = 0
 
     def setup(self, side: ReasonerSide, attention_mask: torch.Tensor, max_len: int, chunk: int) -> None:
         if next(side.parameters()).device.type != "cpu":
@@ -394,7 +395,7 @@ class ProcessRunner:
         """Release the call's cache in the worker; first collect a forward left in flight (after an
         error or an abandoned stream), so requests and replies stay paired — or drop the worker."""
         worker, self.worker = self.worker, None
-        if self.head is not None and getattr(self, "_rows_total", 0):
+        if self._rows_total:
             self.head_share = self._rows_worker / self._rows_total
         try:
             while worker is not None and worker.pending and worker.alive():
