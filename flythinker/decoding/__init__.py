@@ -12,8 +12,8 @@ Entry points::
 Schedules: ``sequential`` (reference), ``concurrent`` (the default: picks ``cuda-streams`` /
 ``two-device`` / a worker process on CPU), ``threads``, ``processes``. The tokens never depend on the
 schedule. Modules: ``settings`` (options, checks), ``state`` (per-row state, outputs), ``engine`` (the
-loop), ``sampling``, ``stopping``, ``steps`` (the two halves of a step), ``runners`` / ``workers``
-(where the reasoner runs).
+loop), ``sampling``, ``stopping``, ``steps`` (the two halves of a step), ``runners`` / ``process_runner``
+/ ``workers`` (where the reasoner runs; the worker process pool).
 """
 
 from .engine import TextStream, generate, stream

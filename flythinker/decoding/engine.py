@@ -6,7 +6,7 @@ Schedule (docs/design.md §1)::
               LM head on the last position only  → sample x_{T0}
     step t    R.step(x_t) → h_t   ∥   G.step(E_G[x_t] + λ·r_{t-1}) → logits → x_{t+1}
 
-``∥`` is whatever the runner makes of it (``runners.py``, ``workers.py``): the sequential reference, a
+``∥`` is whatever the runner makes of it (``runners.py``, ``process_runner.py``): the sequential reference, a
 side CUDA stream, a second device, a worker thread or a worker process. The tokens never depend on it.
 No host synchronisation per token: EOS flags live on the device; the host reads them, checks stop
 strings and drops finished rows every ``check_every`` steps (every step while streaming).

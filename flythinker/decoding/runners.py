@@ -6,7 +6,7 @@ A runner owns the reasoner's static KV cache for one call (:class:`ReasonerRunne
   reference. A second CUDA stream with an event: R overlaps G on one GPU with no host sync. Another
   device: kernels launch asynchronously and the latent is copied back with ``non_blocking``.
 * :class:`ThreadRunner` — a worker thread (CPU); torch releases the GIL inside ops.
-* :class:`~flythinker.decoding.workers.ProcessRunner` — a persistent worker process (CPU).
+* :class:`~flythinker.decoding.process_runner.ProcessRunner` — a persistent worker process (CPU).
 
 :func:`make_runner` picks one for a resolved schedule.
 """
@@ -189,7 +189,8 @@ def make_runner(settings: DecodingSettings, model, requested: str) -> tuple[Reas
     schedule = settings.schedule
     if schedule == "processes":
         from .head_split import head_parameters
-        from .workers import ProcessRunner, WorkerStartError, start_worker
+        from .process_runner import ProcessRunner
+        from .workers import WorkerStartError, start_worker
 
         try:
             start_worker(settings.threads[1])

@@ -96,8 +96,8 @@ def test_only_a_plain_linear_cpu_head_is_shared():
 def test_the_workers_head_rows_give_the_whole_heads_logits_at_every_cut(dtype):
     """A ProcessRunner driven step by step: at forced cuts (none, all, aligned middles) the logits it
     returns equal ``generator.logits`` bit for bit, softcapping included."""
+    from flythinker.decoding.process_runner import ProcessRunner
     from flythinker.decoding.steps import GeneratorSide, ReasonerSide
-    from flythinker.decoding.workers import ProcessRunner
 
     model = wide_vocab_model(dtype, final_logit_softcapping=5.0)
     generator = GeneratorSide(model)

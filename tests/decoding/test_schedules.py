@@ -106,8 +106,8 @@ def test_projection_model_all_schedules_agree():
 
 
 def test_every_runner_implements_the_runner_protocol():
+    from flythinker.decoding.process_runner import ProcessRunner
     from flythinker.decoding.runners import DeviceRunner, ReasonerRunner, ThreadRunner
-    from flythinker.decoding.workers import ProcessRunner
 
     cpu = torch.device("cpu")
     for runner in (DeviceRunner(cpu), ThreadRunner(cpu, 1), ProcessRunner(cpu, (1, 1))):
