@@ -35,8 +35,6 @@ from .checkpoints import (
     _barrier,
     atomic_write_text,
     checkpoint_is_complete,
-    complete_checkpoints,
-    last_complete_checkpoint,
     publish_directory,
 )
 from .collators import PackingCollator, PaddingCollator
@@ -49,6 +47,16 @@ from .divergence import (
 )
 from .prompts import PromptBuilder, encode_records
 from .readers import read_records
+from .run_directory import (
+    FINISHED_MARKER,
+    check_run_directory,
+    checkpoint_is_final,
+    checkpoints_dir,
+    clear_run_directory,
+    load_final_checkpoint,
+    resolve_resume,
+    staging_dir,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -73,8 +81,6 @@ RECIPE_FIELDS: tuple[str, ...] = (
 """FinetuneConfig fields a ``--recipe`` fills in when they are left unset (None)."""
 """FinetuneConfig fields passed unchanged to ``FlyThinkerConfig`` (a new config option: add a field of the same
 name to FinetuneConfig, its name here and its help in ``flythinker.cli.FINETUNE_HELP``; the CLI exposes it)."""
-FINISHED_MARKER = "train_metrics.json"
-"""Written last by a finished run."""
 
 
 @dataclass
@@ -468,90 +474,6 @@ def training_arguments(config: FinetuneConfig, world_size: int):
     )
 
 
-def checkpoints_dir(config: FinetuneConfig) -> Path:
-    return Path(config.output_dir) / "checkpoints"
-
-
-def staging_dir(config: FinetuneConfig) -> Path:
-    return checkpoints_dir(config) / ".in-progress"
-
-
-# ------------------------------------------------------------------------------------ run directory
-RUN_FILES = ("options.json", "finetune_config.json", FINISHED_MARKER, "log_history.json")
-
-
-def check_run_directory(config: FinetuneConfig) -> None:
-    """Refuse to reuse a directory holding another run unless resuming it or ``overwrite`` is set."""
-    out = Path(config.output_dir)
-    if config.overwrite or config.resume_from_checkpoint is not None or not out.is_dir():
-        return
-    finished = (out / FINISHED_MARKER).exists() or (out / "model").exists()
-    started = bool(complete_checkpoints(checkpoints_dir(config)))
-    if finished or started:
-        state = "a finished run" if finished else "checkpoints of an unfinished run"
-        raise FileExistsError(
-            f"--output-dir {out}: already holds {state}; choose a new directory, continue it with "
-            "--resume-from-checkpoint last, or pass --overwrite true to replace it"
-        )
-
-
-def _clear_run_directory(config: FinetuneConfig) -> None:
-    out = Path(config.output_dir)
-    for name in ("model", "checkpoints"):
-        shutil.rmtree(out / name, ignore_errors=True)
-    for name in RUN_FILES:
-        (out / name).unlink(missing_ok=True)
-
-
-def _resolve_resume(config: FinetuneConfig) -> str | None:
-    if config.resume_from_checkpoint != "last":
-        return config.resume_from_checkpoint
-    last = last_complete_checkpoint(checkpoints_dir(config))
-    if last is None:
-        logger.warning(
-            "--resume-from-checkpoint last: no complete checkpoint in %s; starting from step 0",
-            checkpoints_dir(config),
-        )
-        return None
-    logger.info("resuming from %s", last)
-    return str(last)
-
-
-def _checkpoint_is_final(checkpoint: Path, args) -> bool:
-    state = json.loads((checkpoint / "trainer_state.json").read_text())
-    target = args.max_steps if args.max_steps > 0 else state.get("max_steps", 0)
-    return bool(target) and state.get("global_step", 0) >= target
-
-
-def _load_final_checkpoint(model, checkpoint: Path, trainer) -> dict[str, Any]:
-    """Load a checkpoint's weights (all shards) and Trainer state instead of training; returns its metrics."""
-    from safetensors.torch import load_file
-    from transformers import TrainerState
-
-    index = checkpoint / "model.safetensors.index.json"
-    files = (
-        sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        if index.exists()
-        else ["model.safetensors"]
-    )
-    state_dict: dict[str, torch.Tensor] = {}
-    for name in files:
-        state_dict.update(load_file(str(checkpoint / name)))
-    missing, unexpected = model.load_state_dict(state_dict, strict=False)
-    tied = set(getattr(model, "all_tied_weights_keys", {}) or {})
-    missing = [k for k in missing if k not in tied]
-    if missing or unexpected:
-        raise ValueError(
-            f"{checkpoint}: weights do not match the model (missing {missing[:5]}, unexpected "
-            f"{unexpected[:5]}); resume from another checkpoint"
-        )
-    model.tie_weights()
-    trainer.state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
-    logger.info("%s is the final step: loaded it instead of training", checkpoint)
-    final = [entry for entry in trainer.state.log_history if "train_loss" in entry]
-    return dict(final[-1]) if final else {}
-
-
 def check_model_options(config: FinetuneConfig) -> None:
     """Build the FlyThinkerConfig of this run from the two base configs (cheap), so its own validation
     (λ, projection, widths) fails before anything is loaded or written."""
@@ -637,14 +559,14 @@ def run_finetune(
     model = _loading(models, lambda: build_model(config, tokenizer, dtype=dtype))
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     args = training_arguments(config, world_size)
-    resume = _resolve_resume(config)
+    resume = resolve_resume(config)
 
     # ---- nothing was written before this line
     out = Path(config.output_dir)
     is_main = int(os.environ.get("RANK", "0")) == 0
     if is_main:
         if config.overwrite:
-            _clear_run_directory(config)
+            clear_run_directory(config)
         out.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(staging_dir(config), ignore_errors=True)  # a save killed half-way
         for stale in [*out.glob(".model.partial-*"), *out.glob(".model.old-*")]:
@@ -677,10 +599,10 @@ def run_finetune(
     if config.method == "flythinker" and config.center_reasoner and resume is None:
         estimate_center(model, dataset, collator, config)
     try:
-        if resume is not None and _checkpoint_is_final(Path(resume), args):
+        if resume is not None and checkpoint_is_final(Path(resume), args):
             # killed after the last checkpoint (e.g. while writing model/): nothing is left to train, and
             # Trainer.train would run one step past max_steps
-            metrics = _load_final_checkpoint(model, Path(resume), trainer)
+            metrics = load_final_checkpoint(model, Path(resume), trainer)
         else:
             metrics = dict(trainer.train(resume_from_checkpoint=resume).metrics)
     finally:
