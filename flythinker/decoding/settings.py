@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from .steps import uses_reserved_cache
+
 SCHEDULES = ("sequential", "concurrent", "threads", "processes", "cuda-streams", "two-device")
 # Measured on the 2-core CPU with the SmolLM2-135M pair (bench/results/decode_cpu*.md): processes 62.9 vs
 # threads 66.1 ms/token (sequential 108.9, generator alone 61.9). The worker process starts as its own
@@ -106,6 +108,7 @@ class DecodingSettings:
     reasoner_device: str
     static_cache: bool = True  # StaticCache (compile, CUDA) or DynamicCache (CPU eager); see steps.py
     share_head: bool = False  # processes without compile: the worker computes some LM-head rows
+    reserved_cache: bool = False  # a DynamicCache with storage reserved for the call (steps.py)
 
 
 # ------------------------------------------------------------------------------------------ checks
@@ -340,6 +343,7 @@ def resolve_settings(
             compile_mode = o.compile
         else:
             _fail("compile", o.compile, f"True, False or one of {COMPILE_MODES}")
+    static = compile_mode is not None or "cuda" in (generator_device.type, reasoner_device.type)
     return DecodingSettings(
         sampling=sampling,
         max_new_tokens=max_new,
@@ -354,6 +358,7 @@ def resolve_settings(
         compile=compile_mode,
         generator_device=str(generator_device),
         reasoner_device=str(reasoner_device),
-        static_cache=compile_mode is not None or "cuda" in (generator_device.type, reasoner_device.type),
+        static_cache=static,
         share_head=_flag("share_head", o.share_head) and schedule == "processes" and compile_mode is None,
+        reserved_cache=uses_reserved_cache(input_ids.shape[1] + max_new, static),
     )

@@ -12,6 +12,8 @@ preallocated ``[B, max_len]`` attention mask (future columns are excluded by cau
 ``DynamicCache`` on CPU without compile, receiving only the mask columns written so far
 (:func:`attention_window`), so an unpadded prompt takes sdpa's causal path instead of an explicit
 ``[T, max_len]`` mask (a 1,536-token prefill of SmolLM2 on 2 cores: 3.06 s instead of 3.82 s).
+From :data:`RESERVED_CACHE_FROM` positions on, that ``DynamicCache`` is a :class:`ReservedCache`,
+which writes each step into storage reserved for the call instead of concatenating.
 """
 
 from __future__ import annotations
@@ -22,12 +24,29 @@ from transformers import DynamicCache, StaticCache
 
 from flythinker.modeling.fusion import injection_gate
 
+from .reserved_cache import ReservedCache
+
+RESERVED_CACHE_FROM = 384
+"""Calls of at least this many positions (prompt + new tokens) decode on a :class:`ReservedCache`
+instead of a ``DynamicCache`` when the cache is not static. Measured per step, paired, SmolLM2-135M on
+one CPU core (``bench/bench_kv_cache.py``, ``bench/results/kv_cache_cpu.md``): below it the two are
+equal within noise, above it the reserved cache gains as the cache grows (no concatenation)."""
+
+
+def uses_reserved_cache(max_len: int, static: bool) -> bool:
+    """Whether :func:`new_decode_cache` gives a :class:`ReservedCache` for these arguments."""
+    return not static and max_len >= RESERVED_CACHE_FROM
+
 
 def new_decode_cache(config, max_len: int, static: bool = True) -> StaticCache | DynamicCache:
-    """An empty cache for one call: a ``StaticCache`` of ``max_len`` tokens (allocated on the first
-    update) when ``static``, else a ``DynamicCache`` (grows with the tokens fed)."""
+    """An empty cache for one call of ``max_len`` positions: a ``StaticCache`` (allocated on the first
+    update) when ``static``; else a ``DynamicCache`` that grows with the tokens fed, storage reserved for
+    ``max_len`` positions from :data:`RESERVED_CACHE_FROM` on (:class:`ReservedCache`, the same values
+    bit for bit)."""
     if static:
         return StaticCache(config=config, max_cache_len=max_len)
+    if uses_reserved_cache(max_len, static):
+        return ReservedCache(config, max_len)
     return DynamicCache(config=config)
 
 
