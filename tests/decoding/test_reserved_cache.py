@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, DynamicCache, Qwen2Config, StaticCache
+from transformers import AutoModelForCausalLM, DynamicCache, StaticCache
 from transformers.cache_utils import DynamicSlidingWindowLayer
 
 from flythinker.decoding import generate
@@ -13,7 +13,7 @@ from flythinker.decoding import steps as decode_steps
 from flythinker.decoding.reserved_cache import ReservedCache, ReservedLayer
 from flythinker.decoding.steps import new_decode_cache, select_cache_rows
 
-from ..tiny_models import left_padded_batch, tiny_flythinker, tiny_llama_config
+from ..tiny_models import left_padded_batch, tiny_flythinker, tiny_llama_config, tiny_qwen2_config
 
 
 def _model(dtype):
@@ -106,17 +106,9 @@ def test_keys_replaced_from_outside_are_honoured_like_dynamic_cache():
 
 
 def test_sliding_window_layers_stay_transformers_own():
-    config = Qwen2Config(
-        vocab_size=96,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        use_sliding_window=True,
-        sliding_window=4,
-        layer_types=["sliding_attention", "full_attention"],
-    )
+    config = tiny_qwen2_config(hidden=32)
+    config.use_sliding_window, config.sliding_window = True, 4
+    config.layer_types = ["sliding_attention", "full_attention"]
     cache = ReservedCache(config, 32)
     assert type(cache.layers[0]) is DynamicSlidingWindowLayer and type(cache.layers[1]) is ReservedLayer
 
