@@ -109,6 +109,7 @@ def main(argv=None) -> dict:
     from transformers import AutoModelForCausalLM
 
     from flythinker.modeling.smollm import smollm2_path
+    from flythinker.train.checkpoints import atomic_write_text
 
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(
@@ -144,13 +145,8 @@ def main(argv=None) -> dict:
         "results": results,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    for path, text in (
-        (args.out, json.dumps(report, indent=2)),
-        (args.out.with_suffix(".md"), markdown(report)),
-    ):
-        partial = path.with_suffix(path.suffix + ".partial")
-        partial.write_text(text)
-        partial.replace(path)
+    atomic_write_text(args.out, json.dumps(report, indent=2) + "\n")
+    atomic_write_text(args.out.with_suffix(".md"), markdown(report))
     print(markdown(report))
     return report
 
