@@ -35,6 +35,11 @@ def _tensors(side: ReasonerSide) -> list[torch.Tensor]:
     return [*side.parameters(), *(b for b in side.buffers() if b is not None)]
 
 
+def _holds(ref: weakref.ref | None, held_key: tuple | None, obj, key: tuple) -> bool:
+    """Whether the worker already holds ``obj`` (the same live object, the same tensors)."""
+    return ref is not None and ref() is obj and held_key == key
+
+
 class ProcessRunner:
     """R in a persistent worker process; token ids and latents cross through shared memory.
 
@@ -78,7 +83,6 @@ class ProcessRunner:
             weight = self.head[0]
             head_shape = (weight.shape[1], weight.shape[0], weight.dtype)
             self.balancer = HeadBalancer(weight.shape[0])
-            self._rows_total = self._rows_worker = 0
         shape = BufferShape(batch, chunk, max_len, width, dtype, head_shape)
         send_buffers = None
         if worker.buffers is None or not worker.buffers.fits(shape):
@@ -86,13 +90,11 @@ class ProcessRunner:
         self.buffers = worker.buffers
         self.buffers.mask[:batch, :max_len].copy_(attention_mask)
         key = _side_key(side)
-        held = worker.side_ref is not None and worker.side_ref() is side.reasoner and worker.side_key == key
-        send_side = None if held else side
+        send_side = None if _holds(worker.side_ref, worker.side_key, side.reasoner, key) else side
         send_head, head_key = None, None
         if self.head is not None:
             head_key = _key(t for t in self.head if t is not None)
-            ref = worker.head_ref
-            if not (ref is not None and ref() is self.head[0] and worker.head_key == head_key):
+            if not _holds(worker.head_ref, worker.head_key, self.head[0], head_key):
                 send_head = self.head
         for tensor in [
             *(_tensors(side) if send_side is not None else ()),
