@@ -57,10 +57,17 @@ def _device_of(module: torch.nn.Module) -> torch.device:
     return next(module.parameters()).device
 
 
-class DeviceRunner:
-    """R on its own device, optionally on a side CUDA stream (see the module docstring)."""
+class WholeHeadRunner:
+    """Runners that leave the generator's whole LM head to the generator (no idle cores to share)."""
 
     head_share = 0.0
+
+    def logits(self, generator: GeneratorSide, last_hidden: torch.Tensor) -> torch.Tensor:
+        return generator.logits(last_hidden)
+
+
+class DeviceRunner(WholeHeadRunner):
+    """R on its own device, optionally on a side CUDA stream (see the module docstring)."""
 
     def __init__(
         self, out_device: torch.device, use_stream: bool = False, step_fn=None, static_cache: bool = True
@@ -113,9 +120,6 @@ class DeviceRunner:
     def generator_alone(self) -> None:
         pass  # nothing to hand over: R and G share the device's resources as they are
 
-    def logits(self, generator: GeneratorSide, last_hidden: torch.Tensor) -> torch.Tensor:
-        return generator.logits(last_hidden)
-
     def select(self, rows: torch.Tensor) -> None:
         select_cache_rows(self.cache, rows)
         self.mask = self.mask.index_select(0, rows.to(self.device))
@@ -124,13 +128,11 @@ class DeviceRunner:
         self.cache = self.side = self.mask = self._pending = None
 
 
-class ThreadRunner:
+class ThreadRunner(WholeHeadRunner):
     """A :class:`DeviceRunner` driven by a worker thread (CPU concurrency under the GIL).
 
     ``torch.set_num_threads`` is process-wide: both threads use ``threads`` intra-op threads for the call.
     """
-
-    head_share = 0.0
 
     def __init__(self, out_device: torch.device, threads: int, static_cache: bool = True):
         self.inner, self.threads = DeviceRunner(out_device, static_cache=static_cache), threads
@@ -165,9 +167,6 @@ class ThreadRunner:
 
     def generator_alone(self) -> None:
         pass  # one thread count for the whole process: the split stays
-
-    def logits(self, generator: GeneratorSide, last_hidden: torch.Tensor) -> torch.Tensor:
-        return generator.logits(last_hidden)
 
     def select(self, rows: torch.Tensor) -> None:
         self.inner.select(rows)
