@@ -42,6 +42,8 @@ FINETUNE_HELP = {
     "center_reasoner_batches": "training batches that estimate μ for --center-reasoner (default: from --recipe)",
     "warm_start_lr_multiplier": "learning-rate multiplier of the gate α / zero_linear W, without weight decay "
     "(default: from --recipe)",
+    "projection_init_std": "start zero_linear's W ~ N(0, std²) instead of 0 (needs a --fusion-gate, whose closed "
+    "start keeps step 0 exact; default: from --recipe)",
     "projection": "'zero_pad' (h fills the first d_R channels; needs d_R <= d_G), 'linear' (a learned "
     "Linear(d_R, d_G) before the rescale) or 'zero_linear' (a zero-initialised Linear after it); a reasoner "
     "wider than the generator needs one of the last two (default: from --recipe)",

@@ -57,6 +57,7 @@ from .run_directory import (
     resolve_resume,
     staging_dir,
 )
+from .warm_start import init_projection
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +78,7 @@ RECIPE_FIELDS: tuple[str, ...] = (
     "lambda_warmup_steps",
     "center_reasoner_batches",
     "warm_start_lr_multiplier",
+    "projection_init_std",
 )
 """FinetuneConfig fields a ``--recipe`` fills in when they are left unset (None)."""
 """FinetuneConfig fields passed unchanged to ``FlyThinkerConfig`` (a new config option: add a field of the same
@@ -105,6 +107,7 @@ class FinetuneConfig:
     lambda_warmup_steps: float | None = None
     center_reasoner_batches: int | None = None
     warm_start_lr_multiplier: float | None = None
+    projection_init_std: float | None = None
     norm_eps: float = 0.0
     reasoner_mode: str = "full"
     lora_generator: bool = False
@@ -150,6 +153,7 @@ class FinetuneConfig:
             "lambda_warmup_steps": recipe.lambda_warmup_steps,
             "center_reasoner_batches": recipe.center_reasoner_batches,
             "warm_start_lr_multiplier": recipe.gate_lr_multiplier,
+            "projection_init_std": recipe.projection_init_std,
         }
         for name in RECIPE_FIELDS:
             if getattr(self, name) is None:
@@ -173,6 +177,12 @@ class FinetuneConfig:
                 "--center-reasoner true needs --center-reasoner-batches >= 1 (batches that estimate μ)"
             )
         _check_float("warm_start_lr_multiplier", self.warm_start_lr_multiplier, low=0.0, low_open=True)
+        _check_float("projection_init_std", self.projection_init_std, low=0.0)
+        if self.projection_init_std > 0 and (self.projection != "zero_linear" or self.fusion_gate == "none"):
+            raise ValueError(
+                f"--projection-init-std {self.projection_init_std} needs --projection zero_linear and a "
+                "--fusion-gate (scalar or channel): the closed gate keeps step 0 equal to the generator"
+            )
         _check_choice("method", self.method, METHODS)
         _check_choice("reasoner_mode", self.reasoner_mode, REASONER_MODES)
         _check_choice("profile_drop", self.profile_drop, ("oldest", "least_relevant"))
@@ -333,6 +343,8 @@ def build_model(config: FinetuneConfig, tokenizer, dtype: torch.dtype = torch.fl
             tokenizer=tokenizer,
             use_fused_loss=config.use_fused_loss,
         )
+        if config.projection_init_std:
+            init_projection(model, config.projection_init_std)
     apply_adapters(model, config)
     return model
 

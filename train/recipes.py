@@ -22,6 +22,9 @@ class Recipe:
     lambda_warmup_steps: float = 0  # 0 = off; an int = steps; a fraction in (0, 1) = that share of all steps
     center_reasoner_batches: int = 0  # 0 = no centring
     gate_lr_multiplier: float = 1.0  # lr multiplier of the gate α / zero_linear W (no weight decay)
+    projection_init_std: float = (
+        0.0  # zero_linear W ~ N(0, std²) at start (needs a gate: c = 0 keeps step 0 exact)
+    )
     description: str = ""
 
 
@@ -63,6 +66,15 @@ RECIPES: dict[str, Recipe] = {
             {"projection": "zero_linear"},
             gate_lr_multiplier=10.0,
             description="x̃ = E[x] + λ·a·W·r with W = 0 at init (ControlNet-style)",
+        ),
+        Recipe(
+            "gated",
+            "flythinker",
+            {"projection": "zero_linear", "fusion_gate": "scalar"},
+            gate_lr_multiplier=10.0,
+            projection_init_std=0.02,
+            description="x̃ = E[x] + λ·tanh(α)·a·W·r, W ~ N(0, 0.02²), α = 0 (step 0 = generator; the reasoner "
+            "and W get gradient once α moves, where W = 0 gives them none)",
         ),
         Recipe(
             "gate_center",

@@ -29,6 +29,7 @@ __all__ = [
     "boost_warm_start_parameters",
     "LambdaWarmupCallback",
     "bake_lambda_scale",
+    "init_projection",
 ]
 
 
@@ -206,3 +207,19 @@ def bake_lambda_scale(model: nn.Module) -> None:
     if fusion.lambda_scale != 1.0:
         model.config.fusion_lambda = fusion.fusion_lambda * fusion.lambda_scale
         fusion.lambda_scale = 1.0
+
+
+@torch.no_grad()
+def init_projection(model: nn.Module, std: float) -> None:
+    """``W ~ N(0, std²)`` for a ``zero_linear`` projection behind a closed gate (α = 0, so c = tanh(α) = 0
+    and step 0 is still the base generator exactly). With ``W = 0`` the reasoner and ``W`` receive zero
+    gradient at step 0 (and O(‖W‖) after); with a random W behind the gate, α receives gradient at once
+    and both open together. Uses torch's global RNG (the run's seed)."""
+    fusion = _fusion(model)
+    if fusion.projection_mode != "zero_linear" or fusion.gate_logit is None:
+        raise ValueError(
+            "init_projection needs projection='zero_linear' and a fusion_gate (scalar or channel)"
+        )
+    if torch.any(fusion.gate_logit != 0):
+        raise ValueError("init_projection: the gate is open (α ≠ 0); step 0 would no longer be the generator")
+    fusion.projection.weight.normal_(0.0, std)

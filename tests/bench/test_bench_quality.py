@@ -1,166 +1,236 @@
-"""Smoke test of bench/bench_quality.py on tiny random models (``--tiny``), plus its pieces against
-independent references: the lr schedule vs transformers', the val NLL vs log-softmax by hand, the data
-order, the reasoner truncation, and resuming from the partial file."""
+"""The quality harness (bench/bench_quality.py, bench/quality/) on tiny random models: it trains through
+``flythinker train``'s own code (same per-step losses as the CLI), its controls replace exactly what they
+say, its statistics match hand computations, and the selection rule is applied as written."""
 
 from __future__ import annotations
 
 import json
-import math
+import shlex
+import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
-from bench import bench_quality as bq
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+import bench_quality as bq  # noqa: E402
+from quality import models  # noqa: E402
+from quality.arms import ARMS  # noqa: E402
+from quality.controls import ConstantState, Donor, OwnEmbedding, donor_pool  # noqa: E402
+from quality.measure import MeasureCallback, record_nll  # noqa: E402
+from quality.report import select_default  # noqa: E402
+from quality.runner import RunSpec, finetune_config, run_arm  # noqa: E402
+from quality.stats import paired_nll, paired_scores, two_way_bootstrap  # noqa: E402
 
-TINY = [
-    "--tiny",
-    "--train-records",
-    "16",
-    "--steps",
-    "3",
-    "--eval-every",
-    "2",
-    "--val-records",
-    "3",
-    "--gen-records",
-    "2",
-    "--gen-batch-size",
-    "2",
-    "--max-new-tokens",
-    "4",
-    "--max-length",
-    "192",
-    "--max-target-tokens",
-    "48",
-]
+from flythinker.cli import main as cli_main  # noqa: E402
+from flythinker.modeling import FlyThinkerForCausalLM  # noqa: E402
+
+TINY = ["--tiny", "--reasoner-layers", "1", "--max-length", "224", "--max-target-tokens", "24"]
 
 
-def test_lr_factor_matches_transformers_linear_schedule():
-    from transformers import get_linear_schedule_with_warmup
-
-    param = torch.nn.Parameter(torch.zeros(1))
-    optimizer = torch.optim.SGD([param], lr=1.0)
-    schedule = get_linear_schedule_with_warmup(optimizer, num_warmup_steps=3, num_training_steps=10)
-    for step in range(10):
-        assert bq.lr_factor(step, 3, 10) == pytest.approx(optimizer.param_groups[0]["lr"], abs=1e-12)
-        optimizer.step()
-        schedule.step()
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    options = bq.parse_args([*TINY, "--val-records", "3", "--gen-requests", "2", "--max-new-tokens", "3"])
+    return models.prepare(options, None, tmp_path_factory.mktemp("quality"))
 
 
-def test_training_order_is_a_seeded_permutation_per_epoch():
-    order = bq.training_order(5, seed=3, n_batches=6, batch_size=2)  # 12 indices: 2 epochs + 2
-    flat = [i for b in order for i in b]
-    assert sorted(flat[:5]) == list(range(5)) and sorted(flat[5:10]) == list(range(5))
-    assert order == bq.training_order(5, seed=3, n_batches=6, batch_size=2)
-    assert order != bq.training_order(5, seed=4, n_batches=6, batch_size=2)
+def _spec(setup, work: Path, steps: int = 3) -> RunSpec:
+    return RunSpec(
+        train_file=str(setup.train_file), generator=str(setup.generator), reasoner=str(setup.reasoner),
+        work_dir=str(work), steps=steps, batch_size=2, max_length=224, max_target_tokens=24,
+    )  # fmt: skip
 
 
-def test_truncate_layers_keeps_the_first_layers():
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=50,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=3,
-        num_attention_heads=2,
-        num_key_value_heads=1,
+def _measure(setup, every: int = 3, requests=()) -> MeasureCallback:
+    return MeasureCallback(
+        pad_id=setup.tokenizer.pad_token_id, every=every, eval_sets={"user_val": setup.val},
+        final_sets={"temporal_val": setup.temporal}, tokenizer=setup.tokenizer, requests=requests,
+        references=setup.references[: len(requests)], max_new_tokens=3, probe=setup.probe,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("arm", ["sft", "lora_gated"])
+def test_harness_and_cli_give_the_same_per_step_losses(setup, tmp_path, arm):
+    record = run_arm(
+        ARMS[arm], _spec(setup, tmp_path / "harness"), seed=3, learning_rate=1e-3, measure=_measure(setup)
     )
-    lm = LlamaForCausalLM(config).eval()
-    first = list(lm.model.layers)[:2]
-    bq.truncate_layers(lm, 2)
-    assert list(lm.model.layers) == first and lm.config.num_hidden_layers == 2
-    ids = torch.randint(0, 50, (1, 7))
-    out = lm.model(ids).last_hidden_state  # runs with the truncated stack
-    assert out.shape == (1, 7, 16)
-    with pytest.raises(ValueError, match="reasoner-layers"):
-        bq.truncate_layers(lm, 5)
+    argv = shlex.split(record["cli"])[1:]
+    cli_dir = tmp_path / "cli"
+    argv[argv.index("--output-dir") + 1] = str(cli_dir)
+    assert cli_main(argv) == 0
+    history = json.loads((cli_dir / "log_history.json").read_text())
+    cli_losses = [h["loss"] for h in history if "loss" in h]
+    assert len(record["train_loss"]) == 3
+    assert cli_losses == record["train_loss"]
+    assert record["step0_max_abs_logit_diff"] == 0.0  # every arm starts as the base generator exactly
 
 
-def test_val_nll_is_mean_nats_per_label_token():
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=40,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        pad_token_id=0,
+def test_measurements_are_taken_every_k_steps_and_at_the_end(setup, tmp_path):
+    record = run_arm(
+        ARMS["zero_linear"],
+        _spec(setup, tmp_path, steps=4),
+        0,
+        1e-3,
+        _measure(setup, every=2, requests=setup.requests),
     )
-    model = LlamaForCausalLM(config).double().eval()
-    g = torch.Generator().manual_seed(1)
-    val = []
-    for n, prompt in ((9, 4), (6, 2), (12, 7)):
-        ids = torch.randint(1, 40, (n,), generator=g).tolist()
-        val.append({"input_ids": ids, "labels": [-100] * prompt + ids[prompt:]})
-    data = bq.Data(train=[], val=val, gen_prompts=[], gen_references=[], val_indices=[], gen_indices=[])
-    got = bq.val_nll(model, data, pad_id=0, device=torch.device("cpu"), batch_size=2)
-    total, tokens = 0.0, 0
-    for example in val:  # by hand, one record at a time, no padding
+    steps = [(e["step"], e["set"]) for e in record["evals"]]
+    assert steps == [(2, "user_val"), (4, "user_val"), (4, "temporal_val")]
+    assert len(record["evals"][0]["records"]) == len(setup.val)
+    assert len(record["generation"]["predictions"]) == len(setup.requests)
+    assert set(record["generation"]) == {"predictions", "rougeL", "meteor"}
+
+
+def test_record_nll_matches_log_softmax_by_hand(setup):
+    model = FlyThinkerForCausalLM.from_components(
+        generator=str(setup.generator), reasoner=str(setup.reasoner), projection="zero_linear"
+    ).eval()
+    got = record_nll(model, setup.val, setup.tokenizer.pad_token_id, batch_size=2)
+    for example, (nll, tokens) in zip(setup.val, got):
         ids = torch.tensor([example["input_ids"]])
-        with torch.no_grad():
-            logp = torch.log_softmax(model(ids).logits[0].double(), -1)
-        for t, label in enumerate(example["labels"][1:]):
-            if label != -100:
-                total -= float(logp[t, label])
-                tokens += 1
-    assert got["tokens"] == tokens == 5 + 4 + 5
-    assert got["nll"] == pytest.approx(
-        total / tokens, rel=1e-6
-    )  # transformers' loss upcasts logits to fp32 only
+        labels = torch.tensor(example["labels"])
+        logits = model(input_ids=ids).logits[0].double()
+        positions = [t for t in range(1, len(labels)) if labels[t] != -100]
+        expected = -sum(float(torch.log_softmax(logits[t - 1], -1)[labels[t]]) for t in positions)
+        assert tokens == len(positions)
+        assert nll == pytest.approx(expected, rel=1e-9, abs=1e-9)
 
 
-def test_harness_end_to_end_on_tiny_models_and_resumes(tmp_path, capsys):
-    from flythinker.train.recipes import RECIPES
+def _fly(setup):
+    torch.manual_seed(0)
+    return FlyThinkerForCausalLM.from_components(
+        generator=str(setup.generator), reasoner=str(setup.reasoner), projection="zero_linear"
+    ).eval()
 
-    names = list(RECIPES)
-    out = str(tmp_path)
-    bq.main([*TINY, "--seeds", "0", "--out", out])  # every recipe, one seed
-    bq.main([*TINY, "--variants", "sft,paper", "--seeds", "0,1", "--out", out])  # resumes: only seed 1 runs
-    printed = capsys.readouterr().out
-    assert f"2 runs to do ({len(names)} already in" in printed
 
-    report = json.loads((tmp_path / "quality_cpu.json").read_text())
-    runs = {(r["variant"], r["seed"]): r for r in report["runs"]}
-    assert set(runs) == {(n, 0) for n in names} | {("sft", 1), ("paper", 1)}
-    for run in runs.values():
-        assert [s["step"] for s in run["train"]] == [1, 2, 3]
-        assert [v["step"] for v in run["val"]] == [0, 2, 3]
-        assert all(math.isfinite(s["loss"]) for s in run["train"])
-        assert set(bq.METRICS) <= set(run["generation"]) and len(run["generation"]["predictions"]) == 2
-        assert run["generator_probe_loss"] == report["generator_probe_loss"]
-    # the same data order for every variant of a seed, a different one for another seed
-    tokens = {k: [s["records"] for s in r["train"]] for k, r in runs.items()}
-    assert all(tokens[(n, 0)] == tokens[("sft", 0)] for n in names)
-    assert tokens[("sft", 1)] == tokens[("paper", 1)] != tokens[("sft", 0)]
-    assert runs[("sft", 0)]["step0_probe_diff"] == 0.0 == runs[("sft", 0)]["step0_probe_logits_max_abs_diff"]
-    assert runs[("paper", 0)]["step0_probe_logits_max_abs_diff"] > 0
-    # warm starts that make step 0 the generator: the probe loss equals the generator's
-    for name, recipe in RECIPES.items():
-        overrides = dict(recipe.config_overrides)
-        exact = (
-            overrides.get("fusion_gate", "none") != "none"
-            or overrides.get("projection_init") == "zero"
-            or (recipe.lambda_warmup_steps or 0) > 0
-        )
-        if exact:
-            run = runs[(name, 0)]  # bit-for-bit: logits and the float64 loss computed from them
-            assert run["step0_probe_logits_max_abs_diff"] == 0.0 and run["step0_probe_diff"] == 0.0, name
-    # λ warm-up: s = min(1, step/N) before each step, the evaluation after s steps uses min(1, s/N)
-    from flythinker.train.recipes import warmup_steps_for
+def _reasoner_inputs(model):
+    seen = []
+    model.reasoner.register_forward_pre_hook(
+        lambda m, a, k: seen.append(k["input_ids"].clone()), with_kwargs=True
+    )
+    return seen
 
-    for name, recipe in RECIPES.items():
-        n = warmup_steps_for(recipe, 3)
-        if recipe.method != "sft" and n > 0:
-            assert [s["lambda_scale"] for s in runs[(name, 0)]["train"]] == [min(1, k / n) for k in range(3)]
-            assert [v["lambda_scale"] for v in runs[(name, 0)]["val"]] == [min(1, k / n) for k in (0, 2, 3)]
-    summary = report["summary"]
-    assert summary["paper"]["seeds"] == [0, 1] and len(summary["paper"]["paired_diff_vs_sft"]) == 2
-    assert summary["sft"]["paired_diff_mean"] == 0.0
-    md = (tmp_path / "quality_cpu.md").read_text()
-    assert all(f"| {n} |" in md for n in names) and "ROUGE-L" in md
-    assert (tmp_path / "quality_cpu_val_nll.png").stat().st_size > 1000
-    # the partial file is only resumed with the same options
-    with pytest.raises(SystemExit, match="other options"):
-        bq.main([*TINY, "--variants", "sft", "--seeds", "0", "--learning-rate", "1e-3", "--out", out])
+
+def test_donor_reads_other_training_text_at_real_positions_and_keeps_pads(setup):
+    model = _fly(setup)
+    pool = donor_pool(setup.train)
+    donor = Donor(pool, window=64)
+    donor.install(model)
+    seen = _reasoner_inputs(model)  # registered after the donor: sees what the reasoner reads
+    ids = torch.tensor([[7, 8, 9, 10, 0, 0], [5, 6, 7, 8, 9, 11]])
+    mask = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]])
+    model(input_ids=ids, attention_mask=mask)
+    read = seen[-1]
+    for row in range(2):
+        n = int(mask[row].sum())
+        start = donor.offset(ids[row][:n])
+        assert torch.equal(read[row, :n], pool[start : start + n])  # a window of the training text
+        assert torch.equal(read[row, n:], ids[row, n:])  # pads keep their ids
+    model(input_ids=ids, attention_mask=mask)
+    assert torch.equal(seen[-1], read)  # deterministic per sequence
+
+
+def test_donor_continues_its_stream_during_incremental_decoding(setup):
+    model = _fly(setup)
+    pool = donor_pool(setup.train)
+    donor = Donor(pool, window=64)
+    donor.install(model)
+    seen = _reasoner_inputs(model)
+    prompt = torch.tensor([[0, 0, 7, 8, 9]])
+    mask = torch.tensor([[0, 0, 1, 1, 1]])
+    model.generate(input_ids=prompt, attention_mask=mask, max_new_tokens=3, do_sample=False, pad_token_id=0)
+    start = donor.offset(torch.tensor([7, 8, 9]))
+    prefill, *steps = seen
+    assert torch.equal(prefill[0, 2:], pool[start : start + 3])
+    assert [int(s[0, -1]) for s in steps] == pool[start + 3 : start + 3 + len(steps)].tolist()
+
+
+def test_const_and_own_embedding_replace_the_reasoner_states(setup):
+    model = _fly(setup)
+    model.reasoner.requires_grad_(False)
+    mean = torch.randn(model.config.reasoner_hidden_size)
+    ids = torch.tensor([[7, 8, 9, 10]])
+    captured = {}
+    model.fusion.register_forward_hook(lambda m, a, out: captured.setdefault("states", a[1]))
+    handle = ConstantState(mean).install(model)
+    model(input_ids=ids)
+    assert torch.equal(captured.pop("states")[0], mean.expand(4, -1))
+    handle.remove()
+    OwnEmbedding().install(model)
+    model(input_ids=ids)
+    assert torch.equal(captured["states"][0], model.generator.get_input_embeddings()(ids)[0])
+
+
+def test_const_refuses_a_trained_reasoner(setup):
+    with pytest.raises(ValueError, match="frozen"):
+        ConstantState(torch.zeros(4)).install(_fly(setup))
+
+
+def test_two_way_bootstrap_against_hand_computation():
+    diff = np.array([[1.0, -1.0, 2.0], [0.0, 1.0, 3.0]])
+    weight = np.array([1.0, 2.0, 1.0])
+    point, low, high = two_way_bootstrap(diff, weight, n_resamples=500)
+    assert point == pytest.approx(6.0 / 8.0)
+    assert low <= point <= high
+    zero = two_way_bootstrap(np.zeros((2, 3)), weight)
+    assert zero == (0.0, 0.0, 0.0)
+
+
+def test_paired_nll_pairs_records_and_seeds_and_refuses_other_tokens():
+    a = {0: [[3.0, 2], [5.0, 3]], 1: [[2.0, 2], [4.0, 3]]}
+    b = {0: [[2.0, 2], [5.0, 3]], 1: [[2.0, 2], [3.0, 3]], 2: [[9.0, 2], [9.0, 3]]}
+    result = paired_nll(a, b)
+    assert result["delta"] == pytest.approx((1 + 0 + 0 + 1) / 10)
+    assert (result["seeds"], result["records"]) == (2, 2)
+    with pytest.raises(ValueError, match="different target tokens"):
+        paired_nll(a, {0: [[1.0, 1], [1.0, 3]]})
+    assert paired_scores({0: [0.5, 0.2]}, {0: [0.25, 0.2]})["delta"] == pytest.approx(0.125)
+
+
+def _summary(zero_linear_pairs, lora_pairs=None):
+    def arm(nll, pairs):
+        return {"user_val": [nll, 0.0], "step0_max_abs_logit_diff": 0.0, "pairs": pairs}
+
+    arms = {"sft": arm(3.0, {}), "zero_linear": arm(2.9, zero_linear_pairs)}
+    if lora_pairs is not None:
+        arms["lora_gated"] = arm(2.95, lora_pairs)
+    return {"arms": arms}
+
+
+def _pair(delta, low, high):
+    return {"delta": delta, "low": low, "high": high}
+
+
+def test_selection_rule_says_helps_only_when_both_controls_are_beaten():
+    below, around = _pair(-0.02, -0.03, -0.01), _pair(-0.01, -0.03, 0.01)
+    sft = {"user_val": _pair(-0.1, -0.2, -0.05), "temporal_val": _pair(-0.01, -0.02, 0.0)}
+    helps = _summary({"sft": sft, "donor": {"user_val": below}, "const": {"user_val": below}})
+    assert select_default(helps)["reasoner_helps"] == ["zero_linear"]
+    not_donor = _summary({"sft": sft, "donor": {"user_val": around}, "const": {"user_val": below}})
+    chosen = select_default(not_donor)
+    assert chosen["reasoner_helps"] == [] and chosen["default"] == "zero_linear"
+    worse_on_temporal = {"user_val": sft["user_val"], "temporal_val": _pair(0.01, 0.0, 0.02)}
+    temporal = _summary(
+        {"sft": worse_on_temporal, "donor": {"user_val": below}, "const": {"user_val": below}}
+    )
+    assert select_default(temporal)["reasoner_helps"] == []
+
+
+def test_control_arms_share_the_capacity_and_rate_of_the_arm_they_control(setup, tmp_path):
+    spec = _spec(setup, tmp_path)
+    for name, arm in ARMS.items():
+        if arm.control is None:
+            continue
+        controlled = ARMS[arm.controls_arm]
+        mine, theirs = (finetune_config(a, spec, 0, 1e-4, str(tmp_path)) for a in (arm, controlled))
+        assert mine == theirs, name
+        tuned = {"sft": 1e-5}
+        rate = bq.rate_for(name, tuned, bq.Options())
+        assert rate is not None and rate == bq.rate_for(arm.controls_arm, tuned, bq.Options())
+
+
+def test_missing_data_names_the_option_and_the_files(tmp_path):
+    with pytest.raises(SystemExit, match="--data"):
+        bq.check_data(None)
+    with pytest.raises(SystemExit, match="user_val.jsonl"):
+        bq.check_data(str(tmp_path))
