@@ -58,7 +58,7 @@ class Options:
     phases: list[str] = dataclasses.field(default_factory=lambda: ["tune", "main"])
     steps: int = 48
     eval_every: int = 12
-    batch_size: int = 2
+    batch_size: int = 1
     max_length: int = 192
     max_target_tokens: int = 48
     reasoner_layers: int = 4
@@ -256,7 +256,7 @@ def run_matrix(options, data_dir, work: Path, partial: Path, runs: list, signatu
         )
         measure = MeasureCallback(
             pad_id=setup.tokenizer.pad_token_id,
-            every=options.eval_every or options.steps,
+            every=(options.eval_every or options.steps) if phase == "main" else options.steps,  # tuning: final only
             eval_sets={"user_val": setup.val},
             final_sets={"temporal_val": setup.temporal},
             tokenizer=setup.tokenizer,
