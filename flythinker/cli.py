@@ -46,6 +46,9 @@ FINETUNE_HELP = {
     "Linear(d_R, d_G) before the rescale) or 'zero_linear' (a zero-initialised Linear after it); a reasoner "
     "wider than the generator needs one of the last two (default: from --recipe)",
     "norm_eps": "lower bound on the reasoner-state norm ‖h‖ (0 reproduces the paper's equations)",
+    "reasoner_context": "the reasoner reads profile + prompt, the generator only the prompt (with at most "
+    "--profile-tokens of profile); both left-padded, right ends aligned (docs/reasoner_context.md); no --packing",
+    "profile_tokens": "at most this many profile tokens in the generator's prompt (0: none; default: as many as fit)",
     "reasoner_mode": "'full' (train the reasoner), 'freeze', or 'lora' (peft LoRA adapters on the reasoner)",
     "lora_generator": "also train the generator through LoRA adapters instead of fully",
     "lora_rank": "LoRA rank r",
