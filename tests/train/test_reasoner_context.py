@@ -4,13 +4,15 @@ generator the prompt with at most K profile tokens (train/reasoner_context.py); 
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 import torch
 
 from flythinker import FlyThinkerForCausalLM
-from flythinker.cli import build_parser
+from flythinker.cli import build_parser, main
 from flythinker.decoding import generate
+from flythinker.predict import PredictionSettings, generate_predictions
 from flythinker.train.finetune import FinetuneConfig, run_finetune
 from flythinker.train.prompts import DEFAULT_PROFILE_HEADER, PromptBuilder
 from flythinker.train.readers import read_records
@@ -110,7 +112,7 @@ def test_collated_batch_equals_each_example_alone(workspace):
         ReasonerContextCollator(tokenizer.pad_token_id)([{"input_ids": [1, 2]}])
 
 
-def test_run_finetune_trains_and_the_model_generates(workspace, tmp_path):
+def test_run_finetune_trains_and_the_model_generates(workspace, tmp_path, capsys):
     options = dict(
         max_target_tokens=64, max_steps=2, global_batch_size=2, save_steps=2, seed=7, logging_steps=1,
         reasoner_context=True, profile_tokens=0, recipe="gate_center", center_reasoner_batches=2,
@@ -145,6 +147,25 @@ def test_run_finetune_trains_and_the_model_generates(workspace, tmp_path):
         schedule="sequential", max_new_tokens=4, pad_token_id=tokenizer.pad_token_id,
     )  # fmt: skip
     assert out.sequences.shape == (2, ids.shape[1] + 4)
+    # `flythinker generate`'s path: the engine and transformers' generate() give the same predictions
+    settings = dict(max_new_tokens=4, batch_size=2)
+    engine, _ = generate_predictions(
+        model, tokenizer, records[:3], context, PredictionSettings(**settings), progress=False
+    )
+    hf, _ = generate_predictions(
+        model, tokenizer, records[:3], context, PredictionSettings(**settings, schedule="hf"), progress=False
+    )
+    assert engine == hf and len(engine) == 3
+    assert [row["prompt_tokens"] for row in engine] == [len(p["input_ids"]) for p in prompts] + [
+        len(context.encode_prompt(records[2])["input_ids"])
+    ]
+    argv = ["generate", "--model", str(tmp_path / "run" / "model"), "--data", workspace["train"],
+            "--max-records", "2", "--max-length", "256", "--max-target-tokens", "64", "--max-new-tokens", "3"]  # fmt: skip
+    assert main([*argv, "--run-dir", str(tmp_path / "gen0")]) != 0
+    assert "--profile-tokens as in training" in capsys.readouterr().err
+    assert main([*argv, "--run-dir", str(tmp_path / "gen"), "--profile-tokens", "0"]) == 0
+    written = [json.loads(line) for line in (tmp_path / "gen" / "predictions.jsonl").read_text().splitlines()]
+    assert [row["prediction"] for row in written] == [row["prediction"] for row in engine[:2]]
 
 
 def test_options_are_checked_and_reach_the_command_line(workspace, tmp_path):
