@@ -382,6 +382,10 @@ class FlyThinkerForCausalLM(FlyThinkerPreTrainedModel, GenerationMixin):
         heads = getattr(self, "reward_heads", None)
         if heads is None:
             raise ValueError("this model has no reward heads: set FlyThinkerConfig(reward_heads={...})")
+        if self.config.reasoner_context:
+            raise ValueError(
+                "score_rewards does not support FlyThinkerConfig(reasoner_context=True) models yet"
+            )
         hidden = self.backbone(input_ids, attention_mask=attention_mask).last_hidden_state
         return {name: head(hidden, attention_mask, analysis_mask, num_tokens) for name, head in heads.items()}
 

@@ -299,3 +299,14 @@ def test_config_round_trip_and_validation(tmp_path):
     assert loaded.config.reasoner_context is True
     with pytest.raises(ValueError, match="reasoner_context must be True or False"):
         tiny_flythinker(reasoner_context="yes")
+
+
+def test_reward_heads_and_grpo_refuse_the_option():
+    from flythinker.train.grpo import make_grpo_trainer
+
+    model = context_model(reward_heads={"perm": {"kind": "perm"}})
+    ids, mask, _, _, _, _ = context_batch([2], [4], seed=12)
+    with pytest.raises(ValueError, match="score_rewards does not support .*reasoner_context=True"):
+        model.score_rewards(ids, attention_mask=mask)
+    with pytest.raises(ValueError, match="GRPO does not support .*reasoner_context=True"):
+        make_grpo_trainer(model, None, None, None)
