@@ -13,7 +13,7 @@ from flythinker import FlyThinkerForCausalLM
 from flythinker.cli import build_parser, main
 from flythinker.decoding import generate
 from flythinker.predict import PredictionSettings, generate_predictions
-from flythinker.train.finetune import FinetuneConfig, run_finetune
+from flythinker.train.finetune import FinetuneConfig, prepare_dataset, run_finetune
 from flythinker.train.prompts import DEFAULT_PROFILE_HEADER, PromptBuilder
 from flythinker.train.readers import read_records
 from flythinker.train.reasoner_context import ReasonerContextBuilder, ReasonerContextCollator
@@ -180,6 +180,13 @@ def test_options_are_checked_and_reach_the_command_line(workspace, tmp_path):
          "--reasoner-context", "true", "--profile-tokens", "0"]
     )  # fmt: skip
     assert args.reasoner_context is True and args.profile_tokens == 0
+    # SFT without the profile (a control arm): the generator's prompts leave it out
+    sft = workspace_config(workspace, tmp_path / "sft", method="sft", profile_tokens=0, max_target_tokens=64)
+    sft.validate()
+    tokenizer = workspace["tokenizer"]
+    features = prepare_dataset(sft, tokenizer, read_records(workspace["train"])[:2])
+    assert all(DEFAULT_PROFILE_HEADER not in tokenizer.decode(f["input_ids"]) for f in features)
+    assert all("reasoner_input_ids" not in f for f in features)
     assert FinetuneConfig(
         train_file="t", output_dir="o", generator="g", reasoner_context=True
     ).model_options()["reasoner_context"]
