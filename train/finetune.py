@@ -99,6 +99,8 @@ class FinetuneConfig:
     max_target_tokens: int = 512
     profile_drop: str = "oldest"
     packing: bool = False
+    profile_tokens: int | None = None  # at most K profile tokens in the generator's prompt
+    reasoner_context: bool = False  # the reasoner also reads the profile (train/reasoner_context.py)
     recipe: str = "default"
     fusion_lambda: float = 0.5
     projection: str | None = None
@@ -108,12 +110,6 @@ class FinetuneConfig:
     center_reasoner_batches: int | None = None
     warm_start_lr_multiplier: float | None = None
     norm_eps: float = 0.0
-    reasoner_context: bool = (
-        False  # the reasoner reads profile + prompt, the generator prompt (train/reasoner_context.py)
-    )
-    profile_tokens: int | None = (
-        None  # at most K profile tokens in the generator's prompt (None: as many as fit)
-    )
     reasoner_mode: str = "full"
     lora_generator: bool = False
     lora_rank: int = 16
