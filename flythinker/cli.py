@@ -48,6 +48,9 @@ FINETUNE_HELP = {
     "Linear(d_R, d_G) before the rescale) or 'zero_linear' (a zero-initialised Linear after it); a reasoner "
     "wider than the generator needs one of the last two (default: from --recipe)",
     "norm_eps": "lower bound on the reasoner-state norm ‖h‖ (0 reproduces the paper's equations)",
+    "reasoner_context": "the reasoner reads profile + prompt, the generator only the prompt (with at most "
+    "--profile-tokens of profile); both left-padded, right ends aligned (docs/reasoner_context.md); no --packing",
+    "profile_tokens": "at most this many profile tokens in the generator's prompt (0: none; default: as many as fit)",
     "reasoner_mode": "'full' (train the reasoner), 'freeze', or 'lora' (peft LoRA adapters on the reasoner)",
     "lora_generator": "also train the generator through LoRA adapters instead of fully",
     "lora_rank": "LoRA rank r",
@@ -213,7 +216,21 @@ def _cmd_generate(args: argparse.Namespace) -> int:
             f"--model {args.model}: weight {bad} holds NaN/inf (a diverged training run); use an earlier "
             "checkpoint"
         )
-    builder = PromptBuilder(tokenizer, max_length=args.max_length, max_target_tokens=args.max_target_tokens)
+    builder = PromptBuilder(
+        tokenizer,
+        max_length=args.max_length,
+        max_target_tokens=args.max_target_tokens,
+        profile_tokens=args.profile_tokens,
+    )
+    if getattr(model.config, "reasoner_context", False):  # the reasoner reads the profile
+        from flythinker.train.reasoner_context import ReasonerContextBuilder
+
+        if args.profile_tokens is None:
+            raise ValueError(
+                f"--model {args.model} was trained with reasoner_context: pass --profile-tokens as in training "
+                "(the generator's share of the profile, e.g. 0)"
+            )
+        builder = ReasonerContextBuilder(builder)
 
     # ---- nothing was written before this line
     _write_options(run_dir, {**options, "run_dir": str(run_dir)})
@@ -410,6 +427,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gen.add_argument(
         "--max-new-tokens", type=_int_at_least(1), default=256, help="tokens to generate (default: 256)"
+    )
+    gen.add_argument(
+        "--profile-tokens",
+        type=_int_at_least(0),
+        default=None,
+        help="at most this many profile tokens in the generator's prompt, as in training (required for "
+        "reasoner_context models; default: as many as fit)",
     )
     gen.add_argument(
         "--batch-size", type=_int_at_least(1), default=8, help="prompts decoded together (default: 8)"

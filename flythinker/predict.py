@@ -1,6 +1,7 @@
 """Generating predictions for personalized records, batch by batch, with explicit decoding settings.
 
-Prompts are the same ones training used (``PromptBuilder.encode_prompt``), left-padded per batch.
+Prompts are the same ones training used (``PromptBuilder.encode_prompt``), left-padded per batch; a
+``ReasonerContextBuilder`` adds the reasoner's own prompts for ``reasoner_context`` models.
 Every setting is explicit and written next to the predictions: nothing is inherited silently from
 a checkpoint's generation config.
 
@@ -84,8 +85,12 @@ def _left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tens
     return ids, mask
 
 
-def _decode_batch(model, input_ids, attention_mask, settings: PredictionSettings, tokenizer) -> torch.Tensor:
-    """New tokens [B, n] (EOS-padded rows) from the fast engine when the model is a FlyThinker."""
+def _decode_batch(
+    model, input_ids, attention_mask, settings: PredictionSettings, tokenizer, reasoner_inputs=None
+) -> torch.Tensor:
+    """New tokens [B, n] (EOS-padded rows) from the fast engine when the model is a FlyThinker.
+    ``reasoner_inputs``: ``reasoner_input_ids`` / ``reasoner_attention_mask`` of a reasoner-context model."""
+    reasoner_inputs = reasoner_inputs or {}
     from flythinker.modeling import FlyThinkerForCausalLM
 
     if isinstance(model, FlyThinkerForCausalLM) and settings.schedule != "hf":
@@ -105,11 +110,12 @@ def _decode_batch(model, input_ids, attention_mask, settings: PredictionSettings
             seed=settings.seed,
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
+            **reasoner_inputs,
         )
         return out.sequences[:, input_ids.shape[1] :]
     torch.manual_seed(settings.seed)
     sequences = model.generate(
-        input_ids, attention_mask=attention_mask, **settings.generate_kwargs(tokenizer)
+        input_ids, attention_mask=attention_mask, **reasoner_inputs, **settings.generate_kwargs(tokenizer)
     )
     return sequences[:, input_ids.shape[1] :]
 
@@ -146,8 +152,12 @@ def generate_predictions(
     for start in range(first, len(records), settings.batch_size):
         batch = prompts[start - first : start - first + settings.batch_size]
         input_ids, attention_mask = _left_pad([p["input_ids"] for p in batch], tokenizer.pad_token_id)
+        reasoner_inputs = None
+        if "reasoner_input_ids" in batch[0]:  # a ReasonerContextBuilder's prompts
+            ids, mask = _left_pad([p["reasoner_input_ids"] for p in batch], tokenizer.pad_token_id)
+            reasoner_inputs = {"reasoner_input_ids": ids, "reasoner_attention_mask": mask}
         begin = time.perf_counter()
-        new_tokens = _decode_batch(model, input_ids, attention_mask, settings, tokenizer)
+        new_tokens = _decode_batch(model, input_ids, attention_mask, settings, tokenizer, reasoner_inputs)
         seconds += time.perf_counter() - begin
         batch_rows = []
         for offset, tokens in enumerate(new_tokens.tolist()):

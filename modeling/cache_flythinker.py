@@ -5,7 +5,11 @@ mask sizes), and carries two more things that incremental decoding needs (docs/d
 
 * ``reasoner_cache`` — the reasoner backbone's own ``DynamicCache``;
 * ``last_reasoner_state`` — ``h`` of the last position already consumed, ``[B, d]`` (after the
-  optional projection), which the next step injects into the generator one position later.
+  optional projection), which the next step injects into the generator one position later;
+* with ``FlyThinkerConfig(reasoner_context=True)`` also ``reasoner_prompt_mask`` (the reasoner prompt's
+  ``[B, L_R]`` attention mask) and ``generator_prompt_length`` (L_G), set at prefill: the reasoner's mask
+  at any later step is that prompt mask followed by the generator mask's columns after L_G
+  (``flythinker.modeling.reasoner_context``).
 """
 
 from __future__ import annotations
@@ -25,31 +29,37 @@ class FlyThinkerCache(DynamicCache):
         super().__init__(config=generator_config)
         self.reasoner_cache = DynamicCache(config=reasoner_config)
         self.last_reasoner_state: torch.Tensor | None = None
+        self.reasoner_prompt_mask: torch.Tensor | None = None
+        self.generator_prompt_length = 0
+
+    def _per_row(self, select) -> None:
+        """Apply a batch-row operation to the per-row tensors carried beside the KV layers."""
+        if self.last_reasoner_state is not None:
+            self.last_reasoner_state = select(self.last_reasoner_state)
+        if self.reasoner_prompt_mask is not None:
+            self.reasoner_prompt_mask = select(self.reasoner_prompt_mask)
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         super().reorder_cache(beam_idx)
         self.reasoner_cache.reorder_cache(beam_idx)
-        if self.last_reasoner_state is not None:
-            self.last_reasoner_state = self.last_reasoner_state.index_select(
-                0, beam_idx.to(self.last_reasoner_state.device)
-            )
+        self._per_row(lambda t: t.index_select(0, beam_idx.to(t.device)))
 
     def batch_repeat_interleave(self, repeats: int) -> None:
         super().batch_repeat_interleave(repeats)
         self.reasoner_cache.batch_repeat_interleave(repeats)
-        if self.last_reasoner_state is not None:
-            self.last_reasoner_state = self.last_reasoner_state.repeat_interleave(repeats, dim=0)
+        self._per_row(lambda t: t.repeat_interleave(repeats, dim=0))
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         super().batch_select_indices(indices)
         self.reasoner_cache.batch_select_indices(indices)
-        if self.last_reasoner_state is not None:
-            self.last_reasoner_state = self.last_reasoner_state[indices]
+        self._per_row(lambda t: t[indices])
 
     def reset(self) -> None:
         super().reset()
         self.reasoner_cache.reset()
         self.last_reasoner_state = None
+        self.reasoner_prompt_mask = None
+        self.generator_prompt_length = 0
 
     @property
     def is_croppable(self) -> bool:

@@ -71,6 +71,11 @@ class FlyThinkerConfig(PretrainedConfig):
         use_fused_loss: compute the training loss with ``flythinker.kernels.fused_linear_cross_entropy``
             (never materialises [tokens, vocab] logits); logits are then not returned unless asked.
         reward_heads: optional JSON spec of reward heads (see ``flythinker.modeling.heads``).
+        reasoner_context: ``False`` (the paper: the reasoner reads ``input_ids``, the generator's tokens) or
+            ``True``: the reasoner reads its own, longer sequence ``reasoner_input_ids`` (e.g. profile +
+            request + response so far) whose right end is the generator's; generator column j receives the
+            reasoner state of column j + (L_R − L_G) − 1 (``flythinker.modeling.reasoner_context``,
+            docs/design.md §1 "Reasoner context").
 
     The injection is zeroed at every position whose predecessor is padding (``a_{i-1} = 0``) and at
     every sequence start (``position_ids == 0``), which covers left padding and packed sequences.
@@ -94,6 +99,7 @@ class FlyThinkerConfig(PretrainedConfig):
         center_reasoner: bool = False,
         use_fused_loss: bool = True,
         reward_heads: dict[str, dict[str, Any]] | None = None,
+        reasoner_context: bool = False,
         **kwargs: Any,
     ):
         self.generator_config = _as_config(generator_config, "generator_config")
@@ -109,6 +115,11 @@ class FlyThinkerConfig(PretrainedConfig):
         self.center_reasoner = center_reasoner
         self.use_fused_loss = bool(use_fused_loss)
         self.reward_heads = dict(reward_heads) if reward_heads else None
+        if not isinstance(reasoner_context, bool):
+            raise ValueError(
+                f"FlyThinkerConfig.reasoner_context must be True or False, got {reasoner_context!r}"
+            )
+        self.reasoner_context = reasoner_context
         kwargs.setdefault("tie_word_embeddings", False)  # the generator ties its own weights
         from .remote_code import default_auto_map  # always set: TRL reads config.auto_map (remote_code.py)
 

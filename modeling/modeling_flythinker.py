@@ -24,6 +24,7 @@ from .cache_flythinker import FlyThinkerCache
 from .configuration_flythinker import FlyThinkerConfig
 from .fusion import LatentFusion, default_position_ids, injection_gate
 from .input_checks import validate_model_inputs
+from .reasoner_context import REASONER_INPUTS, check_reasoner_inputs, fuse_with_reasoner_context
 
 # Generator configs whose logits are not plain ``lm_head(hidden)``: the fused loss would be wrong.
 _LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
@@ -227,10 +228,13 @@ class FlyThinkerForCausalLM(FlyThinkerPreTrainedModel, GenerationMixin):
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
         cache: Cache | None = None,
+        reasoner_input_ids: torch.LongTensor | None = None,
+        reasoner_attention_mask: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> BaseModelOutputWithPast:
         """One reasoner pass, the shifted injection, one generator-decoder pass: the generator's final
-        hidden states (what ``model.base_model(...)`` returns, for TRL and reward heads)."""
+        hidden states (what ``model.base_model(...)`` returns, for TRL and reward heads). With
+        ``config.reasoner_context`` the reasoner reads ``reasoner_input_ids`` (see ``reasoner_context.py``)."""
         if inputs_embeds is not None:
             raise ValueError(
                 "FlyThinker needs input_ids: the reasoner reads the same tokens as the generator"
@@ -247,25 +251,20 @@ class FlyThinkerForCausalLM(FlyThinkerPreTrainedModel, GenerationMixin):
         if use_cache and past_key_values is None:
             past_key_values = self.new_cache()
         past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
+        check_reasoner_inputs(self.config, reasoner_input_ids, reasoner_attention_mask, past_length)
         # cheap: one host sync on prefill, none per decode token
         validate_model_inputs(self.config, input_ids, attention_mask, past_length, position_ids)
-        if position_ids is None:
-            position_ids = default_position_ids(
-                attention_mask, past_length, input_ids.shape[1], input_ids.device
-            )
-            position_ids = position_ids.expand(input_ids.shape[0], -1)
-        gate = injection_gate(attention_mask, position_ids, past_length)
-
-        reasoner_cache = past_key_values.reasoner_cache if past_key_values is not None else None
         kwargs.pop("return_dict", None)  # both sub-models return their output objects
         reasoner_kwargs = {k: v for k, v in kwargs.items() if k not in _GENERATOR_ONLY_KWARGS}
-        hidden = self.reasoner_states(
-            input_ids, attention_mask, position_ids, reasoner_cache, **reasoner_kwargs
-        )
-        prev_hidden = past_key_values.last_reasoner_state if past_length > 0 else None
-        fused = self.fuse(input_ids, hidden, gate, prev_hidden)
-        if past_key_values is not None:
-            past_key_values.last_reasoner_state = hidden[:, -1]
+        if self.config.reasoner_context:
+            fused, position_ids = fuse_with_reasoner_context(
+                self, input_ids, attention_mask, position_ids, past_key_values, past_length,
+                reasoner_input_ids, reasoner_attention_mask, **reasoner_kwargs,
+            )  # fmt: skip
+        else:
+            fused, position_ids = self._fuse_shared(
+                input_ids, attention_mask, position_ids, past_key_values, past_length, **reasoner_kwargs
+            )
         return self.generator.get_decoder()(
             inputs_embeds=fused,
             attention_mask=attention_mask,
@@ -274,6 +273,24 @@ class FlyThinkerForCausalLM(FlyThinkerPreTrainedModel, GenerationMixin):
             use_cache=past_key_values is not None,
             **kwargs,
         )
+
+    def _fuse_shared(self, input_ids, attention_mask, position_ids, cache, past_length, **reasoner_kwargs):
+        """x̃ and the position ids when the reasoner reads the generator's own tokens (the paper)."""
+        if position_ids is None:
+            position_ids = default_position_ids(
+                attention_mask, past_length, input_ids.shape[1], input_ids.device
+            )
+            position_ids = position_ids.expand(input_ids.shape[0], -1)
+        gate = injection_gate(attention_mask, position_ids, past_length)
+        reasoner_cache = cache.reasoner_cache if cache is not None else None
+        hidden = self.reasoner_states(
+            input_ids, attention_mask, position_ids, reasoner_cache, **reasoner_kwargs
+        )
+        prev_hidden = cache.last_reasoner_state if past_length > 0 else None
+        fused = self.fuse(input_ids, hidden, gate, prev_hidden)
+        if cache is not None:
+            cache.last_reasoner_state = hidden[:, -1]
+        return fused, position_ids
 
     @property
     def base_model(self) -> nn.Module:
@@ -293,6 +310,8 @@ class FlyThinkerForCausalLM(FlyThinkerPreTrainedModel, GenerationMixin):
         logits_to_keep: int | torch.Tensor = 0,
         return_logits: bool | None = None,
         cache: Cache | None = None,
+        reasoner_input_ids: torch.LongTensor | None = None,
+        reasoner_attention_mask: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> CausalLMOutputWithPast:
         """Training forward (no cache) or one incremental step (with a :class:`FlyThinkerCache`).
@@ -309,6 +328,10 @@ class FlyThinkerForCausalLM(FlyThinkerPreTrainedModel, GenerationMixin):
             return_logits: with the fused loss, also compute logits (default: only when no labels).
             use_cache: build and return a :class:`FlyThinkerCache`; ``None`` reads ``config.use_cache``
                 (unset by default: no cache, so packed rows stay separated).
+            reasoner_input_ids / reasoner_attention_mask: [B, L_R] the reasoner's own left-padded sequence,
+                whose right end is ``input_ids``' (e.g. profile + request + response so far); required with
+                ``config.reasoner_context`` at the first call (not with later cached steps), refused
+                without it (``flythinker.modeling.reasoner_context``).
             kwargs: ``num_items_in_batch`` for gradient accumulation; ``shift_labels`` ([B, L] targets
                 already aligned with the logits, from context-parallel trainers; replace ``labels``'
                 shift); ``return_dict=False`` for a tuple; ``output_attentions`` / ``output_hidden_states``
@@ -322,13 +345,15 @@ class FlyThinkerForCausalLM(FlyThinkerPreTrainedModel, GenerationMixin):
         ):  # config.use_cache when set; unset (the default): no cache, packed rows stay apart
             use_cache = getattr(self.config, "use_cache", None)
         outputs = self.backbone(
-            input_ids,
-            attention_mask,
-            position_ids,
-            past_key_values,
-            inputs_embeds,
-            use_cache,
-            cache,
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            cache=cache,
+            reasoner_input_ids=reasoner_input_ids,
+            reasoner_attention_mask=reasoner_attention_mask,
             **kwargs,
         )
         loss, logits = self._loss_and_logits(
@@ -357,6 +382,10 @@ class FlyThinkerForCausalLM(FlyThinkerPreTrainedModel, GenerationMixin):
         heads = getattr(self, "reward_heads", None)
         if heads is None:
             raise ValueError("this model has no reward heads: set FlyThinkerConfig(reward_heads={...})")
+        if self.config.reasoner_context:
+            raise ValueError(
+                "score_rewards does not support FlyThinkerConfig(reasoner_context=True) models yet"
+            )
         hidden = self.backbone(input_ids, attention_mask=attention_mask).last_hidden_state
         return {name: head(hidden, attention_mask, analysis_mask, num_tokens) for name, head in heads.items()}
 
@@ -424,11 +453,22 @@ class FlyThinkerForCausalLM(FlyThinkerPreTrainedModel, GenerationMixin):
         return FlyThinkerCache(self.config.generator_config, self.config.reasoner_config)
 
     def prepare_inputs_for_generation(self, input_ids, past_key_values=None, **kwargs):
+        """transformers' inputs, a :class:`FlyThinkerCache`, and the reasoner's prompt at prefill only."""
         kwargs.pop("inputs_embeds", None)
         if past_key_values is None and kwargs.get("use_cache", True):
             past_key_values = self.new_cache()
+        reasoner_inputs = {name: kwargs.pop(name, None) for name in REASONER_INPUTS}
+        if self.config.reasoner_context:
+            if past_key_values is None:
+                raise ValueError(
+                    "generate(use_cache=False) is not supported with FlyThinkerConfig(reasoner_context=True): "
+                    "the reasoner's prompt is read once into the cache; drop use_cache=False"
+                )
+            kwargs.pop("position_ids", None)  # computed from the two masks
         model_inputs = super().prepare_inputs_for_generation(
             input_ids, past_key_values=past_key_values, **kwargs
         )
         model_inputs.pop("inputs_embeds", None)
+        if past_key_values is None or past_key_values.get_seq_length() == 0:
+            model_inputs.update({k: v for k, v in reasoner_inputs.items() if v is not None})
         return model_inputs

@@ -47,6 +47,7 @@ from .divergence import (
 )
 from .prompts import PromptBuilder, encode_records
 from .readers import read_records
+from .reasoner_context import ReasonerContextBuilder, ReasonerContextCollator
 from .run_directory import (
     FINISHED_MARKER,
     check_run_directory,
@@ -70,6 +71,7 @@ MODEL_OPTION_FIELDS: tuple[str, ...] = (
     "projection",
     "fusion_gate",
     "center_reasoner",
+    "reasoner_context",
 )
 RECIPE_FIELDS: tuple[str, ...] = (
     "projection",
@@ -99,6 +101,8 @@ class FinetuneConfig:
     max_target_tokens: int = 512
     profile_drop: str = "oldest"
     packing: bool = False
+    profile_tokens: int | None = None  # at most K profile tokens in the generator's prompt
+    reasoner_context: bool = False  # the reasoner also reads the profile (train/reasoner_context.py)
     recipe: str = "default"
     fusion_lambda: float = 0.5
     projection: str | None = None
@@ -188,6 +192,7 @@ class FinetuneConfig:
         _check_choice("profile_drop", self.profile_drop, ("oldest", "least_relevant"))
         for name in (
             "packing",
+            "reasoner_context",
             "lora_generator",
             "gradient_checkpointing",
             "bf16",
@@ -212,6 +217,13 @@ class FinetuneConfig:
         for name in ("save_total_limit", "max_records"):
             if getattr(self, name) is not None:
                 _check_int(name, getattr(self, name), 1, hint=" (omit it for no limit)")
+        if self.profile_tokens is not None:
+            _check_int("profile_tokens", self.profile_tokens, 0, hint=" (or omit it: as many as fit)")
+        if self.reasoner_context and (self.method != "flythinker" or self.packing):
+            raise ValueError(
+                "--reasoner-context true needs --method flythinker (a reasoner) and no --packing (the two "
+                "sequences are left-padded, not packed)"
+            )
         if self.max_steps != -1:
             _check_int("max_steps", self.max_steps, 1, hint=" (or -1 to run the epochs)")
         _check_float("learning_rate", self.learning_rate, low=0.0, low_open=True)
@@ -333,6 +345,11 @@ def build_model(config: FinetuneConfig, tokenizer, dtype: torch.dtype = torch.fl
         model = FlyThinkerForCausalLM.from_pretrained(
             config.generator, dtype=dtype, attn_implementation=config.attn_implementation
         )
+        if model.config.reasoner_context != config.reasoner_context:
+            raise ValueError(
+                f"--reasoner-context {config.reasoner_context} does not match the saved model's "
+                f"reasoner_context={model.config.reasoner_context}: pass --reasoner-context {model.config.reasoner_context}"
+            )
     else:
         model = FlyThinkerForCausalLM.from_components(
             generator=config.generator,
@@ -434,7 +451,10 @@ def prepare_dataset(config: FinetuneConfig, tokenizer, records=None) -> list[dic
         max_length=config.max_length,
         max_target_tokens=config.max_target_tokens,
         profile_drop=config.profile_drop,
+        profile_tokens=config.profile_tokens,
     )
+    if config.reasoner_context:
+        builder = ReasonerContextBuilder(builder)
     return encode_records(records, builder, desc=f"encoding {Path(config.train_file).name}")
 
 
@@ -587,7 +607,9 @@ def run_finetune(
             atomic_write_text(out / "options.json", json.dumps(options, indent=2, default=str))
         atomic_write_text(out / "finetune_config.json", json.dumps(asdict(config), indent=2))
     _barrier()
-    if config.packing:
+    if config.reasoner_context:
+        collator = ReasonerContextCollator(tokenizer.pad_token_id)
+    elif config.packing:
         collator = PackingCollator(config.max_length * config.per_device_batch_size, tokenizer.pad_token_id)
     else:
         collator = PaddingCollator(tokenizer.pad_token_id, padding_side="right")

@@ -109,6 +109,11 @@ def make_grpo_trainer(
     ``args`` is a ``GRPOConfig`` (else one is built from ``config_kwargs``); its ``reward_weights``
     are set to ``[1, bystander_coef, length_coef]`` unless given (then they must have length 3).
     """
+    if getattr(getattr(policy, "config", None), "reasoner_context", False):
+        raise ValueError(
+            "GRPO does not support FlyThinkerConfig(reasoner_context=True) policies yet (TRL's generation does "
+            "not pass the reasoner's own prompt); use a policy whose reasoner reads input_ids"
+        )
     from trl import GRPOConfig, GRPOTrainer
 
     rewards = PermRewardFunctions(

@@ -32,7 +32,8 @@ order, stopping as soon as it fits:
    raise ``ValueError``.
 
 Kept items are shown in source order. Labels are -100 on every prompt token; the target tokens and
-the end token are the labels.
+the end token are the labels. ``profile_tokens = K`` caps the user content at ``tokens(request) + K``
+(the same rules then keep at most about K tokens of profile; K = 0 leaves the profile out).
 """
 
 from __future__ import annotations
@@ -167,6 +168,8 @@ class PromptConfig:
         min_item_tokens: a cut profile item must keep at least this many tokens, else it is dropped.
         end_token: token appended to the target (default: ``tokenizer.eos_token``; for ChatML
             models this must be the end-of-turn ``<|im_end|>``).
+        profile_tokens: at most ``tokens(request) + profile_tokens`` content tokens (0: no profile in
+            the prompt, e.g. when a reasoner reads it instead); ``None``: as many as fit.
     """
 
     max_length: int = 2048
@@ -177,6 +180,7 @@ class PromptConfig:
     profile_header: str = DEFAULT_PROFILE_HEADER
     min_item_tokens: int = 16
     end_token: str | None = None
+    profile_tokens: int | None = None
 
 
 def _ids(encoded: Any) -> list[int]:
@@ -217,6 +221,10 @@ class PromptBuilder:
             raise ValueError(f"max_target_tokens must be >= 1, got {cfg.max_target_tokens}")
         if cfg.profile_drop not in ("oldest", "least_relevant"):
             raise ValueError(f"profile_drop must be 'oldest' or 'least_relevant', got {cfg.profile_drop!r}")
+        if cfg.profile_tokens is not None and (
+            isinstance(cfg.profile_tokens, bool) or cfg.profile_tokens < 0
+        ):
+            raise ValueError(f"profile_tokens must be an integer >= 0 or None, got {cfg.profile_tokens!r}")
         end = cfg.end_token if cfg.end_token is not None else tokenizer.eos_token
         if end is None:
             raise ValueError("the tokenizer has no eos_token: pass end_token= (the end-of-turn token)")
@@ -296,15 +304,17 @@ class PromptBuilder:
         return len(self._tok(text))
 
     def build_content(
-        self, record: PersonalizedRecord, budget: int | None = None
+        self, record: PersonalizedRecord, budget: int | None = None, with_request: bool = True
     ) -> tuple[str, dict[str, Any]]:
         """The user-message text for ``record`` fitted into ``budget`` content tokens.
 
         Returns ``(content, info)`` with ``info`` = ``num_profile_items``,
         ``num_profile_items_kept``, ``profile_item_truncated``, ``request_truncated``.
-        ``budget=None`` keeps everything.
+        ``budget=None`` keeps everything. ``with_request=False``: the profile part alone (header and
+        items, each followed by the separator; "" without items), items still ranked against the request.
         """
         cfg = self.config
+        request = record.request if with_request else ""
         rendered = [render_profile_item(it, record.task) for it in record.profile]
         keep_priority = drop_order(record.profile, record.request, cfg.profile_drop, record.task)[::-1]
         info = {
@@ -316,7 +326,7 @@ class PromptBuilder:
 
         def assemble(kept: Sequence[int], cut: tuple[int, str] | None = None) -> str:
             texts = [cut[1] if cut is not None and i == cut[0] else rendered[i] for i in sorted(kept)]
-            return self._content(cfg.profile_header, texts, record.request)
+            return self._content(cfg.profile_header, texts, request)
 
         if budget is None:
             info["num_profile_items_kept"] = len(rendered)
@@ -325,7 +335,7 @@ class PromptBuilder:
         # additive estimates: separator-first pieces tokenize as they do inside the whole string for
         # byte-level BPE; the exact length is checked (and fixed) below for any tokenizer.
         pieces = self._tok_many(
-            [cfg.profile_header or " "] + [_ITEM_SEP + r for r in rendered] + [_ITEM_SEP + record.request]
+            [cfg.profile_header or " "] + [_ITEM_SEP + r for r in rendered] + [_ITEM_SEP + request]
         )
         n_header = len(pieces[0]) if cfg.profile_header else 0
         n_items, n_request = [len(p) for p in pieces[1:-1]], len(pieces[-1])
@@ -382,6 +392,13 @@ class PromptBuilder:
         reserved = cfg.max_target_tokens + 1 if (cfg.reserve_target or n_target is None) else n_target
         return cfg.max_length - reserved - len(self.prefix_ids) - len(self.suffix_ids)
 
+    def content_budget(self, record: PersonalizedRecord, n_target: int | None = None) -> int:
+        """:meth:`prompt_budget`, capped at ``tokens(request) + profile_tokens`` when that is set."""
+        budget = self.prompt_budget(n_target)
+        if self.config.profile_tokens is None:
+            return budget
+        return min(budget, self.count_tokens(record.request) + self.config.profile_tokens)
+
     def target_ids(self, target: str) -> tuple[list[int], bool]:
         """``(tokens(target)[:max_target_tokens] + [end token], was_cut)``."""
         ids = self._tok(target)
@@ -393,7 +410,7 @@ class PromptBuilder:
 
         Identical to the prompt part of :meth:`encode` when ``reserve_target=True``.
         """
-        content, info = self.build_content(record, self.prompt_budget())
+        content, info = self.build_content(record, self.content_budget(record))
         ids = self.prefix_ids + self._tok(content) + self.suffix_ids
         return {"input_ids": ids, "attention_mask": [1] * len(ids), "prompt_length": len(ids), **info}
 
@@ -405,7 +422,7 @@ class PromptBuilder:
                 f"record of user {record.user_id!r} has no target; use encode_prompt() for generation"
             )
         target, target_cut = self.target_ids(record.target)
-        content, info = self.build_content(record, self.prompt_budget(len(target)))
+        content, info = self.build_content(record, self.content_budget(record, len(target)))
         prompt = self.prefix_ids + self._tok(content) + self.suffix_ids
         ids = prompt + target
         return {

@@ -80,13 +80,20 @@ def estimate_reasoner_center(
             if max_batches is not None and index >= max_batches:
                 break
             device = fusion.reasoner_center.device
+            if "reasoner_input_ids" in batch:  # reasoner_context: its own left-padded sequence
+                batch = {
+                    "input_ids": batch["reasoner_input_ids"],
+                    "attention_mask": batch["reasoner_attention_mask"],
+                    "position_ids": (batch["reasoner_attention_mask"].cumsum(-1) - 1).clamp_min(0),
+                }
             input_ids = batch["input_ids"].to(device)
             mask = batch.get("attention_mask")
             mask = torch.ones_like(input_ids) if mask is None else mask.to(device)
             position_ids = batch.get("position_ids")
+            given_mask = batch.get("attention_mask")  # packed batches have none (position ids restart)
             hidden = model.reasoner(
                 input_ids=input_ids,
-                attention_mask=batch.get("attention_mask", None) if position_ids is None else None,
+                attention_mask=None if given_mask is None else given_mask.to(device),
                 position_ids=None if position_ids is None else position_ids.to(device),
             ).last_hidden_state
             states = fusion.projection(hidden) if fusion.projection_mode == "linear" else hidden

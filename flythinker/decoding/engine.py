@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .context import check_context_settings, check_reasoner_prompt, context_prefill
 from .runners import ReasonerRunner, make_runner
 from .sampling import TokenSelector
 from .settings import DecodeOptions, DecodingSettings, check_inputs, resolve_settings
@@ -53,7 +54,8 @@ def prefill(generator: GeneratorSide, runner: ReasonerRunner, ids, positions, ma
 def decode_one_token(step: Callable, runner: ReasonerRunner, state: DecodeState) -> torch.Tensor:
     """R.step(x_t) ∥ G.step(x_t, h_{t-1}); returns G's logits [b, V] and keeps h_t in the state."""
     state.position = state.position + 1
-    runner.start(state.token[:, None], state.position)
+    shift = state.reasoner_shift
+    runner.start(state.token[:, None], state.position if shift is None else state.position + shift)
     logits = step(state.token[:, None], state.hidden, state.mask, state.position, state.cache)
     state.hidden = runner.finish()[:, -1]
     return logits
@@ -76,6 +78,7 @@ class Call:
     timings: Timings = field(default_factory=Timings)
     prefill_logits: torch.Tensor | None = None  # [B, V], kept for inspection
     output: GenerationOutput | None = None
+    reasoner_prompt: tuple[torch.Tensor, torch.Tensor] | None = None  # reasoner-context models (context.py)
 
     def select(self, state: DecodeState, logits: torch.Tensor, step: int) -> torch.Tensor:
         def ids_so_far():  # only for a user LogitsProcessorList
@@ -126,10 +129,19 @@ def run(call: Call) -> Iterator[int]:
     if call.streamer is not None:
         call.streamer.put(call.input_ids.cpu())
     try:
-        call.runner.setup(call.reasoner, state.mask, prompt_length + s.max_new_tokens, s.prefill_chunk)
-        logits, state.hidden = prefill(
-            call.generator, call.runner, call.input_ids, positions, state.mask, state.cache, s.prefill_chunk
-        )
+        if call.reasoner_prompt is None:
+            call.runner.setup(call.reasoner, state.mask, prompt_length + s.max_new_tokens, s.prefill_chunk)
+            logits, state.hidden = prefill(
+                call.generator,
+                call.runner,
+                call.input_ids,
+                positions,
+                state.mask,
+                state.cache,
+                s.prefill_chunk,
+            )
+        else:
+            logits, state.hidden = _context_prefill(call, state, positions)
         call.prefill_logits = logits
         timings.generator_rows += batch
         timings.reasoner_rows += batch
@@ -151,12 +163,45 @@ def run(call: Call) -> Iterator[int]:
     call.output = call.transcript.output(call.input_ids, timings)
 
 
+def _context_prefill(call: Call, state: DecodeState, positions: torch.Tensor):
+    """The prefill of a reasoner-context model (``context.py``); sets the per-row reasoner shift."""
+    reasoner_ids, reasoner_prompt_mask = call.reasoner_prompt
+    new = call.settings.max_new_tokens
+    reasoner_mask = torch.cat(
+        [reasoner_prompt_mask, reasoner_prompt_mask.new_ones(len(reasoner_ids), new)], 1
+    )
+    reasoner_positions = (reasoner_prompt_mask.cumsum(-1) - 1).clamp_min(0)
+    length = reasoner_ids.shape[1]
+    call.runner.setup(call.reasoner, reasoner_mask, length + new, length)
+    state.reasoner_shift = reasoner_positions[:, -1:] - positions[:, -1:]
+    return context_prefill(
+        call.generator,
+        call.runner,
+        call.input_ids,
+        positions,
+        state.mask,
+        state.cache,
+        call.settings.prefill_chunk,
+        reasoner_ids,
+        reasoner_positions,
+        reasoner_mask,
+    )
+
+
 def _synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def open_call(model, input_ids, attention_mask, options: DecodeOptions, streaming: bool) -> Call:
+def open_call(
+    model,
+    input_ids,
+    attention_mask,
+    options: DecodeOptions,
+    streaming: bool,
+    reasoner_input_ids=None,
+    reasoner_attention_mask=None,
+) -> Call:
     """Check everything, resolve the settings, build the sides and the runner (before any compute)."""
     vocab = min(
         model.config.get_text_config().vocab_size, model.config.reasoner_config.get_text_config().vocab_size
@@ -165,7 +210,14 @@ def open_call(model, input_ids, attention_mask, options: DecodeOptions, streamin
     if model.training:
         warnings.warn("model is in training mode (dropout active); call model.eval() first", stacklevel=4)
     settings = resolve_settings(model, input_ids, options, streaming)
+    reasoner_prompt = check_reasoner_prompt(
+        model, mask, reasoner_input_ids, reasoner_attention_mask, settings.max_new_tokens
+    )
+    if reasoner_prompt is not None:
+        check_context_settings(settings)
     runner, settings = make_runner(settings, model, options.schedule)
+    if reasoner_prompt is not None:
+        check_context_settings(settings)  # concurrent may have fallen back to threads
     generator = GeneratorSide(model)
     if settings.compile is not None:
         step = torch.compile(generator.step, mode=settings.compile, dynamic=False)
@@ -183,17 +235,27 @@ def open_call(model, input_ids, attention_mask, options: DecodeOptions, streamin
         selector=TokenSelector(settings.sampling, input_ids.shape[0], device, options.logits_processor),
         transcript=Transcript(input_ids.shape[0], settings, device, options.tokenizer),
         streamer=options.streamer,
+        reasoner_prompt=None if reasoner_prompt is None else tuple(t.to(device) for t in reasoner_prompt),
     )
 
 
 def generate(
-    model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **options
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    *,
+    reasoner_input_ids: torch.Tensor | None = None,
+    reasoner_attention_mask: torch.Tensor | None = None,
+    **options,
 ) -> GenerationOutput:
     """Decode with a :class:`~flythinker.FlyThinkerForCausalLM`, reasoner and generator concurrently.
 
     Args:
         model: a FlyThinker model (eval mode). Put ``model.reasoner`` on another device for ``two-device``.
         input_ids, attention_mask: [B, T0] left-padded prompts (every row needs ≥ 1 real token).
+        reasoner_input_ids, reasoner_attention_mask: [B, T_R] the reasoner's own left-padded prompts, for a
+            ``FlyThinkerConfig(reasoner_context=True)`` model only (required there; schedules ``sequential``
+            and ``processes``, no ``compile``); see ``decoding/context.py``.
         schedule: ``"concurrent"`` (the default: ``cuda-streams`` on one GPU, ``two-device`` when R and
             G sit on different devices, a worker process on CPU — ``threads`` where one cannot start),
             or explicitly ``"sequential"`` (the reference), ``"threads"``, ``"processes"``,
@@ -223,7 +285,13 @@ def generate(
         tokenizer), the effective :class:`DecodingSettings` and :class:`Timings`.
     """
     call = open_call(
-        model, input_ids, attention_mask, DecodeOptions.from_kwargs("generate", options), streaming=False
+        model,
+        input_ids,
+        attention_mask,
+        DecodeOptions.from_kwargs("generate", options),
+        streaming=False,
+        reasoner_input_ids=reasoner_input_ids,
+        reasoner_attention_mask=reasoner_attention_mask,
     )
     for _ in run(call):
         pass
@@ -261,14 +329,26 @@ class TextStream:
 
 
 def stream(
-    model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **options
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    *,
+    reasoner_input_ids: torch.Tensor | None = None,
+    reasoner_attention_mask: torch.Tensor | None = None,
+    **options,
 ) -> TextStream:
     """Like :func:`generate` (same options; ``tokenizer`` required) but an iterator of text pieces."""
     if options.get("tokenizer") is None:
         raise ValueError("stream() needs a tokenizer= to turn tokens into text")
     return TextStream(
         open_call(
-            model, input_ids, attention_mask, DecodeOptions.from_kwargs("stream", options), streaming=True
+            model,
+            input_ids,
+            attention_mask,
+            DecodeOptions.from_kwargs("stream", options),
+            streaming=True,
+            reasoner_input_ids=reasoner_input_ids,
+            reasoner_attention_mask=reasoner_attention_mask,
         )
     )
 

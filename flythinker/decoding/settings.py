@@ -162,34 +162,32 @@ def _stop_strings(value) -> tuple[str, ...]:
     return values
 
 
-def check_inputs(input_ids, attention_mask, vocab: int) -> torch.Tensor:
-    """Validate [B, T0] left-padded prompts; returns the long attention mask."""
+def check_inputs(input_ids, attention_mask, vocab: int, name: str = "") -> torch.Tensor:
+    """Validate [B, T0] left-padded prompts; returns the long attention mask. ``name`` prefixes the
+    argument names in messages (``"reasoner_"`` for a reasoner-context model's own prompt)."""
+    ids, mask_name = f"{name}input_ids", f"{name}attention_mask"
     if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.dtype.is_floating_point:
         raise ValueError(
-            f"input_ids must be an integer tensor [batch, length], got {getattr(input_ids, 'shape', input_ids)}"
+            f"{ids} must be an integer tensor [batch, length], got {getattr(input_ids, 'shape', input_ids)}"
         )
     if input_ids.numel() == 0:
-        raise ValueError(
-            f"input_ids is empty (shape {tuple(input_ids.shape)}): every prompt needs >= 1 token"
-        )
+        raise ValueError(f"{ids} is empty (shape {tuple(input_ids.shape)}): every prompt needs >= 1 token")
     low, high = int(input_ids.min()), int(input_ids.max())
     if low < 0 or high >= vocab:
         raise ValueError(
-            f"input_ids holds token ids in [{low}, {high}], outside both models' vocabulary [0, {vocab})"
+            f"{ids} holds token ids in [{low}, {high}], outside both models' vocabulary [0, {vocab})"
         )
     if attention_mask is None:
         return torch.ones_like(input_ids)
     if tuple(attention_mask.shape) != tuple(input_ids.shape):
         raise ValueError(
-            f"attention_mask {tuple(attention_mask.shape)} must match input_ids {tuple(input_ids.shape)}"
+            f"{mask_name} {tuple(attention_mask.shape)} must match {ids} {tuple(input_ids.shape)}"
         )
     mask = attention_mask.to(torch.long)
     if not bool(mask.any(dim=1).all()):
-        raise ValueError("every prompt row needs at least one real token (an attention_mask row is all 0)")
+        raise ValueError(f"every prompt row needs at least one real token (a {mask_name} row is all 0)")
     if not bool(mask[:, -1].all()) or not bool((mask[:, 1:] >= mask[:, :-1]).all()):
-        raise ValueError(
-            "prompts must be left-padded: each attention_mask row must be 0…0 1…1 and end with 1"
-        )
+        raise ValueError(f"prompts must be left-padded: each {mask_name} row must be 0…0 1…1 and end with 1")
     return mask
 
 

@@ -31,6 +31,9 @@ class DecodeState:
     length: torch.Tensor  # [b] tokens kept (N until the row finishes)
     seen: torch.Tensor | None  # [b, V] bool: tokens seen so far (repetition penalty), else None
     cache: StaticCache | DynamicCache  # the generator's KV cache
+    # [b, 1] reasoner position − generator position (a reasoner-context model's extra real prompt
+    # tokens, decoding/context.py); None when both read the same tokens
+    reasoner_shift: torch.Tensor | None = None
 
     @classmethod
     def for_prompts(
@@ -67,7 +70,17 @@ class DecodeState:
 
     def select(self, keep: torch.Tensor) -> None:
         """Keep active rows ``keep`` (local indices) of every per-row tensor and of the generator's cache."""
-        for name in ("rows", "token", "position", "hidden", "mask", "done", "length", "seen"):
+        for name in (
+            "rows",
+            "token",
+            "position",
+            "hidden",
+            "mask",
+            "done",
+            "length",
+            "seen",
+            "reasoner_shift",
+        ):
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, value.index_select(0, keep))

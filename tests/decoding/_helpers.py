@@ -34,7 +34,17 @@ class RecordingStreamer:
         self.ended += 1
 
 
-def call_for(model, input_ids, attention_mask, **options) -> Call:
+def call_for(
+    model, input_ids, attention_mask, reasoner_input_ids=None, reasoner_attention_mask=None, **options
+) -> Call:
     """The engine's per-call object (to inspect the prefill logits); sequential, pad 0 unless given."""
     options = {"schedule": "sequential", "pad_token_id": 0, **options}
-    return open_call(model, input_ids, attention_mask, DecodeOptions(**options), streaming=False)
+    return open_call(
+        model,
+        input_ids,
+        attention_mask,
+        DecodeOptions(**options),
+        streaming=False,
+        reasoner_input_ids=reasoner_input_ids,
+        reasoner_attention_mask=reasoner_attention_mask,
+    )

@@ -100,7 +100,8 @@ def test_generate_and_stream_take_one_set_of_options_with_one_default_each():
     defaults = DecodeOptions()
     for entry in (generate, stream):
         params = inspect.signature(entry).parameters
-        assert [n for n in params if n not in ("model", "input_ids", "attention_mask")] == names
+        inputs = ("model", "input_ids", "attention_mask", "reasoner_input_ids", "reasoner_attention_mask")
+        assert [n for n in params if n not in inputs] == names
         assert all(params[n].default == getattr(defaults, n) for n in names)
 
 

@@ -39,6 +39,11 @@ def check_supported(config) -> None:
     """Raise a clear error at load for checkpoints this plugin cannot serve."""
     if getattr(config, "generator_config", None) is None or getattr(config, "reasoner_config", None) is None:
         raise ValueError("flythinker-vllm: the config needs generator_config and reasoner_config")
+    if getattr(config, "reasoner_context", False):
+        raise ValueError(
+            "flythinker-vllm: FlyThinkerConfig(reasoner_context=True) models (the reasoner reads its own, longer "
+            "prompt) are not served yet; decode them with flythinker.generate(schedule='sequential' or 'processes')"
+        )
     config.validate_fusion()  # flythinker's own check of projection, gate and widths
 
 

@@ -27,3 +27,18 @@ def test_warm_start_options_are_exact(name, tmp_path):
     )
     for prompt, output in zip(prompts, result["rounds"][0]):
         assert_matches_reference(reference, prompt, output)
+
+
+def test_reasoner_context_models_are_refused_with_a_clear_error():
+    from flythinker_vllm.model import check_supported
+    from tiny import tiny_llama_config
+
+    from flythinker import FlyThinkerConfig
+
+    config = FlyThinkerConfig(
+        generator_config=tiny_llama_config(128),
+        reasoner_config=tiny_llama_config(64, layers=1, intermediate_size=192),
+        reasoner_context=True,
+    )
+    with pytest.raises(ValueError, match="reasoner_context=True.*not served yet"):
+        check_supported(config)
