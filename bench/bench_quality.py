@@ -224,15 +224,14 @@ def run_matrix(options, data_dir, work: Path, partial: Path, runs: list, signatu
         (r["phase"], r["arm"], r["seed"], r["learning_rate"] if r["phase"] == "tune" else None) for r in runs
     }
     if options.scale == "paper":
-        options.steps = math.ceil(PAPER_EPOCHS * len(setup.train) / options.batch_size)
+        options.steps = math.ceil(PAPER_EPOCHS * len(setup.records["user_train"]) / options.batch_size)
     spec = RunSpec(
         train_file=str(setup.train_file), generator=str(setup.generator), reasoner=str(setup.reasoner),
         work_dir=str(work / "runs"), steps=options.steps, batch_size=options.batch_size,
         max_length=options.max_length, max_target_tokens=options.max_target_tokens,
         max_records=options.train_records,
     )  # fmt: skip
-    pool = donor_pool(setup.train)
-    mean_state = None
+    mean_states: dict[tuple, torch.Tensor] = {}
     todo = plan(options, done, selected_rates(runs))
     print(f"{len(todo)} runs to do ({len(runs)} in {partial}); {setup.description}", flush=True)
     for phase, name, seed, lr in tqdm(todo, desc="runs", unit="run"):
@@ -242,28 +241,28 @@ def run_matrix(options, data_dir, work: Path, partial: Path, runs: list, signatu
             raise SystemExit(
                 f"arm {name}: no tuned learning rate yet (run the tune phase or pass --learning-rate)"
             )
+        key = (bool(arm.overrides.get("reasoner_context", False)), arm.overrides.get("profile_tokens"))
+        view = setup.view(*key)
         control = None
         if arm.control == "donor":
-            control = Donor(pool, window=options.max_length + options.max_new_tokens + 8)
+            control = Donor(donor_pool(view.train), window=options.max_length + options.max_new_tokens + 8)
         elif arm.control == "const":
-            if mean_state is None:
-                mean_state = mean_reasoner_state(setup.load_reasoner(), setup.train_batches(32))
-            control = ConstantState(mean_state)
+            if key not in mean_states:
+                mean_states[key] = mean_reasoner_state(setup.load_reasoner(), view.reasoner_batches(32))
+            control = ConstantState(mean_states[key])
         elif arm.control == "own_embedding":
             control = OwnEmbedding()
         arm_spec = (
             spec if arm.reasoner_layers is None else dataclasses.replace(spec, reasoner=str(setup.generator))
         )
         measure = MeasureCallback(
-            pad_id=setup.tokenizer.pad_token_id,
-            every=(options.eval_every or options.steps) if phase == "main" else options.steps,  # tuning: final only
-            eval_sets={"user_val": setup.val},
-            final_sets={"temporal_val": setup.temporal},
+            view,
+            every=(options.eval_every or options.steps)
+            if phase == "main"
+            else options.steps,  # tuning: final only
             tokenizer=setup.tokenizer,
-            requests=setup.requests if (arm.generate and phase == "main") else (),
-            references=setup.references,
+            generate=arm.generate and phase == "main",
             max_new_tokens=options.max_new_tokens,
-            probe=setup.probe,
         )
         record = run_arm(arm, arm_spec, seed, rate, measure, control)
         record.update(phase=phase, signature=signature, arm_spec=arm.as_dict(), description=setup.description)

@@ -43,6 +43,10 @@ class Arm:
 # zero scalar gate, so the reasoner (and W) receive gradient once α moves (with W = 0 they receive
 # none at step 0 and O(‖W‖) after).
 LORA = {"reasoner_mode": "lora"}
+CONTEXT = {
+    "reasoner_context": True,
+    "profile_tokens": 0,
+}  # the profile reaches the model only through the reasoner
 
 ARMS: dict[str, Arm] = {
     arm.name: arm
@@ -106,6 +110,43 @@ ARMS: dict[str, Arm] = {
             controls_arm="lora_gated",
             lr_from="zero_linear",
             description="lora_gated whose reasoner reads other training text",
+        ),
+        Arm(
+            "sft_noprofile",
+            "sft",
+            overrides={"profile_tokens": 0},
+            lr_from="sft",
+            generate=True,
+            description="the generator alone without the profile (request + response only)",
+        ),
+        Arm(
+            "ctx",
+            "flythinker",
+            "zero_linear",
+            CONTEXT,
+            lr_from="sft",
+            generate=True,
+            description="reasoner context: the frozen reasoner reads profile + request + response, the generator "
+            "request + response (no profile); W = 0 at init, 10× lr",
+        ),
+        Arm(
+            "ctx_donor",
+            "flythinker",
+            "zero_linear",
+            CONTEXT,
+            control="donor",
+            controls_arm="ctx",
+            generate=True,
+            description="ctx whose reasoner reads a same-length window of other training text",
+        ),
+        Arm(
+            "ctx_const",
+            "flythinker",
+            "zero_linear",
+            CONTEXT,
+            control="const",
+            controls_arm="ctx",
+            description="ctx with the reasoner state replaced by its training mean",
         ),
         Arm(
             "full30_lora_gated",

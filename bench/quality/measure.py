@@ -19,6 +19,7 @@ from transformers import TrainerCallback
 
 from flythinker.evaluation.metrics import meteor_scores, rouge_scores
 from flythinker.train.collators import PaddingCollator
+from flythinker.train.reasoner_context import ReasonerContextCollator
 
 __all__ = ["record_nll", "generate", "score_generations", "MeasureCallback", "IGNORE_INDEX"]
 
@@ -26,19 +27,18 @@ IGNORE_INDEX = -100
 
 
 @torch.no_grad()
-def record_nll(
-    model, examples: Sequence[dict[str, Any]], pad_id: int, batch_size: int = 4
-) -> list[list[float]]:
-    """``[[nll_r, tokens_r], …]`` for every example (``input_ids`` + ``labels``), in order."""
+def record_nll(model, examples: Sequence[dict[str, Any]], collate, batch_size: int = 4) -> list[list[float]]:
+    """``[[nll_r, tokens_r], …]`` for every example (``input_ids`` + ``labels``, and the reasoner's
+    inputs for a reasoner-context model), in order; ``collate`` pads as the arm's training does."""
     was_training = model.training
     model.eval()
-    collate = PaddingCollator(pad_id, padding_side="right")
     out: list[list[float]] = []
     try:
         for start in range(0, len(examples), batch_size):
             batch = collate(list(examples[start : start + batch_size]))
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            targets = batch["labels"][:, 1:]
+            labels = batch.pop("labels")
+            logits = model(**batch).logits
+            targets = labels[:, 1:]
             logp = F.log_softmax(logits[:, :-1].double(), dim=-1)
             keep = targets != IGNORE_INDEX
             picked = logp.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
@@ -52,26 +52,26 @@ def record_nll(
 
 @torch.no_grad()
 def generate(
-    model, prompts: Sequence[Sequence[int]], tokenizer, max_new_tokens: int, batch_size: int = 12
+    model, prompts: Sequence[dict[str, Any]], tokenizer, max_new_tokens: int, batch_size: int = 12
 ) -> list[str]:
-    """Greedy continuations of ``prompts`` (token ids), left-padded, up to ``max_new_tokens`` each."""
+    """Greedy continuations of encoded ``prompts`` (left-padded batches; a reasoner-context prompt also
+    hands the reasoner its own ids), up to ``max_new_tokens`` each."""
     was_training = model.training
     model.eval()
     pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
     texts: list[str] = []
     try:
         for start in range(0, len(prompts), batch_size):
-            rows = [list(p) for p in prompts[start : start + batch_size]]
-            width = max(len(r) for r in rows)
-            ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
-            mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+            rows = list(prompts[start : start + batch_size])
+            if "reasoner_input_ids" in rows[0]:
+                batch = ReasonerContextCollator(pad)(rows)
+            else:
+                batch = PaddingCollator(pad, padding_side="left")(
+                    [{"input_ids": r["input_ids"]} for r in rows]
+                )
+            width = batch["input_ids"].shape[1]
             out = model.generate(
-                input_ids=ids,
-                attention_mask=mask,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                pad_token_id=pad,
-                eos_token_id=eos,
+                **batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad, eos_token_id=eos
             )
             texts += tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
     finally:
@@ -88,66 +88,61 @@ def score_generations(predictions: Sequence[str], references: Sequence[str]) -> 
 
 
 class MeasureCallback(TrainerCallback):
-    """Per-record NLL on ``eval_sets`` every ``every`` optimizer steps (and at the last step), then on
-    ``final_sets`` once, and greedy generations when ``requests`` are given; results in ``self.record``."""
+    """Per-record NLL on the view's ``user_val`` every ``every`` optimizer steps (and at the last step),
+    on its ``temporal_val`` once at the end, and greedy generations of its requests when ``generate``;
+    step 0's logits are compared with the base generator's on the view's probe examples. Results in
+    ``self.record``."""
 
     def __init__(
         self,
+        view,
         *,
-        pad_id: int,
         every: int,
-        eval_sets: dict[str, Sequence[dict[str, Any]]],
-        final_sets: dict[str, Sequence[dict[str, Any]]],
-        tokenizer=None,
-        requests: Sequence[Sequence[int]] = (),
-        references: Sequence[str] = (),
+        tokenizer,
+        generate: bool = False,
         max_new_tokens: int = 128,
         eval_batch_size: int = 4,
         gen_batch_size: int = 12,
-        probe: tuple[dict[str, torch.Tensor], torch.Tensor] | None = None,
     ):
-        self.pad_id, self.every = pad_id, every
-        self.eval_sets, self.final_sets = eval_sets, final_sets
-        self.tokenizer, self.requests, self.references = tokenizer, requests, references
+        self.view, self.every, self.tokenizer, self.generate = view, every, tokenizer, generate
         self.max_new_tokens, self.eval_batch_size, self.gen_batch_size = (
             max_new_tokens,
             eval_batch_size,
             gen_batch_size,
         )
-        self.probe = probe  # (batch, the base generator's logits on it): step 0 must equal them exactly
         self.record: dict[str, Any] = {"evals": [], "seconds": {"measure": 0.0}}
 
-    def _evaluate(self, model, step: int, sets: dict[str, Sequence[dict[str, Any]]]) -> None:
+    def _evaluate(self, model, step: int, name: str, examples) -> None:
         begin = time.perf_counter()
-        for name, examples in sets.items():
-            per_record = record_nll(model, examples, self.pad_id, self.eval_batch_size)
-            self.record["evals"].append({"step": step, "set": name, "records": per_record})
+        per_record = record_nll(model, examples, self.view.collate, self.eval_batch_size)
+        self.record["evals"].append({"step": step, "set": name, "records": per_record})
         self.record["seconds"]["measure"] += time.perf_counter() - begin
 
+    @torch.no_grad()
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        if self.probe is not None and state.global_step == 0:
-            batch, reference = self.probe
-            was_training = model.training
-            model.eval()
-            with torch.no_grad():
-                logits = model(**batch).logits
-            model.train(was_training)
-            real = batch["attention_mask"].bool()  # pad positions' logits are not defined alike
-            self.record["step0_max_abs_logit_diff"] = float((logits - reference)[real].abs().max())
+        if state.global_step != 0:
+            return
+        was_training = model.training
+        model.eval()
+        diffs = [
+            float((model(**batch).logits - reference).abs().max()) for batch, reference in self.view.probe
+        ]
+        model.train(was_training)
+        self.record["step0_max_abs_logit_diff"] = max(diffs)
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if state.global_step % self.every == 0 or state.global_step == state.max_steps:
-            self._evaluate(model, state.global_step, self.eval_sets)
+            self._evaluate(model, state.global_step, "user_val", self.view.val)
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
-        self._evaluate(model, state.global_step, self.final_sets)
-        if self.requests:
+        self._evaluate(model, state.global_step, "temporal_val", self.view.temporal)
+        if self.generate:
             begin = time.perf_counter()
             predictions = generate(
-                model, self.requests, self.tokenizer, self.max_new_tokens, self.gen_batch_size
+                model, self.view.requests, self.tokenizer, self.max_new_tokens, self.gen_batch_size
             )
             self.record["seconds"]["generate"] = time.perf_counter() - begin
             self.record["generation"] = {
                 "predictions": predictions,
-                **score_generations(predictions, self.references),
+                **score_generations(predictions, self.view.references),
             }

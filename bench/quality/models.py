@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +29,36 @@ from flythinker.train.collators import PaddingCollator
 from flythinker.train.finetune import load_tokenizer
 from flythinker.train.prompts import PromptBuilder, encode_records
 from flythinker.train.readers import read_records
+from flythinker.train.reasoner_context import ReasonerContextBuilder, ReasonerContextCollator
 
-__all__ = ["Setup", "prepare", "truncate_layers"]
+__all__ = ["Setup", "View", "prepare", "truncate_layers"]
+
+
+@dataclasses.dataclass
+class View:
+    """The experiment's data encoded as one arm's ``flythinker train`` encodes it: the shared prompt, the
+    prompt with the profile cut to ``profile_tokens`` or, with ``reasoner_context``, a generator prompt
+    without the profile plus the reasoner's profile + prompt (``ReasonerContextBuilder``)."""
+
+    train: list[dict[str, Any]]
+    val: list[dict[str, Any]]
+    temporal: list[dict[str, Any]]
+    requests: list[dict[str, Any]]  # encoded generation prompts
+    references: list[str]
+    collate: Callable[[Sequence[dict[str, Any]]], dict[str, torch.Tensor]]
+    probe: list[tuple[dict[str, torch.Tensor], torch.Tensor]]  # (one example's inputs, base generator logits)
+
+    def reasoner_batches(self, n_examples: int, size: int = 4):
+        """Batches of the reasoner's inputs (``input_ids``, ``attention_mask``) of the first training examples."""
+        for start in range(0, min(n_examples, len(self.train)), size):
+            batch = self.collate(self.train[start : start + size])
+            if "reasoner_input_ids" in batch:
+                yield {
+                    "input_ids": batch["reasoner_input_ids"],
+                    "attention_mask": batch["reasoner_attention_mask"],
+                }
+            else:
+                yield {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
 
 
 @dataclasses.dataclass
@@ -38,23 +67,20 @@ class Setup:
     reasoner: Path
     tokenizer: Any
     train_file: Path
-    train: list[dict[str, Any]]
-    val: list[dict[str, Any]]
-    temporal: list[dict[str, Any]]
-    requests: list[list[int]]
-    references: list[str]
-    probe: tuple[dict[str, torch.Tensor], torch.Tensor]
+    records: dict[str, list[Any]]  # user_train, user_val, temporal_val, requests
+    options: Any
     description: str
+    views: dict[tuple[bool, int | None], View] = dataclasses.field(default_factory=dict)
 
     def load_reasoner(self):
         return AutoModel.from_pretrained(self.reasoner, dtype=torch.float32)
 
-    def train_batches(self, n_examples: int):
-        collate = PaddingCollator(self.tokenizer.pad_token_id, padding_side="right")
-        examples = self.train[:n_examples]
-        for start in range(0, len(examples), 4):
-            batch = collate(examples[start : start + 4])
-            yield {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    def view(self, reasoner_context: bool = False, profile_tokens: int | None = None) -> View:
+        """The data as an arm with these options is trained on (encoded once, then cached)."""
+        key = (bool(reasoner_context), profile_tokens)
+        if key not in self.views:
+            self.views[key] = _encode_view(self, *key)
+        return self.views[key]
 
 
 def truncate_layers(lm: Any, k: int) -> None:
@@ -119,7 +145,7 @@ def _tiny_data(folder: Path) -> Path:
 
 
 def prepare(options: Any, data_dir: Path | None, work: Path) -> Setup:
-    """Checkpoints in ``work``, the tokenizer, encoded data, the generation requests and a step-0 probe."""
+    """Checkpoints in ``work``, the tokenizer and the records; views are encoded on first use."""
     from flythinker.modeling.smollm import smollm2_path
 
     if options.tiny:
@@ -142,42 +168,53 @@ def prepare(options: Any, data_dir: Path | None, work: Path) -> Setup:
     else:
         reasoner = Path(generator)
         description += f"; reasoner = the full {n_layers}-layer model"
-    builder = PromptBuilder(
-        tokenizer,
-        max_length=options.max_length,
-        max_target_tokens=options.max_target_tokens,
-        profile_drop="oldest",
-    )
     train_file = Path(data_dir, "user_train.jsonl")
-    train_records = read_records(train_file)[: options.train_records]
-    val_records = read_records(Path(data_dir, "user_val.jsonl"))[: options.val_records]
-    temporal_records = read_records(Path(data_dir, "temporal_val.jsonl"))[: options.val_records]
-    gen_records = val_records[: options.gen_requests]
-    train = encode_records(train_records, builder, desc="encoding user_train")
-    setup = Setup(
-        generator=Path(generator),
-        reasoner=reasoner,
-        tokenizer=tokenizer,
-        train_file=train_file,
+    val = read_records(Path(data_dir, "user_val.jsonl"))[: options.val_records]
+    records = {
+        "user_train": read_records(train_file)[: options.train_records],
+        "user_val": val,
+        "temporal_val": read_records(Path(data_dir, "temporal_val.jsonl"))[: options.val_records],
+        "requests": val[: options.gen_requests],
+    }
+    return Setup(
+        generator=Path(generator), reasoner=reasoner, tokenizer=tokenizer, train_file=train_file,
+        records=records, options=options, description=description,
+    )  # fmt: skip
+
+
+def _encode_view(setup: Setup, reasoner_context: bool, profile_tokens: int | None) -> View:
+    o = setup.options
+    builder = PromptBuilder(
+        setup.tokenizer, max_length=o.max_length, max_target_tokens=o.max_target_tokens,
+        profile_drop="oldest", profile_tokens=profile_tokens,
+    )  # fmt: skip
+    pad = setup.tokenizer.pad_token_id
+    if reasoner_context:
+        builder = ReasonerContextBuilder(builder)
+        collate = ReasonerContextCollator(pad)
+    else:
+        collate = PaddingCollator(pad, padding_side="right")
+    name = f"reasoner_context={reasoner_context}, profile_tokens={profile_tokens}"
+    train = encode_records(setup.records["user_train"], builder, desc=f"user_train ({name})")
+    requests = setup.records["requests"]
+    return View(
         train=train,
-        val=encode_records(val_records, builder, desc="encoding user_val"),
-        temporal=encode_records(temporal_records, builder, desc="encoding temporal_val"),
-        requests=[
-            e["input_ids"] for e in encode_records(gen_records, builder, for_generation=True, progress=False)
-        ],
-        references=[r.target for r in gen_records],
-        probe=_probe(generator, tokenizer, train),
-        description=description,
+        val=encode_records(setup.records["user_val"], builder, desc=f"user_val ({name})"),
+        temporal=encode_records(setup.records["temporal_val"], builder, desc=f"temporal_val ({name})"),
+        requests=encode_records(requests, builder, for_generation=True, progress=False),
+        references=[r.target for r in requests],
+        collate=collate,
+        probe=_probe(setup.generator, collate, train[:2]),
     )
-    return setup
 
 
 @torch.no_grad()
-def _probe(
-    generator: Path, tokenizer, train: list[dict[str, Any]]
-) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """The first two training examples and the base generator's logits on them (step 0 must equal them)."""
-    batch = PaddingCollator(tokenizer.pad_token_id, padding_side="right")(train[:2])
-    batch = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+def _probe(generator: Path, collate, examples: Sequence[dict[str, Any]]) -> list[tuple[dict, torch.Tensor]]:
+    """Each of ``examples`` alone (no padding) and the base generator's logits on its generator ids:
+    every arm's step 0 must give exactly these logits."""
     lm = AutoModelForCausalLM.from_pretrained(generator, dtype=torch.float32).eval()
-    return batch, lm(**batch).logits
+    out = []
+    for example in examples:
+        batch = {k: v for k, v in collate([example]).items() if k != "labels"}
+        out.append((batch, lm(input_ids=batch["input_ids"]).logits))
+    return out

@@ -65,6 +65,8 @@ def summarise(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
             "pairs": {},
         }
         references = {"sft": "sft", "donor": _control_of(arm, "donor"), "const": _control_of(arm, "const")}
+        if ARMS[arm].overrides.get("reasoner_context"):
+            references["sft_noprofile"] = "sft_noprofile"  # what the generator alone does without the profile
         for label, other in references.items():
             if other is None or other == arm or not any(r["arm"] == other for r in main):
                 continue
@@ -202,6 +204,14 @@ def markdown(report: dict[str, Any]) -> str:
             f"{_fmt(p.get('donor', {}).get('user_val'))} | {_fmt(p.get('const', {}).get('user_val'))} | "
             f"{_fmt(p.get('sft', {}).get('temporal_val'))} | {e['step0_max_abs_logit_diff']:.1e} |"
         )
+    context = {a: e for a, e in s["arms"].items() if "sft_noprofile" in e["pairs"]}
+    if context:
+        lines += ["", "## Reasoner context: Δ vs the generator alone without the profile (user_val)", "",
+                  "| arm | Δ vs sft_noprofile | Δ vs tuned SFT (with the profile) |", "|---|---|---|"]  # fmt: skip
+        for arm, e in context.items():
+            lines.append(
+                f"| {arm} | {_fmt(e['pairs']['sft_noprofile']['user_val'])} | {_fmt(e['pairs']['sft']['user_val'])} |"
+            )
     lines += ["", "## Generation (greedy; ROUGE-L and METEOR in [0, 1]; paired Δ with 95 % intervals)", "",
               "| arm | ROUGE-L | METEOR | ROUGE-L Δ vs SFT | METEOR Δ vs SFT | ROUGE-L Δ vs donor | METEOR Δ vs donor |",
               "|---|---|---|---|---|---|---|"]  # fmt: skip
