@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from flythinker.evaluation.alpsbench.data import SPLITS
 
@@ -24,13 +25,54 @@ def _lm(path: str | None, args: argparse.Namespace):
     )
 
 
+def _paper_judge(args: argparse.Namespace):
+    """The paper's API judge of ``--judge-endpoint`` (checked before any model loads), or ``None``."""
+    if not args.judge_endpoint:
+        if args.judge_model or args.alpsbench_code:
+            raise ValueError("--judge-model / --alpsbench-code need --judge-endpoint URL")
+        return None
+    if not args.judge_model:
+        raise ValueError("--judge-endpoint needs --judge-model NAME (the model the server serves)")
+    from flythinker.evaluation.alpsbench.official_judges import PaperJudge
+
+    key_env = None if args.judge_api_key_env in ("", "none") else args.judge_api_key_env
+    return PaperJudge.from_options(
+        args.judge_endpoint,
+        args.judge_model,
+        args.alpsbench_code,
+        cache_dir=args.judge_cache or Path(args.out) / "judge_cache",
+        api_key_env=key_env,
+        concurrency=args.judge_concurrency,
+        max_retries=args.judge_max_retries,
+    )
+
+
+def _check_batch(args: argparse.Namespace) -> None:
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size {args.batch_size}: must be at least 1")
+    if args.max_prompt_tokens < 64:
+        raise ValueError(f"--max-prompt-tokens {args.max_prompt_tokens}: must be at least 64")
+
+
+def all_failed_tracks(summary) -> list[str]:
+    """``track/method`` of every run in which every row failed (the command then exits 1)."""
+    bad = []
+    for key, counts in (summary.get("run_counts") or {}).items():
+        done = sum(v for k, v in counts.items() if k not in ("failed", "skipped"))
+        if counts.get("failed", 0) > 0 and done == 0:
+            bad.append(key)
+    for s in summary.get("tracks", []):
+        if s.get("failed_rows") and s["failed_rows"] == s["num_rows"]:
+            bad.append(f"{s['track']}/{s['method']}")
+    return sorted(set(bad))
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from flythinker.evaluation.alpsbench.pipeline import run_alpsbench
     from flythinker.evaluation.alpsbench.report import summary_markdown
     from flythinker.evaluation.alpsbench.runners import RunnerSettings
 
-    lm = _lm(args.model, args)
-    judge = lm if args.judge == "same" else _lm(args.judge, args)
+    _check_batch(args)
     settings = RunnerSettings(
         max_new_tokens=args.max_new_tokens,
         t4_max_new_tokens=args.t4_max_new_tokens,
@@ -40,6 +82,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         t3_k=args.t3_k,
         t3_answer_tokens=args.t3_answer_tokens,
     )
+    settings.validate()  # before any model loads
+    paper_judge = _paper_judge(args)
+    lm = _lm(args.model, args)
+    judge = lm if args.judge == "same" else _lm(args.judge, args)
     baselines = [b for b in args.baselines.split(",") if b and b != "none"]
     summary = run_alpsbench(
         args.data,
@@ -51,10 +97,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
         limit=args.limit,
         baselines=baselines,
         judge_lm=judge,
+        paper_judge=paper_judge,
         show_progress=not args.no_progress,
     )
     print(summary_markdown(summary))
     print(f"wrote {args.out}/summary.json, summary.md, scores.jsonl", file=sys.stderr)
+    bad = all_failed_tracks(summary)
+    if bad:
+        print(f"error: every row failed in {', '.join(bad)} (see <track>/log.jsonl)", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -62,14 +113,45 @@ def _cmd_score(args: argparse.Namespace) -> int:
     from flythinker.evaluation.alpsbench.pipeline import score_alpsbench
     from flythinker.evaluation.alpsbench.report import summary_markdown
 
+    paper_judge = _paper_judge(args)
     judge = _lm(args.judge, args)
     summary = score_alpsbench(
-        args.data, args.split, args.predictions, args.out, track=args.track, limit=args.limit, judge_lm=judge
+        args.data,
+        args.split,
+        args.predictions,
+        args.out,
+        track=args.track,
+        limit=args.limit,
+        judge_lm=judge,
+        paper_judge=paper_judge,
     )
     print(summary_markdown(summary))
     if args.json:
         print(json.dumps(summary, indent=2, ensure_ascii=False))
     return 0
+
+
+def _paper_judge_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("the paper's judges (an OpenAI-compatible chat endpoint; see docs/alpsbench.md)")
+    g.add_argument(
+        "--judge-endpoint",
+        default=None,
+        help="chat-completions URL (https://api.openai.com/v1, or http://127.0.0.1:8000/v1 of `vllm serve`)",
+    )
+    g.add_argument("--judge-model", default=None, help="the judge model's name on that server")
+    g.add_argument(
+        "--judge-api-key-env",
+        default="OPENAI_API_KEY",
+        help="environment variable holding the key, or 'none' (default: OPENAI_API_KEY)",
+    )
+    g.add_argument(
+        "--alpsbench-code",
+        default=None,
+        help="your clone of ThisIsCosine/AlpsBench at commit 0fd801c: the judge prompts are read from it",
+    )
+    g.add_argument("--judge-concurrency", type=int, default=4, help="requests in flight (default: 4)")
+    g.add_argument("--judge-max-retries", type=int, default=5, help="retries per request (default: 5)")
+    g.add_argument("--judge-cache", default=None, help="response cache folder (default: <out>/judge_cache)")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -136,10 +218,11 @@ def add_subparser(subparsers) -> None:
     run.add_argument(
         "--judge",
         default="none",
-        help="T4 judge LM: a model folder, 'smollm2', 'same' (the --model) or 'none' (default)",
+        help="a LOCAL judge LM (local_judge_* proxy numbers, not the paper's): a model folder, "
+        "'smollm2', 'same' (the --model) or 'none' (default)",
     )
     run.add_argument("--max-new-tokens", type=int, default=256, help="T1/T2 answer tokens (default: 256)")
-    run.add_argument("--t4-max-new-tokens", type=int, default=192, help="T4 answer tokens (default: 192)")
+    run.add_argument("--t4-max-new-tokens", type=int, default=384, help="T4 answer tokens (default: 384)")
     run.add_argument(
         "--max-retries", type=int, default=1, help="retries of an unusable JSON answer (default: 1)"
     )
@@ -167,6 +250,7 @@ def add_subparser(subparsers) -> None:
         default="bm25,minilm,copy",
         help="baselines to run too: bm25,minilm (T3), copy (T2: memory unchanged), or none",
     )
+    _paper_judge_options(run)
     run.set_defaults(func=_cmd_run)
 
     score = sub.add_parser("score", help="score a predictions.jsonl (or a run folder) against the references")
@@ -177,6 +261,11 @@ def add_subparser(subparsers) -> None:
     score.add_argument(
         "--track", default=None, help="the predictions' track (default: inferred from their ids)"
     )
-    score.add_argument("--judge", default="none", help="T4 judge LM folder or 'smollm2' (default: none)")
+    score.add_argument(
+        "--judge",
+        default="none",
+        help="a LOCAL judge LM (local_judge_* proxies) or 'smollm2' (default: none)",
+    )
+    _paper_judge_options(score)
     score.add_argument("--json", action="store_true", help="also print summary.json")
     score.set_defaults(func=_cmd_score)

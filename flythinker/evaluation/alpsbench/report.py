@@ -32,8 +32,8 @@ def score_track(
 ) -> list[dict[str, Any]]:
     """Score rows (input order) of one method's contract predictions on one track.
 
-    ``match_judge`` (T1/T2): a :data:`~.matching.MatchJudge` blended into the matcher's
-    ``final_score_100`` (reported with ``judge_score_100``).
+    ``match_judge`` (T1/T2): a local :data:`~.matching.MatchJudge` blended with the matcher's algo
+    score, reported as ``local_judge_score_100`` / ``local_judge_final_score_100`` (not the paper's).
     """
     if data.references is None:
         raise ValueError(f"{data.directory}: no reference_output.jsonl; this split cannot be scored locally")
@@ -52,9 +52,10 @@ def score_track(
             for matching in ("greedy", "hungarian"):
                 m = score_memory_match(gold, pred["memory_items"], matching, judge=match_judge)
                 row[f"match_{matching}"] = {k: m[k] for k in MATCH_KEYS}
-                if match_judge is not None:
+                if match_judge is not None:  # a local proxy, named so it cannot pass for the paper's
                     row[f"match_{matching}"].update(
-                        judge_score_100=m["judge_score_100"], final_score_100=m["final_score_100"]
+                        local_judge_score_100=m["judge_score_100"],
+                        local_judge_final_score_100=m["final_score_100"],
                     )
         if status is not None:
             row["status"] = status.get(bid, "unknown")
@@ -73,12 +74,37 @@ def summarize_track(track: str, method: str, rows: Sequence[Mapping[str, Any]]) 
         key = f"match_{matching}"
         if rows and key in rows[0]:
             out[key] = {k: _mean([r[key][k] for r in rows]) for k in rows[0][key]}
-    judged = [r["judge"] for r in rows if r.get("judge")]
+    judged = [r["local_judge"] for r in rows if r.get("local_judge")]
     if judged:
         dims = sorted({d for j in judged for d in j})
-        out["judge"] = {d: _mean([j[d] for j in judged if d in j]) for d in dims}
+        out["local_judge"] = {d: _mean([j[d] for j in judged if d in j]) for d in dims}
+    paper = [r["paper_judge"] for r in rows if r.get("paper_judge")]
+    if paper:
+        out["paper_judge"] = summarize_paper_judge(paper)
     if rows and "status" in rows[0]:
         out["failed_rows"] = sum(1 for r in rows if r["status"] == "failed")
+    return out
+
+
+def summarize_paper_judge(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Means of the paper-judge fields over the rows that have a score.
+
+    Rows the model failed (``model_failed``, never sent to the judge) carry 0 and count; rows the judge could not score
+    (``judge_failed``: unparseable T1/T2 review; ``endpoint_error``: no reply) are left out and counted.
+    """
+    counted = [r for r in rows if r.get("status") not in ("judge_failed", "endpoint_error")]
+    fields = sorted(
+        {k for r in rows for k, v in r.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    )
+    out: dict[str, Any] = {f: _mean([r[f] for r in counted if r.get(f) is not None]) for f in fields}
+    out["rows_scored"] = len(counted)
+    for status in ("model_failed", "judge_failed", "endpoint_error", "unparsed", "incomplete"):
+        n = sum(1 for r in rows if r.get("status") == status)
+        if n:
+            out[f"rows_{status}"] = n
+    violations = sum(1 for r in rows if r.get("critical_rule_violated"))
+    if any("critical_rule_violated" in r for r in rows):
+        out["critical_rule_violations"] = violations
     return out
 
 
