@@ -124,7 +124,7 @@ def run_alpsbench(
         out,
         judge_lm=judge_lm,
         paper_judge=paper_judge,
-        split=split,
+        split=resolve_split_dir(data, split).name,
         extra={"run_counts": run_counts, "manifest": manifest},
     )
 
@@ -332,7 +332,14 @@ def score_alpsbench(
         if track not in loaded:
             raise ValueError(f"track {track!r} is not in this split; it has {list(loaded)}")
         entries.append((track, predictions.stem, predictions))
-    return score_entries(loaded, entries, out, judge_lm=judge_lm, paper_judge=paper_judge, split=split)
+    return score_entries(
+        loaded,
+        entries,
+        out,
+        judge_lm=judge_lm,
+        paper_judge=paper_judge,
+        split=resolve_split_dir(data, split).name,
+    )
 
 
 def _infer_track(path: Path, loaded: Mapping[str, TrackData]) -> str:

@@ -15,8 +15,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from flythinker.evaluation.alpsbench.data import ABILITY_NAMES, TrackData
+from flythinker.evaluation.alpsbench.data import TrackData
 from flythinker.evaluation.alpsbench.matching import score_memory_match
+from flythinker.evaluation.alpsbench.report_md import language_of, summary_markdown
 from flythinker.evaluation.alpsbench.scoring import score_row as release_score_row
 from flythinker.evaluation.alpsbench.scoring import summarize_scores
 
@@ -81,6 +82,13 @@ def summarize_track(track: str, method: str, rows: Sequence[Mapping[str, Any]]) 
     paper = [r["paper_judge"] for r in rows if r.get("paper_judge")]
     if paper:
         out["paper_judge"] = summarize_paper_judge(paper)
+        by_lang: dict[str, list] = {}
+        for r in rows:
+            lang = language_of(str(r["benchmark_id"]))
+            if r.get("paper_judge") and lang:
+                by_lang.setdefault(lang, []).append(r["paper_judge"])
+        if by_lang and track.startswith("task4_ability5"):
+            out["paper_judge_by_language"] = {k: summarize_paper_judge(v) for k, v in sorted(by_lang.items())}
     if rows and "status" in rows[0]:
         out["failed_rows"] = sum(1 for r in rows if r["status"] == "failed")
     return out
@@ -106,52 +114,6 @@ def summarize_paper_judge(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     if any("critical_rule_violated" in r for r in rows):
         out["critical_rule_violations"] = violations
     return out
-
-
-def _fmt(x: Any, digits: int = 4) -> str:
-    return "–" if x is None else (f"{x:.{digits}f}" if isinstance(x, float) else str(x))
-
-
-def _track_label(track: str) -> str:
-    if track.startswith("task4_"):
-        ability = track.split("_", 1)[1]
-        return f"{track} ({ABILITY_NAMES.get(ability, ability)})"
-    return track
-
-
-def summary_markdown(summary: Mapping[str, Any]) -> str:
-    """A short markdown report: one row per (track, method), then T3 accuracy by distractor level."""
-    lines = [f"# AlpsBench — split `{summary.get('split')}`", ""]
-    lines += [
-        "| track | method | rows | metric | score | failed | matcher algo (greedy / hungarian) | judge |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for s in summary["tracks"]:
-        algo = "–"
-        if "match_greedy" in s:
-            algo = f"{_fmt(s['match_greedy']['algo_score_100'], 2)} / {_fmt(s['match_hungarian']['algo_score_100'], 2)}"
-            if "final_score_100" in s["match_greedy"]:
-                algo += f" (with judge: {_fmt(s['match_greedy']['final_score_100'], 2)} greedy)"
-        judge = ", ".join(f"{d} {_fmt(v, 3)}" for d, v in s.get("judge", {}).items()) or "–"
-        lines.append(
-            f"| {_track_label(s['track'])} | {s['method']} | {s['num_rows']} | {s['main_metric']} | "
-            f"{_fmt(s['main_score'])} | {_fmt(s.get('failed_rows'))} | {algo} | {judge} |"
-        )
-    by_level = summary.get("task3_accuracy_by_level") or {}
-    if by_level:
-        levels = sorted({int(lv) for m in by_level.values() for lv in m})
-        lines += [
-            "",
-            "T3 accuracy by distractor level:",
-            "",
-            "| method | " + " | ".join(f"d{lv}" for lv in levels) + " |",
-            "|---|" + "---|" * len(levels),
-        ]
-        for method, accs in by_level.items():
-            lines.append(
-                f"| {method} | " + " | ".join(_fmt(accs.get(str(lv), accs.get(lv))) for lv in levels) + " |"
-            )
-    return "\n".join(lines) + "\n"
 
 
 def write_reports(

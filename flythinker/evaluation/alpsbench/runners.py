@@ -40,7 +40,7 @@ from flythinker.evaluation.alpsbench.prompts import (
 EXPECTED_SHAPE = {
     "task1": '{"memory_items": [{"type": ..., "label": ..., "value": ..., "confidence": ...}]}',
     "task2": '{"memory_items": [{"memory_id": ..., "type": ..., "label": ..., "value": ..., "confidence": ...}]}',
-    "task4": '{"used_memory_fact": "...", "answer": "..."}',
+    "task4": '{"answer": "...", "used_memory_fact": "..."}',
 }
 
 
@@ -49,13 +49,30 @@ class RunnerSettings:
     """Decoding budgets and the repair policy of a model run."""
 
     max_new_tokens: int = 256  # T1 / T2 answers
-    t4_max_new_tokens: int = 192
+    t4_max_new_tokens: int = 384  # the answer comes first and must close; 192 cut SmolLM2's answers
     max_retries: int = 1
     t2_mode: str = "edit"  # "edit" (the model lists changes, merged into the existing memory) or "full"
     t3_first_stage: str = "bm25"
     t3_k: int = 5
     t3_answer_tokens: int = 48
     max_raw_chars: int = 2000  # raw output kept in log.jsonl for a failure
+
+    def validate(self) -> None:
+        """Refuse settings no row could run with (one line naming the option)."""
+        checks = [
+            (self.max_new_tokens >= 1, f"--max-new-tokens {self.max_new_tokens}: must be at least 1"),
+            (
+                self.t4_max_new_tokens >= 1,
+                f"--t4-max-new-tokens {self.t4_max_new_tokens}: must be at least 1",
+            ),
+            (self.max_retries >= 0, f"--max-retries {self.max_retries}: must be 0 or more"),
+            (self.t2_mode in ("edit", "full"), f"--t2-mode {self.t2_mode!r}: expected edit or full"),
+            (1 <= self.t3_k <= 9, f"--t3-k {self.t3_k}: must lie in 1..9 (one digit is read)"),
+            (self.t3_answer_tokens >= 0, f"--t3-answer-tokens {self.t3_answer_tokens}: must be 0 or more"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
 
 
 class PredictionWriter:
