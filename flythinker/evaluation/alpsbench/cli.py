@@ -18,6 +18,7 @@ def _lm(path: str | None, args: argparse.Namespace):
     return load_local_lm(
         path,
         dtype=args.dtype,
+        device=args.device,
         batch_size=args.batch_size,
         max_prompt_tokens=args.max_prompt_tokens,
         engine=args.engine,
@@ -171,6 +172,9 @@ def _common(p: argparse.ArgumentParser) -> None:
         "--limit", type=int, default=None, help="only the first N rows of every track (smoke runs)"
     )
     p.add_argument("--dtype", default="float32", help="model dtype: float32 or bfloat16 (default: float32)")
+    p.add_argument(
+        "--device", default="cpu", help="where the model runs: cpu, cuda, cuda:N or auto (default: cpu)"
+    )
     p.add_argument("--batch-size", type=int, default=4, help="prompts decoded together (default: 4)")
     p.add_argument(
         "--max-prompt-tokens",
