@@ -83,8 +83,8 @@ def resolve_split_dir(data: str | Path, split: str | None = None) -> Path:
     if _looks_like_split(root):
         return root
     raise AlpsBenchDataError(
-        f"{root}: found neither {split}/ (nor dataset/{split}/) nor task1|task2|task3|task4 folders in it; "
-        f"pass --data the benchmark_data/ folder, a Hugging Face download's root (with --split examples|dev|validation|test) or one split folder"
+        f"{root}: found neither {split}/ nor task1|task2|task3|task4 folders in it; pass --data the "
+        f"benchmark_data/ folder, a Hugging Face download's root (holding dataset/) (with --split examples|dev|validation|test) or one split folder"
     )
 
 
