@@ -79,6 +79,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         t4_max_new_tokens=args.t4_max_new_tokens,
         max_retries=args.max_retries,
         t2_mode=args.t2_mode,
+        t3_protocol=args.t3_protocol,
         t3_first_stage=args.t3_first_stage,
         t3_k=args.t3_k,
         t3_answer_tokens=args.t3_answer_tokens,
@@ -235,6 +236,13 @@ def add_subparser(subparsers) -> None:
         choices=["edit", "full"],
         default="edit",
         help="T2: the model lists changes merged into the existing memory (edit) or rewrites it (full)",
+    )
+    run.add_argument(
+        "--t3-protocol",
+        choices=["pool", "rerank", "both"],
+        default="both",
+        help="T3 with the LM: 'pool' reads the whole candidate pool (the paper's protocol; chunked to "
+        "--max-prompt-tokens when it must be), 'rerank' picks among a first stage's top-k, or both (default)",
     )
     run.add_argument(
         "--t3-first-stage",

@@ -3,6 +3,8 @@
 Output folder::
 
     <out>/<track>/predictions.jsonl, log.jsonl              the model's predictions (resumable)
+    <out>/task3_dN/predictions.jsonl                        T3, the LM re-ranking a first stage's top-k
+    <out>/task3_dN/whole_pool/predictions.jsonl             T3, the LM reading the whole pool (the paper's)
     <out>/task3_dN/baselines/<bm25|minilm>/predictions.jsonl the T3 retrieval baselines
     <out>/scores.jsonl, summary.json, summary.md             every scored row and the summaries
 """
@@ -26,6 +28,7 @@ from flythinker.evaluation.alpsbench.runners import (
     run_generative_track,
     run_retrieval_track,
 )
+from flythinker.evaluation.alpsbench.t3_pool import WholePoolSelector
 
 BASELINES = ("bm25", "minilm", "copy")  # T3 retrievers; T2's unchanged-memory baseline
 
@@ -77,7 +80,14 @@ def run_alpsbench(
     reranker = None
     for track, td in loaded.items():
         if td.task == "task3":
-            if lm is not None:
+            if lm is not None and settings.t3_protocol in ("pool", "both"):
+                pool = WholePoolSelector(lm, answer_tokens=settings.t3_answer_tokens)
+                writer = PredictionWriter(out / track / "whole_pool", track)
+                run_counts[f"{track}/{lm.name} + whole-pool"] = run_retrieval_track(
+                    pool.predict_many, td, writer, 1, show_progress, f"{track} whole pool"
+                )
+                entries.append((track, f"{lm.name} + whole-pool", writer.path))
+            if lm is not None and settings.t3_protocol in ("rerank", "both"):
                 if reranker is None:
                     from flythinker.evaluation.alpsbench.retrieval import LMReranker
 
@@ -322,6 +332,10 @@ def score_alpsbench(
         for t in loaded:
             if (predictions / t / "predictions.jsonl").is_file():
                 entries.append((t, "model", predictions / t / "predictions.jsonl"))
+            if (predictions / t / "whole_pool" / "predictions.jsonl").is_file():
+                entries.append(
+                    (t, "model + whole-pool", predictions / t / "whole_pool" / "predictions.jsonl")
+                )
             for b in sorted((predictions / t / "baselines").glob("*/predictions.jsonl")):
                 entries.append((t, b.parent.name, b))
         if not entries:

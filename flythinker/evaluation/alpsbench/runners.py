@@ -52,6 +52,7 @@ class RunnerSettings:
     t4_max_new_tokens: int = 384  # the answer comes first and must close; 192 cut SmolLM2's answers
     max_retries: int = 1
     t2_mode: str = "edit"  # "edit" (the model lists changes, merged into the existing memory) or "full"
+    t3_protocol: str = "both"  # "pool" (the paper's: the whole candidate pool), "rerank" (a top-k), or both
     t3_first_stage: str = "bm25"
     t3_k: int = 5
     t3_answer_tokens: int = 48
@@ -67,6 +68,10 @@ class RunnerSettings:
             ),
             (self.max_retries >= 0, f"--max-retries {self.max_retries}: must be 0 or more"),
             (self.t2_mode in ("edit", "full"), f"--t2-mode {self.t2_mode!r}: expected edit or full"),
+            (
+                self.t3_protocol in ("pool", "rerank", "both"),
+                f"--t3-protocol {self.t3_protocol!r}: expected pool, rerank or both",
+            ),
             (1 <= self.t3_k <= 9, f"--t3-k {self.t3_k}: must lie in 1..9 (one digit is read)"),
             (self.t3_answer_tokens >= 0, f"--t3-answer-tokens {self.t3_answer_tokens}: must be 0 or more"),
         ]
