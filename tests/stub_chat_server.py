@@ -41,6 +41,7 @@ class StubChatServer:
                     n = len(stub.requests)
                     stub.in_flight += 1
                     stub.max_in_flight = max(stub.max_in_flight, stub.in_flight)
+                counted = False
                 try:
                     if stub.delay_s:
                         time.sleep(stub.delay_s)
@@ -52,6 +53,11 @@ class StubChatServer:
                         payload = completion(payload["content"])
                     text = payload if isinstance(payload, str) else json.dumps(payload)
                     data = text.encode("utf-8")
+                    with (
+                        stub._lock
+                    ):  # done before the reply leaves, so a client's next request never overlaps
+                        stub.in_flight -= 1
+                        counted = True
                     self.send_response(status)
                     for k, v in (extra or {}).items():
                         self.send_header(k, v)
@@ -60,8 +66,9 @@ class StubChatServer:
                     self.end_headers()
                     self.wfile.write(data)
                 finally:
-                    with stub._lock:
-                        stub.in_flight -= 1
+                    if not counted:
+                        with stub._lock:
+                            stub.in_flight -= 1
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True

@@ -86,7 +86,10 @@ def check_manifest(out: str | Path, manifest: Mapping[str, Any]) -> dict[str, An
 def merge_reports(
     out: str | Path, summary: dict[str, Any], rows: Sequence[Mapping[str, Any]]
 ) -> tuple[dict[str, Any], list[Mapping[str, Any]]]:
-    """``summary`` and ``rows`` with the earlier run's entries for the (track, method)s not redone."""
+    """``summary`` and ``rows`` with the earlier run's entries for the (track, method)s not redone.
+
+    ``run_counts`` stays this invocation's own (what it generated, skipped and failed).
+    """
     out = Path(out)
     old_summary_path, old_rows_path = out / "summary.json", out / "scores.jsonl"
     if not old_summary_path.is_file():
@@ -108,8 +111,6 @@ def merge_reports(
     for method, by in (summary.get("task3_accuracy_by_level") or {}).items():
         levels.setdefault(method, {}).update(by)
     merged["task3_accuracy_by_level"] = levels
-    if "run_counts" in old or "run_counts" in summary:
-        merged["run_counts"] = {**old.get("run_counts", {}), **summary.get("run_counts", {})}
     kept: list[Mapping[str, Any]] = []
     if old_rows_path.is_file():
         for line in old_rows_path.read_text(encoding="utf-8").splitlines():
