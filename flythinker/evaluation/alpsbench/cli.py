@@ -10,6 +10,33 @@ from pathlib import Path
 from flythinker.evaluation.alpsbench.data import SPLITS
 
 
+def _endpoint_lm(args: argparse.Namespace):
+    """The model under test behind ``--model-endpoint`` (its tokenizer from ``--tokenizer`` or ``--model``)."""
+    from transformers import AutoTokenizer
+
+    from flythinker.evaluation.alpsbench.endpoint_lm import EndpointLM
+    from flythinker.rewards.endpoint import ChatEndpoint
+
+    if not args.model:
+        raise ValueError("--model-endpoint needs --model NAME (the served model's name)")
+    key_env = None if args.model_api_key_env in ("", "none") else args.model_api_key_env
+    endpoint = ChatEndpoint(
+        args.model_endpoint,
+        args.model,
+        api_key_env=key_env,
+        cache_dir=Path(args.out) / "model_cache",
+        concurrency=args.model_concurrency,
+    )
+    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.model)
+    return EndpointLM(
+        endpoint,
+        tokenizer,
+        max_prompt_tokens=args.max_prompt_tokens,
+        batch_size=args.batch_size,
+        prefill=not args.no_prefill,
+    )
+
+
 def _lm(path: str | None, args: argparse.Namespace):
     if path in (None, "", "none"):
         return None
@@ -86,7 +113,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
     )
     settings.validate()  # before any model loads
     paper_judge = _paper_judge(args)
-    lm = _lm(args.model, args)
+    if args.model_endpoint:
+        if args.t3_protocol != "pool" or args.judge != "none":
+            raise ValueError(
+                "--model-endpoint gives no next-token reads: pass --t3-protocol pool and no local --judge "
+                "(use --judge-endpoint for the paper's judges)"
+            )
+        lm = _endpoint_lm(args)
+    else:
+        lm = _lm(args.model, args)
     judge = lm if args.judge == "same" else _lm(args.judge, args)
     baselines = [b for b in args.baselines.split(",") if b and b != "none"]
     summary = run_alpsbench(
@@ -261,6 +296,22 @@ def add_subparser(subparsers) -> None:
         "--baselines",
         default="bm25,minilm,copy",
         help="baselines to run too: bm25,minilm (T3), copy (T2: memory unchanged), or none",
+    )
+    g = run.add_argument_group("the model under test behind an OpenAI-compatible server (vllm serve)")
+    g.add_argument(
+        "--model-endpoint",
+        default=None,
+        help="chat-completions URL serving --model (e.g. http://127.0.0.1:8000/v1 of `vllm serve`)",
+    )
+    g.add_argument("--tokenizer", default=None, help="the served model's tokenizer (default: --model)")
+    g.add_argument(
+        "--model-api-key-env", default="none", help="environment variable of its key, or 'none' (default)"
+    )
+    g.add_argument("--model-concurrency", type=int, default=16, help="requests in flight (default: 16)")
+    g.add_argument(
+        "--no-prefill",
+        action="store_true",
+        help="do not continue a pre-filled JSON opening (servers without vLLM's continue_final_message)",
     )
     _paper_judge_options(run)
     run.set_defaults(func=_cmd_run)

@@ -72,6 +72,11 @@ def run_alpsbench(
     }
     if lm is not None:
         check_context(lm, settings)
+        has_t3 = any(d.task == "task3" for d in loaded.values())
+        if getattr(lm, "engine", None) == "endpoint" and has_t3 and settings.t3_protocol != "pool":
+            raise ValueError(
+                "a model behind an endpoint runs T3 only with --t3-protocol pool (no next-token reads)"
+            )
     manifest = check_manifest(out, run_manifest(lm, settings, judge_lm, paper_judge, loaded))
     has_t3 = any(d.task == "task3" for d in loaded.values())
     retrievers = _retrievers([b for b in baselines if b != "copy"] if has_t3 else [])
@@ -146,6 +151,7 @@ def run_manifest(lm, settings: RunnerSettings, judge_lm, paper_judge, loaded) ->
     return {
         "model": None if lm is None else lm.name,
         "engine": getattr(lm, "engine", None),
+        "model_endpoint": getattr(getattr(lm, "endpoint", None), "url", None),
         "dtype": dtype,
         "max_prompt_tokens": None if lm is None else lm.max_prompt_tokens,
         "decoding": None if lm is None else dict(vars(settings)),

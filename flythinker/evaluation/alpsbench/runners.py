@@ -221,7 +221,8 @@ def run_generative_track(
                 break
             still = []
             for i, text in zip(pending, texts):
-                full = prompts[i][1] + text
+                # a server that cannot continue a pre-fill (EndpointLM(prefill=False)) writes the whole JSON
+                full = (prompts[i][1] if getattr(lm, "prefill", True) else "") + text
                 st = state[i]
                 st["attempts"] += 1
                 st["raw"] = full
