@@ -229,10 +229,11 @@ def run_generative_track(
                 try:
                     try:
                         fields, repairs = parse_prediction(data.track, full)
-                    except (
-                        OutputParseError
-                    ):  # the model may restart the JSON instead of continuing the pre-fill
-                        fields, repairs = parse_prediction(data.track, text)
+                    except OutputParseError as first:  # the model may restart the JSON instead
+                        try:
+                            fields, repairs = parse_prediction(data.track, text)
+                        except OutputParseError:
+                            raise first from None  # report what is wrong with the answer as continued
                         repairs = ["ignored the pre-fill", *repairs]
                     st.update(fields=fields, repairs=repairs, error=None)
                 except OutputParseError as exc:
