@@ -109,7 +109,9 @@ def test_retry_then_failure_rows_are_written(tmp_path):
     assert [e["status"] for e in log] == ["ok", "retried", "failed"]
     assert log[1]["repairs"] == ["ignored the pre-fill"]
     assert (
-        log[2]["attempts"] == 2 and "invalid JSON" in log[2]["error"] and "garbage still" in log[2]["raw_output"]
+        log[2]["attempts"] == 2
+        and "invalid JSON" in log[2]["error"]
+        and "garbage still" in log[2]["raw_output"]
     )
     # the retry prompt quotes the error and the failed answer
     retry = [p for p in lm.prompts if "could not be used" in p]
