@@ -83,7 +83,8 @@ def _check_batch(args: argparse.Namespace) -> None:
 
 
 def all_failed_tracks(summary) -> list[str]:
-    """``track/method`` of every run in which every row failed (the command then exits 1)."""
+    """``track/method`` of every run in which every row failed, or the paper judge scored no row
+    (the command then exits 1)."""
     bad = []
     for key, counts in (summary.get("run_counts") or {}).items():
         done = sum(v for k, v in counts.items() if k not in ("failed", "skipped"))
@@ -92,6 +93,10 @@ def all_failed_tracks(summary) -> list[str]:
     for s in summary.get("tracks", []):
         if s.get("failed_rows") and s["failed_rows"] == s["num_rows"]:
             bad.append(f"{s['track']}/{s['method']}")
+        paper = s.get("paper_judge")
+        sent = (paper or {}).get("rows_judge_failed", 0) + (paper or {}).get("rows_endpoint_error", 0)
+        if paper is not None and paper.get("rows_judged") == 0 and sent:
+            bad.append(f"{s['track']}/{s['method']} (paper judge: no row scored)")
     return sorted(set(bad))
 
 
@@ -165,6 +170,10 @@ def _cmd_score(args: argparse.Namespace) -> int:
     print(summary_markdown(summary))
     if args.json:
         print(json.dumps(summary, indent=2, ensure_ascii=False))
+    bad = all_failed_tracks(summary)
+    if bad:
+        print(f"error: every row failed in {', '.join(bad)}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -106,6 +106,7 @@ def summarize_paper_judge(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     )
     out: dict[str, Any] = {f: _mean([r[f] for r in counted if r.get(f) is not None]) for f in fields}
     out["rows_scored"] = len(counted)
+    out["rows_judged"] = sum(1 for r in rows if r.get("status") in ("ok", "incomplete", "unparsed"))
     for status in ("model_failed", "judge_failed", "endpoint_error", "unparsed", "incomplete"):
         n = sum(1 for r in rows if r.get("status") == status)
         if n:

@@ -186,6 +186,7 @@ def test_paper_judges_through_a_stub_endpoint_match_the_official_definitions(tmp
     assert t1["final_score_100"] == pytest.approx(sum(finals) / len(finals), abs=1e-4)
     assert t1["llm_score_100"] == pytest.approx((72 + 70 + 91.5 + 0 + 0) / 5, abs=1e-6)
     assert t1["rows_judge_failed"] == 2 and t1["rows_model_failed"] == 1 and t1["rows_scored"] == 5
+    assert t1["rows_judged"] == 4
     a1 = by[("task4_ability1", "model")]["paper_judge"]
     assert a1["overall_weighted_score"] == pytest.approx((0.6 + 0.9 + 0 + 0 + 0.5) / 5)
     assert a1["critical_rule_violations"] == 1
@@ -253,3 +254,16 @@ def test_official_code_path_is_checked_with_a_clear_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--alpsbench-code" in err and len(err.strip().splitlines()) == 1
     assert not read_jsonl(run / "task1" / "log.jsonl")[5]["status"] == "ok"
+
+
+def test_a_judge_that_never_answers_fails_the_command(tmp_path, capsys):
+    code = write_official_code(tmp_path / "AlpsBench")
+    data, run, _, _ = make_run(tmp_path)
+    with StubChatServer(lambda b, h: (503, {"error": "down"}, {}), max_requests=40) as srv:
+        rc = _score(data, run, tmp_path / "out", code, srv.url, ["--judge-max-retries", "0"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "task1/model (paper judge: no row scored)" in err
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    t1 = next(s for s in summary["tracks"] if s["track"] == "task1")["paper_judge"]
+    assert t1["rows_endpoint_error"] == 6 and t1["rows_model_failed"] == 1
+    assert not list((tmp_path / "out" / "judge_cache").rglob("*.json"))  # failures are never cached

@@ -61,6 +61,13 @@ def test_empty_answers_fail_and_an_all_failed_track_is_reported(tmp_path):
     assert s["failed_rows"] == 1 and summary["run_counts"]["task4_ability1/fake-lm"]["failed"] == 1
     assert all_failed_tracks(summary) == ["task4_ability1/fake-lm"]  # the CLI then exits 1
     assert all_failed_tracks({"run_counts": {"t/m": {"ok": 1, "failed": 3}}, "tracks": []}) == []
+    judged_none = {
+        "track": "task1",
+        "method": "m",
+        "num_rows": 3,
+        "paper_judge": {"rows_judged": 0, "rows_endpoint_error": 3},
+    }
+    assert all_failed_tracks({"tracks": [judged_none]}) == ["task1/m (paper judge: no row scored)"]
 
 
 @pytest.mark.parametrize(
