@@ -23,7 +23,11 @@ COMPARABLE = (
         "yes (a component)",
     ),
     ("release scorer `main_score` (mean_f1, accuracy, grounding_accuracy)", "no: the release's local proxy"),
-    ("T3 accuracy (LM re-ranks a BM25/MiniLM top-k)", "no: capped by first-stage recall"),
+    ("T3 accuracy, `whole-pool` method (the LM reads every candidate)", "yes (the paper's protocol)"),
+    (
+        "T3 accuracy, `lm-rerank` method (the LM picks among a BM25/MiniLM top-k)",
+        "no: capped by first-stage recall",
+    ),
     ("EI (mean of the three dimensions)", "partly: exact dimensions, our mean"),
     ("`local_judge*` (a local LM's P(yes) / PERM expectation)", "no: a local proxy"),
 )
