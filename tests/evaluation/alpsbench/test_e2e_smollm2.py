@@ -107,7 +107,9 @@ def test_all_tracks_with_a_flythinker_pair(smollm2, tmp_path):
         show_progress=False,
         name="FlyThinker(SmolLM2×2)",
     )
-    settings = RunnerSettings(max_new_tokens=6, t4_max_new_tokens=6, max_retries=0, t3_answer_tokens=0)
+    settings = RunnerSettings(
+        max_new_tokens=6, t4_max_new_tokens=6, max_retries=0, t3_answer_tokens=0, t3_protocol="rerank"
+    )
     out = tmp_path / "pair"
     summary = run_alpsbench(
         EXAMPLES, None, "all", out, lm=lm, settings=settings, baselines=(), show_progress=False
