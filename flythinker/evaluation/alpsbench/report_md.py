@@ -35,7 +35,7 @@ COMPARABLE_NOTE = (
     "*exact to the official code's definitions given the judge's replies; equal to the paper's numbers "
     "only with the paper's judge model behind `--judge-endpoint`."
 )
-_LANG = re.compile(r"^([A-Za-z]+)_\d+$")
+_LANG = re.compile(r"^([A-Za-z]+)_\d+")
 
 
 def _fmt(x: Any, digits: int = 4) -> str:

@@ -267,3 +267,35 @@ def test_a_judge_that_never_answers_fails_the_command(tmp_path, capsys):
     t1 = next(s for s in summary["tracks"] if s["track"] == "task1")["paper_judge"]
     assert t1["rows_endpoint_error"] == 6 and t1["rows_model_failed"] == 1
     assert not list((tmp_path / "out" / "judge_cache").rglob("*.json"))  # failures are never cached
+
+
+def test_the_papers_table_form_splits_ei_by_language(tmp_path):
+    from flythinker.evaluation.alpsbench.report import summarize_track
+    from flythinker.evaluation.alpsbench.report_md import language_of, paper_table, summary_markdown
+
+    assert [language_of(b) for b in ("english_77", "chinese_3#1", "ability5_0", "x")] == [
+        "english", "chinese", None, None,
+    ]  # fmt: skip
+    dims = ("emotional_grounding", "fact_match", "empathy_quality")
+    rows = [
+        {"benchmark_id": bid, "main_score": 0.0, "grounding_accuracy": 0.0, "used_memory_fact_match": 0.0,
+         "response_present": 1.0, "paper_judge": {"status": "ok", **dict(zip(dims, v))}}
+        for bid, v in (("english_1", (1, 1, 1)), ("english_2", (0, 0, 0)), ("chinese_1", (0.5, 0.5, 0.5)))
+    ]  # fmt: skip
+    ei = summarize_track("task4_ability5", "m", rows)
+    base = {"method": "m", "num_rows": 4, "main_metric": "accuracy"}
+    pa = {
+        **base,
+        "track": "task4_ability1",
+        "main_score": 0.0,
+        "paper_judge": {"overall_weighted_score": 0.57},
+    }
+    t3 = {**base, "track": "task3_d1000", "main_score": 0.25}
+    columns, table = paper_table({"tracks": [ei, pa, t3]})
+    assert columns == ["T1", "T2", "T3 d1000", "PA", "PF", "VRA", "CF", "EI", "EI chinese", "EI english"]
+    row = table["m"]
+    assert row["PA"] == pytest.approx(57.0) and row["T3 d1000"] == 25.0
+    assert row["EI"] == pytest.approx(100 * 1.5 / 3) and row["EI english"] == pytest.approx(50.0)
+    assert row["EI chinese"] == pytest.approx(50.0) and row.get("T1") is None
+    md = summary_markdown({"split": "dev", "tracks": [ei, pa, t3]})
+    assert "| m | – | – | 25.00 | 57.00 | – | – | – | 50.00 | 50.00 | 50.00 |" in md
