@@ -74,19 +74,37 @@ def test_device_option():
             resolve_device("cuda")
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_device_cuda_places_and_decodes_on_the_gpu(tmp_path):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from flythinker.evaluation.alpsbench.lm import load_local_lm
-    from tests.word_models import build_word_tokenizer
+def _saved_tiny_model(tmp_path):
+    from tests.word_models import build_word_tokenizer, tiny_llama
 
     tok = build_word_tokenizer()
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)  # fmt: skip
-    LlamaForCausalLM(cfg).save_pretrained(tmp_path / "m")
+    tiny_llama(len(tok)).save_pretrained(tmp_path / "m")
     tok.save_pretrained(tmp_path / "m")
-    lm = load_local_lm(str(tmp_path / "m"), device="cuda", max_prompt_tokens=64, show_progress=False)
+    return str(tmp_path / "m")
+
+
+def test_no_progress_silences_loading_bars(tmp_path):
+    from transformers.utils import logging as hf_logging
+
+    from flythinker.evaluation.alpsbench.lm import load_local_lm
+
+    path = _saved_tiny_model(tmp_path)
+    hf_logging.enable_progress_bar()
+    try:
+        lm = load_local_lm(path, device="cpu", max_prompt_tokens=64, show_progress=False)
+        assert not hf_logging.is_progress_bar_enabled()
+    finally:
+        hf_logging.enable_progress_bar()
+    assert next(lm.model.parameters()).device.type == "cpu"
+    with pytest.raises(ValueError, match="--dtype 'float8'"):
+        load_local_lm(path, dtype="float8")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_device_cuda_places_and_decodes_on_the_gpu(tmp_path):
+    from flythinker.evaluation.alpsbench.lm import load_local_lm
+
+    lm = load_local_lm(_saved_tiny_model(tmp_path), device="cuda", max_prompt_tokens=64, show_progress=False)
     assert next(lm.model.parameters()).device.type == "cuda"
     ids = lm.render([{"role": "user", "content": "hello"}])
     assert len(lm.generate([ids, ids], 4)) == 2
