@@ -16,6 +16,7 @@ distractors, T4 utilization (abilities 1–5: PA, PF, VRA, CF, EI). Modules:
 * :mod:`.judges` — local proxy judges (``local_judge*``: P("yes") for abilities 1–4, PERM for EI);
 * :mod:`.official_judges` — the paper's judges (prompts read from the user's copy of the official
   code, scoring ours) through :class:`flythinker.rewards.endpoint.ChatEndpoint`;
+* :mod:`.paper_judge` — the two tied to one endpoint (``--judge-endpoint``);
 * :mod:`.manifest` — run manifests (a resume with other settings is refused) and report merging;
 * :mod:`.report`, :mod:`.report_md`, :mod:`.pipeline`, :mod:`.cli` — ``flythinker alpsbench run | score``
   (see docs/alpsbench.md for which numbers compare with the paper).

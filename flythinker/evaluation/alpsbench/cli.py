@@ -61,7 +61,7 @@ def _paper_judge(args: argparse.Namespace):
         return None
     if not args.judge_model:
         raise ValueError("--judge-endpoint needs --judge-model NAME (the model the server serves)")
-    from flythinker.evaluation.alpsbench.official_judges import PaperJudge
+    from flythinker.evaluation.alpsbench.paper_judge import PaperJudge
 
     key_env = None if args.judge_api_key_env in ("", "none") else args.judge_api_key_env
     return PaperJudge.from_options(

@@ -276,7 +276,7 @@ def score_entries(
     """Score (track, method, predictions path) entries; writes scores.jsonl, summary.json, summary.md.
 
     ``judge_lm``: a local LM judge (``local_judge_*`` fields, a proxy); ``paper_judge``: an
-    :class:`~.official_judges.PaperJudge` (``paper_judge`` fields, the paper's definitions).
+    :class:`~.paper_judge.PaperJudge` (``paper_judge`` fields, the paper's definitions).
     """
     all_rows: list[dict[str, Any]] = []
     summaries = []
