@@ -100,6 +100,7 @@ def test_no_progress_silences_loading_bars(tmp_path):
         load_local_lm(path, dtype="float8")
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_device_cuda_places_and_decodes_on_the_gpu(tmp_path):
     from flythinker.evaluation.alpsbench.lm import load_local_lm
