@@ -70,3 +70,28 @@ def test_the_reranking_protocol_needs_a_local_lm(tmp_path):
     lm = EndpointLM(ChatEndpoint("http://127.0.0.1:9/v1", "m", api_key_env=None), build_word_tokenizer())
     with pytest.raises(ValueError, match="--t3-protocol pool"):
         run_alpsbench(EXAMPLES, None, "task3_d100", tmp_path / "o", lm=lm, baselines=(), show_progress=False)
+
+
+def test_the_cli_runs_a_served_model(tmp_path, capsys):
+    from flythinker.cli import main
+
+    build_word_tokenizer().save_pretrained(tmp_path / "tok")
+    base = ["alpsbench", "run", "--data", str(EXAMPLES), "--model", "served-model", "--no-progress",
+            "--tokenizer", str(tmp_path / "tok"), "--baselines", "none"]  # fmt: skip
+    with StubChatServer(server_reply(_gold_t3()), max_requests=20) as srv:
+        refused = main([*base, "--model-endpoint", srv.url, "--out", str(tmp_path / "a")])
+        assert refused != 0 and "--t3-protocol pool" in capsys.readouterr().err
+        assert not srv.requests
+        argv = [
+            *base,
+            "--model-endpoint",
+            srv.url,
+            "--t3-protocol",
+            "pool",
+            "--track",
+            "task3_d100,task4_ability1",
+        ]
+        assert main([*argv, "--out", str(tmp_path / "o")]) == 0
+    (t4,) = read_jsonl(tmp_path / "o" / "task4_ability1" / "predictions.jsonl")
+    assert t4["answer"] == "Take the scenic road."
+    assert list((tmp_path / "o" / "model_cache").rglob("*.json"))  # replies cached for a resumed run
