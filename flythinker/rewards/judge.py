@@ -76,7 +76,55 @@ def expected_digit_score(logits: torch.Tensor, digit_ids: list[list[int]]) -> to
     return (probs * values).sum(-1)
 
 
-class LocalJudge:
+class DimensionScoring:
+    """PERM / PereGRM scoring shared by every judge: the prompts, criteria and bystander mapping.
+
+    A judge supplies ``expected_scores(conversations) -> [1, 5] per conversation`` and
+    ``generate_criteria(samples) -> criteria text per sample``: :class:`LocalJudge` from a local
+    LM's next-token probabilities, :class:`flythinker.rewards.endpoint_judge.EndpointJudge` from an
+    OpenAI-compatible endpoint's replies.
+    """
+
+    def score(
+        self, samples: Sequence[EmpathySample], dimensions: Sequence[str] = ALL_DIMENSIONS
+    ) -> dict[str, list[float]]:
+        """Scores per dimension: resonation / expression / reception ∈ [1, 5], bystander ∈ [0, 100].
+
+        Personalized samples (memories given, criteria ``None``) get criteria generated first.
+        The bystander's five items are returned too, as ``"bystander/<item>"`` ∈ [0, 20].
+        """
+        unknown = [d for d in dimensions if d not in ALL_DIMENSIONS]
+        if unknown:
+            raise ValueError(f"unknown dimensions {unknown}; expected a subset of {ALL_DIMENSIONS}")
+        samples = list(samples)
+        need = [i for i, s in enumerate(samples) if s.memories and s.criteria is None]
+        if need:
+            for i, c in zip(need, self.generate_criteria([samples[i] for i in need])):
+                samples[i] = EmpathySample(**{**samples[i].__dict__, "criteria": c})
+        convs: list[Messages] = []
+        slots: list[tuple[str, int]] = []
+        for d in dimensions:
+            if d in EMPATHY_DIMENSIONS:
+                convs += [dimension_messages(d, s) for s in samples]
+                slots.append((d, len(samples)))
+            else:
+                for item in BYSTANDER_ITEMS:
+                    convs += [bystander_messages(item, s) for s in samples]
+                    slots.append((f"bystander/{item}", len(samples)))
+        flat = self.expected_scores(convs).tolist()
+        out: dict[str, list[float]] = {}
+        pos = 0
+        for name, n in slots:
+            vals = flat[pos : pos + n]
+            pos += n
+            out[name] = [(v - 1.0) * 5.0 for v in vals] if name.startswith("bystander/") else vals
+        if "bystander" in dimensions:
+            items = [out[f"bystander/{item}"] for item in BYSTANDER_ITEMS]
+            out["bystander"] = [sum(col) for col in zip(*items)]
+        return out
+
+
+class LocalJudge(DimensionScoring):
     """Scores PERM / PereGRM dimensions with any local causal LM and its tokenizer.
 
     Args:
@@ -221,42 +269,3 @@ class LocalJudge:
             finally:
                 self.model.train(was_training)
         return [self._criteria_cache[k] for k in keys]
-
-    # ---------------------------------------------------------------- PERM / PereGRM scoring
-    def score(
-        self, samples: Sequence[EmpathySample], dimensions: Sequence[str] = ALL_DIMENSIONS
-    ) -> dict[str, list[float]]:
-        """Scores per dimension: resonation / expression / reception ∈ [1, 5], bystander ∈ [0, 100].
-
-        Personalized samples (memories given, criteria ``None``) get criteria generated first.
-        The bystander's five items are returned too, as ``"bystander/<item>"`` ∈ [0, 20].
-        """
-        unknown = [d for d in dimensions if d not in ALL_DIMENSIONS]
-        if unknown:
-            raise ValueError(f"unknown dimensions {unknown}; expected a subset of {ALL_DIMENSIONS}")
-        samples = list(samples)
-        need = [i for i, s in enumerate(samples) if s.memories and s.criteria is None]
-        if need:
-            for i, c in zip(need, self.generate_criteria([samples[i] for i in need])):
-                samples[i] = EmpathySample(**{**samples[i].__dict__, "criteria": c})
-        convs: list[Messages] = []
-        slots: list[tuple[str, int]] = []
-        for d in dimensions:
-            if d in EMPATHY_DIMENSIONS:
-                convs += [dimension_messages(d, s) for s in samples]
-                slots.append((d, len(samples)))
-            else:
-                for item in BYSTANDER_ITEMS:
-                    convs += [bystander_messages(item, s) for s in samples]
-                    slots.append((f"bystander/{item}", len(samples)))
-        flat = self.expected_scores(convs).tolist()
-        out: dict[str, list[float]] = {}
-        pos = 0
-        for name, n in slots:
-            vals = flat[pos : pos + n]
-            pos += n
-            out[name] = [(v - 1.0) * 5.0 for v in vals] if name.startswith("bystander/") else vals
-        if "bystander" in dimensions:
-            items = [out[f"bystander/{item}"] for item in BYSTANDER_ITEMS]
-            out["bystander"] = [sum(col) for col in zip(*items)]
-        return out

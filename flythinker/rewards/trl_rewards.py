@@ -13,8 +13,9 @@ reception, bystander) are logged too, through TRL's ``log_metric`` keyword when 
 kept in :attr:`PermRewardFunctions.history`.
 
 Scores come from any *scorer* with ``score(samples, dimensions) -> {dimension: [float]}``: the
-local judge (:class:`flythinker.rewards.judge.LocalJudge`) or trained reward heads
-(:class:`HeadScorer`).  The empathy and bystander functions share one scoring pass per batch.
+local judge (:class:`flythinker.rewards.judge.LocalJudge`), the papers' judge model behind an
+OpenAI-compatible endpoint (:class:`flythinker.rewards.endpoint_judge.EndpointJudge`) or trained
+reward heads (:class:`HeadScorer`).  The empathy and bystander functions share one scoring pass per batch.
 
 Dataset columns (reach the functions through ``**kw``): ``query`` (else the last user message of
 the prompt), ``persona``, ``scenario``; for the PereGRM variant also ``memories`` (list of str or

@@ -10,9 +10,16 @@ distractors, T4 utilization (abilities 1–5: PA, PF, VRA, CF, EI). Modules:
 * :mod:`.matching` — the paper's memory matcher (``score_memory_match``, greedy / Hungarian);
 * :mod:`.lm`, :mod:`.prompts`, :mod:`.parsing`, :mod:`.runners` — driving any local causal LM
   (FlyThinker included), JSON repair and a bounded retry, resumable predictions;
-* :mod:`.retrieval` — T3 baselines (BM25, MiniLM, LM re-ranker);
-* :mod:`.judges` — T4 judges (binary P("yes") for abilities 1–4, PERM for EI);
-* :mod:`.report`, :mod:`.pipeline`, :mod:`.cli` — ``flythinker alpsbench run | score``.
+* :mod:`.retrieval` — T3 baselines (BM25, MiniLM, LM re-ranker); :mod:`.t3_pool` — the paper's
+  whole-pool T3 protocol;
+* :mod:`.endpoint_lm` — the model under test behind an OpenAI-compatible server (``vllm serve``);
+* :mod:`.judges` — local proxy judges (``local_judge*``: P("yes") for abilities 1–4, PERM for EI);
+* :mod:`.official_judges` — the paper's judges (prompts read from the user's copy of the official
+  code, scoring ours) through :class:`flythinker.rewards.endpoint.ChatEndpoint`;
+* :mod:`.paper_judge` — the two tied to one endpoint (``--judge-endpoint``);
+* :mod:`.manifest` — run manifests (a resume with other settings is refused) and report merging;
+* :mod:`.report`, :mod:`.report_md`, :mod:`.pipeline`, :mod:`.cli` — ``flythinker alpsbench run | score``
+  (see docs/alpsbench.md for which numbers compare with the paper).
 
 Nothing heavy is imported here: torch / transformers / rank_bm25 load on first use.
 """

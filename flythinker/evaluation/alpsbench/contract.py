@@ -7,6 +7,10 @@ track's keys and types:
 * task3: ``{benchmark_id, answer, reason, selected_memory_id}`` (all strings)
 * task4: ``{benchmark_id, answer, used_memory_fact}`` (all strings)
 
+Inside T1/T2 ``memory_items``: a non-object element is dropped with a warning when a file is read
+(as the official scorer does), and a key that is a near miss of a memory-item key (``lable``)
+is an error, since it would silently score 0.
+
 A row the model failed on is still a contract row (:func:`failure_row`: empty items / strings),
 written and scored as a failure; why it failed goes to a separate ``failures.jsonl``.
 """
@@ -14,7 +18,9 @@ written and scored as a failure; why it failed goes to a separate ``failures.jso
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Iterable, Mapping
+from difflib import get_close_matches
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +30,13 @@ PREDICTION_KEYS: dict[str, tuple[str, ...]] = {
     "task3": ("benchmark_id", "answer", "reason", "selected_memory_id"),
     "task4": ("benchmark_id", "answer", "used_memory_fact"),
 }
+
+
+# Keys a memory item carries in the release's data and contract; a near miss of one is a contract error.
+MEMORY_ITEM_KEYS = (
+    "memory_id", "type", "label", "value", "confidence", "evidence_text", "evidence", "reasoning",
+    "time_scope", "emotion", "preference_attitude", "updated_at", "label_suggestion",
+)  # fmt: skip
 
 
 class PredictionContractError(ValueError):
@@ -77,6 +90,30 @@ def validate_prediction_row(track: str, row: Any, where: str = "prediction") -> 
                 raise PredictionContractError(
                     f"{label}: memory_items[{k}] must be a JSON object, got {type(item).__name__}"
                 )
+            for key in item:
+                if key in MEMORY_ITEM_KEYS:
+                    continue
+                near = get_close_matches(str(key), MEMORY_ITEM_KEYS, n=1, cutoff=0.8)
+                if near:  # a misspelt key would silently score 0
+                    raise PredictionContractError(
+                        f"{label}: memory_items[{k}] has the key {key!r}; did you mean {near[0]!r}?"
+                    )
+
+
+def drop_non_object_items(track: str, row: Any, where: str) -> Any:
+    """A T1/T2 row without the non-object ``memory_items`` elements, as the official scorer drops them (warned)."""
+    if _task(track) not in ("task1", "task2") or not isinstance(row, Mapping):
+        return row
+    items = row.get("memory_items")
+    if not isinstance(items, list) or all(isinstance(i, Mapping) for i in items):
+        return row
+    kept = [i for i in items if isinstance(i, Mapping)]
+    warnings.warn(
+        f"{where}: dropped {len(items) - len(kept)} non-object memory_items element(s) and scored the "
+        f"rest, as the official scorer does",
+        stacklevel=2,
+    )
+    return {**row, "memory_items": kept}
 
 
 def failure_row(track: str, benchmark_id: str) -> dict[str, Any]:
@@ -95,6 +132,7 @@ def check_predictions(
     known = set(order)
     found: dict[str, tuple[str, dict]] = {}
     for where, row in rows:
+        row = drop_non_object_items(track, row, where)
         validate_prediction_row(track, row, where)
         bid = row["benchmark_id"]
         if bid not in known:

@@ -69,13 +69,14 @@ class TrackData:
 
 
 def resolve_split_dir(data: str | Path, split: str | None = None) -> Path:
-    """``DIR/<split>`` (or ``DIR/benchmark_data/<split>``), or ``DIR`` itself when it already is a split."""
+    """``DIR/<split>`` (or ``DIR/benchmark_data/<split>``, or ``DIR/dataset/<split>`` of a Hugging Face
+    download's root), or ``DIR`` itself when it already is a split."""
     root = Path(data)
     if not root.is_dir():
         raise AlpsBenchDataError(
             f"{root}: no such directory; pass --data the benchmark_data/ folder or a split folder"
         )
-    candidates = [root / split, root / "benchmark_data" / split] if split else []
+    candidates = [root / split, root / "benchmark_data" / split, root / "dataset" / split] if split else []
     for c in candidates:
         if c.is_dir():
             return c
@@ -83,7 +84,7 @@ def resolve_split_dir(data: str | Path, split: str | None = None) -> Path:
         return root
     raise AlpsBenchDataError(
         f"{root}: found neither {split}/ nor task1|task2|task3|task4 folders in it; pass --data the "
-        f"benchmark_data/ folder (with --split examples|dev|validation|test) or one split folder"
+        f"benchmark_data/ folder, a Hugging Face download's root (holding dataset/) (with --split examples|dev|validation|test) or one split folder"
     )
 
 

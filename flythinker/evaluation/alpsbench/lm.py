@@ -174,21 +174,49 @@ class LocalLM:
         return sorted(ids)
 
 
-def load_local_lm(path: str, *, dtype: str = "float32", **kwargs) -> LocalLM:
+def resolve_device(device: str) -> torch.device:
+    """``auto`` → ``cuda`` when available, else ``cpu``; a CUDA device without CUDA is refused."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise ValueError(f"--device {device!r}: not a torch device (cpu, cuda, cuda:1, auto)") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+    return dev
+
+
+def load_local_lm(path: str, *, dtype: str = "float32", device: str = "cpu", **kwargs) -> LocalLM:
     """A :class:`LocalLM` from a saved model directory (FlyThinker or any causal LM), or ``smollm2``
-    for the packaged SmolLM2-135M-Instruct."""
+    for the packaged SmolLM2-135M-Instruct, placed on ``device`` (``auto``: CUDA when available).
+
+    ``show_progress=False`` also silences the loading bars of transformers / huggingface_hub."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     import flythinker.modeling  # noqa: F401  (registers the FlyThinker architecture)
 
+    if dtype not in ("float32", "bfloat16", "float16"):
+        raise ValueError(f"--dtype {dtype!r}: expected float32, bfloat16 or float16")
     torch_dtype = getattr(torch, dtype)
+    target = resolve_device(device)
+    if not kwargs.get("show_progress", True):
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        try:
+            from huggingface_hub.utils import disable_progress_bars
+
+            disable_progress_bars()
+        except ImportError:  # an old huggingface_hub: transformers' switch is enough
+            pass
     if path == "smollm2":
         from flythinker.modeling.smollm import load_smollm2
 
         model, tokenizer = load_smollm2(dtype=torch_dtype)
-        return LocalLM(model, tokenizer, name="SmolLM2-135M-Instruct", **kwargs)
+        return LocalLM(model.to(target), tokenizer, name="SmolLM2-135M-Instruct", **kwargs)
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return LocalLM(model, tokenizer, name=str(path), **kwargs)
+    return LocalLM(model.to(target), tokenizer, name=str(path), **kwargs)

@@ -290,13 +290,13 @@ def judge_reviews_score_100(reviews: Mapping[str, Any]) -> float:
 
     100 − Σ pair penalties (table above, unknown error types 4) − 10 per missing item that should
     have been extracted − 15 per hallucinated extra, each times the severity multiplier
-    0.5 + 0.5·clip(severity, 0, 3) (1.0 when the severity is unparseable).
+    0.5 + 0.5·clip(int(severity), 0, 3) (1.0 when ``int(severity)`` fails: text, NaN, ±Infinity).
     """
 
     def mult(sev: Any) -> float:
         try:
             return 0.5 + 0.5 * min(3, max(0, int(sev)))
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # the official `except Exception`: ±Infinity too
             return 1.0
 
     score = 100.0

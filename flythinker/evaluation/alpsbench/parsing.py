@@ -189,11 +189,15 @@ def parse_prediction(track: str, text: str) -> tuple[dict[str, Any], list[str]]:
     if task == "task4":
         if not isinstance(value, dict):
             raise OutputParseError("expected a JSON object with 'used_memory_fact' and 'answer'")
+        if any(r.startswith(("closed a truncated", "cut ")) for r in repairs):
+            raise OutputParseError("the answer was cut off by the token limit (raise --t4-max-new-tokens)")
+        if "answer" not in value:
+            raise OutputParseError("the JSON object has no 'answer'")
         if "used_memory_fact" not in value:
             raise OutputParseError("the JSON object has no 'used_memory_fact'")
-        if "answer" not in value:
-            repairs.append("no 'answer' (cut off): empty answer")
         fact, answer = value.get("used_memory_fact"), value.get("answer", "")
+        if not _as_text(answer).strip():
+            raise OutputParseError("the answer is empty")
         if not isinstance(fact, str) or not isinstance(answer, str):
             repairs.append("non-string fields written as JSON text")
         return {"used_memory_fact": _as_text(fact), "answer": _as_text(answer)}, repairs

@@ -3,6 +3,8 @@
 Output folder::
 
     <out>/<track>/predictions.jsonl, log.jsonl              the model's predictions (resumable)
+    <out>/task3_dN/predictions.jsonl                        T3, the LM re-ranking a first stage's top-k
+    <out>/task3_dN/whole_pool/predictions.jsonl             T3, the LM reading the whole pool (the paper's)
     <out>/task3_dN/baselines/<bm25|minilm>/predictions.jsonl the T3 retrieval baselines
     <out>/scores.jsonl, summary.json, summary.md             every scored row and the summaries
 """
@@ -15,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from flythinker.evaluation.alpsbench.contract import load_predictions
-from flythinker.evaluation.alpsbench.data import TrackData, load_split, model_view
+from flythinker.evaluation.alpsbench.data import TrackData, load_split, model_view, resolve_split_dir
+from flythinker.evaluation.alpsbench.manifest import check_manifest, merge_reports, track_hashes
+from flythinker.evaluation.alpsbench.official_judges import T4_DIMENSIONS
 from flythinker.evaluation.alpsbench.report import score_track, summarize_track, write_reports
 from flythinker.evaluation.alpsbench.runners import (
     PredictionWriter,
@@ -24,6 +28,7 @@ from flythinker.evaluation.alpsbench.runners import (
     run_generative_track,
     run_retrieval_track,
 )
+from flythinker.evaluation.alpsbench.t3_pool import WholePoolSelector
 
 BASELINES = ("bm25", "minilm", "copy")  # T3 retrievers; T2's unchanged-memory baseline
 
@@ -45,19 +50,34 @@ def run_alpsbench(
     limit: int | None = None,
     baselines: Sequence[str] = BASELINES,
     judge_lm=None,
+    paper_judge=None,
     show_progress: bool = True,
 ) -> dict[str, Any]:
     """Predict every selected track with ``lm`` (T3 also with the ``baselines``), then score.
 
     Without ``lm`` only the T3 baselines run (other tracks are skipped). Predictions already in
-    ``out`` are kept (a killed run resumes). Returns the summary (also written to ``out``).
+    ``out`` are kept (a killed run resumes) when ``out``'s manifest has the same settings
+    (:mod:`.manifest`; otherwise :class:`~.manifest.RunSettingsError` before any row runs).
+    Returns the summary (merged into ``out``'s reports for the tracks not rerun).
     """
     settings = settings or RunnerSettings()
+    settings.validate()
     out = Path(out)
-    loaded = {t: d.limited(limit) for t, d in load_split(data, split, tracks).items()}
     unknown = [b for b in baselines if b not in BASELINES]
     if unknown:
         raise ValueError(f"unknown baseline(s) {unknown}; expected some of {BASELINES}")
+    loaded = {
+        t: d.limited(limit)
+        for t, d in load_split(data, split, tracks, require_references=not is_test_split(data, split)).items()
+    }
+    if lm is not None:
+        check_context(lm, settings)
+        has_t3 = any(d.task == "task3" for d in loaded.values())
+        if getattr(lm, "engine", None) == "endpoint" and has_t3 and settings.t3_protocol != "pool":
+            raise ValueError(
+                "a model behind an endpoint runs T3 only with --t3-protocol pool (no next-token reads)"
+            )
+    manifest = check_manifest(out, run_manifest(lm, settings, judge_lm, paper_judge, loaded))
     has_t3 = any(d.task == "task3" for d in loaded.values())
     retrievers = _retrievers([b for b in baselines if b != "copy"] if has_t3 else [])
     entries: list[tuple[str, str, Path]] = []
@@ -65,7 +85,14 @@ def run_alpsbench(
     reranker = None
     for track, td in loaded.items():
         if td.task == "task3":
-            if lm is not None:
+            if lm is not None and settings.t3_protocol in ("pool", "both"):
+                pool = WholePoolSelector(lm, answer_tokens=settings.t3_answer_tokens)
+                writer = PredictionWriter(out / track / "whole_pool", track)
+                run_counts[f"{track}/{lm.name} + whole-pool"] = run_retrieval_track(
+                    pool.predict_many, td, writer, 1, show_progress, f"{track} whole pool"
+                )
+                entries.append((track, f"{lm.name} + whole-pool", writer.path))
+            if lm is not None and settings.t3_protocol in ("rerank", "both"):
                 if reranker is None:
                     from flythinker.evaluation.alpsbench.retrieval import LMReranker
 
@@ -106,11 +133,55 @@ def run_alpsbench(
             entries.append((track, lm.name, writer.path))
     if not entries:
         raise ValueError("nothing to run: pass a model (--model) or select a T3 track for the baselines")
-    summary = score_entries(loaded, entries, out, judge_lm=judge_lm, split=split)
-    summary["run_counts"] = run_counts
-    summary["settings"] = dict(vars(settings))
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False), encoding="utf-8")
-    return summary
+    return score_entries(
+        loaded,
+        entries,
+        out,
+        judge_lm=judge_lm,
+        paper_judge=paper_judge,
+        split=resolve_split_dir(data, split).name,
+        extra={"run_counts": run_counts, "manifest": manifest},
+    )
+
+
+def run_manifest(lm, settings: RunnerSettings, judge_lm, paper_judge, loaded) -> dict[str, Any]:
+    """The settings that make a run's predictions and scores what they are (see :mod:`.manifest`)."""
+    model = getattr(lm, "model", None)
+    dtype = str(next(model.parameters()).dtype) if model is not None else None
+    return {
+        "model": None if lm is None else lm.name,
+        "engine": getattr(lm, "engine", None),
+        "model_endpoint": getattr(getattr(lm, "endpoint", None), "url", None),
+        "dtype": dtype,
+        "max_prompt_tokens": None if lm is None else lm.max_prompt_tokens,
+        "decoding": None if lm is None else dict(vars(settings)),
+        "local_judge": None if judge_lm is None else judge_lm.name,
+        "paper_judge": None if paper_judge is None else paper_judge.describe(),
+        "data": track_hashes(loaded),
+    }
+
+
+def check_context(lm, settings: RunnerSettings) -> None:
+    """Refuse a prompt budget + answer budget beyond the model's context (before any row runs)."""
+    config = getattr(getattr(lm, "model", None), "config", None)
+    context = getattr(config, "max_position_embeddings", None)
+    if context is None and config is not None and hasattr(config, "get_text_config"):
+        context = getattr(config.get_text_config(), "max_position_embeddings", None)
+    if not isinstance(context, int):
+        return
+    need = lm.max_prompt_tokens + max(settings.max_new_tokens, settings.t4_max_new_tokens)
+    if need > context:
+        raise ValueError(
+            f"--max-prompt-tokens {lm.max_prompt_tokens} + answer tokens "
+            f"{max(settings.max_new_tokens, settings.t4_max_new_tokens)} = {need} exceeds the model's "
+            f"context of {context} tokens; lower --max-prompt-tokens to at most "
+            f"{context - max(settings.max_new_tokens, settings.t4_max_new_tokens)}"
+        )
+
+
+def is_test_split(data: str | Path, split: str | None) -> bool:
+    """Whether the split folder is ``test`` (hidden references: predictions are checked, not scored)."""
+    return resolve_split_dir(data, split).name == "test"
 
 
 def _status(path: Path) -> dict[str, str] | None:
@@ -125,12 +196,21 @@ def _status(path: Path) -> dict[str, str] | None:
     return out
 
 
-def _judge_rows(judge_lm, td: TrackData, predictions: Mapping[str, dict], rows: list[dict]) -> None:
+def _failed(status: Mapping[str, str] | None, bid: str) -> bool:
+    return status is not None and status.get(bid) == "failed"
+
+
+def _judge_rows(
+    judge_lm, td: TrackData, predictions: Mapping[str, dict], rows: list[dict], status=None
+) -> None:
+    """The local T4 judge (``local_judge``); failed or empty answers are never judged."""
     from flythinker.evaluation.alpsbench.judges import judge_task4
 
-    items = []
-    for inp in td.inputs:
+    items, targets = [], []
+    for inp, row in zip(td.inputs, rows):
         bid = inp["benchmark_id"]
+        if _failed(status, bid) or not predictions[bid]["answer"].strip():
+            continue
         gold = td.references[bid]["gold"].get("selected_memory") or {}
         items.append(
             {
@@ -141,8 +221,46 @@ def _judge_rows(judge_lm, td: TrackData, predictions: Mapping[str, dict], rows: 
                 "used_memory_fact": predictions[bid]["used_memory_fact"],
             }
         )
-    for row, dims in zip(rows, judge_task4(judge_lm, td.ability, items)):
-        row["judge"] = dims
+        targets.append(row)
+    for row, dims in zip(targets, judge_task4(judge_lm, td.ability, items) if items else []):
+        row["local_judge"] = dims
+
+
+MEMORY_ZERO = {"llm_score_100": 0.0, "final_score_100": 0.0}
+
+
+def _paper_judge_rows(
+    paper_judge, td: TrackData, predictions: Mapping[str, dict], rows: list[dict], status=None
+) -> None:
+    """The paper's API judge (``paper_judge``); rows the model failed score 0 and are never sent."""
+    sent, todo = [], []
+    for inp, row in zip(td.inputs, rows):
+        bid = inp["benchmark_id"]
+        pred, gold = predictions[bid], td.references[bid]["gold"]
+        if td.task == "task4":
+            if _failed(status, bid) or not pred["answer"].strip():
+                dims = T4_DIMENSIONS[td.ability]
+                row["paper_judge"] = {"status": "model_failed", **{d: 0.0 for d in dims}}
+                continue
+            todo.append(
+                {
+                    "selected_memory": gold.get("selected_memory"),
+                    "answer": pred["answer"],
+                    "used_memory_fact": pred["used_memory_fact"],
+                }
+            )
+        else:
+            if _failed(status, bid):
+                row["paper_judge"] = {"status": "model_failed", **MEMORY_ZERO, "algo_score_100": 0.0}
+                continue
+            items = gold["memory_items"] if td.task == "task1" else gold["answer"]
+            todo.append((items or [], pred["memory_items"]))
+        sent.append(row)
+    if not todo:
+        return
+    results = paper_judge.task4(td.ability, todo) if td.task == "task4" else paper_judge.memory(todo)
+    for row, res in zip(sent, results):
+        row["paper_judge"] = res
 
 
 def score_entries(
@@ -151,9 +269,15 @@ def score_entries(
     out: str | Path,
     *,
     judge_lm=None,
+    paper_judge=None,
     split: str | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Score (track, method, predictions path) entries; writes scores.jsonl, summary.json, summary.md."""
+    """Score (track, method, predictions path) entries; writes scores.jsonl, summary.json, summary.md.
+
+    ``judge_lm``: a local LM judge (``local_judge_*`` fields, a proxy); ``paper_judge``: an
+    :class:`~.paper_judge.PaperJudge` (``paper_judge`` fields, the paper's definitions).
+    """
     all_rows: list[dict[str, Any]] = []
     summaries = []
     by_level: dict[str, dict[str, float]] = {}
@@ -171,18 +295,23 @@ def score_entries(
             from flythinker.evaluation.alpsbench.judges import LMMatchJudge
 
             match_judge = LMMatchJudge(judge_lm)
-        rows = score_track(td, predictions, method, _status(Path(path)), match_judge)
+        status = _status(Path(path))
+        rows = score_track(td, predictions, method, status, match_judge)
         if judge_lm is not None and td.task == "task4":
-            _judge_rows(judge_lm, td, predictions, rows)
+            _judge_rows(judge_lm, td, predictions, rows, status)
+        if paper_judge is not None and td.task in ("task1", "task2", "task4"):
+            _paper_judge_rows(paper_judge, td, predictions, rows, status)
         s = summarize_track(track, method, rows)
         s["predictions"] = str(path)
         summaries.append(s)
         all_rows += rows
         if td.level is not None:
             by_level.setdefault(method, {})[str(td.level)] = s["main_score"]
-    summary = {"split": split, "tracks": summaries, "task3_accuracy_by_level": by_level}
+    summary: dict[str, Any] = {"split": split, "tracks": summaries, "task3_accuracy_by_level": by_level}
     if unscored:
         summary["not_scored"] = unscored  # hidden references: submit these predictions
+    summary.update(extra or {})
+    summary, all_rows = merge_reports(out, summary, all_rows)
     write_reports(out, summary, all_rows)
     return summary
 
@@ -196,15 +325,23 @@ def score_alpsbench(
     track: str | None = None,
     limit: int | None = None,
     judge_lm=None,
+    paper_judge=None,
 ) -> dict[str, Any]:
     """Score a predictions file (one track: ``track`` or inferred from its ids) or a run folder."""
     predictions = Path(predictions)
-    loaded = {t: d.limited(limit) for t, d in load_split(data, split, "all", require_references=True).items()}
+    require = not is_test_split(data, split)  # the test split is contract-checked and written unscored
+    loaded = {
+        t: d.limited(limit) for t, d in load_split(data, split, "all", require_references=require).items()
+    }
     entries: list[tuple[str, str, Path]] = []
     if predictions.is_dir():
         for t in loaded:
             if (predictions / t / "predictions.jsonl").is_file():
                 entries.append((t, "model", predictions / t / "predictions.jsonl"))
+            if (predictions / t / "whole_pool" / "predictions.jsonl").is_file():
+                entries.append(
+                    (t, "model + whole-pool", predictions / t / "whole_pool" / "predictions.jsonl")
+                )
             for b in sorted((predictions / t / "baselines").glob("*/predictions.jsonl")):
                 entries.append((t, b.parent.name, b))
         if not entries:
@@ -215,7 +352,14 @@ def score_alpsbench(
         if track not in loaded:
             raise ValueError(f"track {track!r} is not in this split; it has {list(loaded)}")
         entries.append((track, predictions.stem, predictions))
-    return score_entries(loaded, entries, out, judge_lm=judge_lm, split=split)
+    return score_entries(
+        loaded,
+        entries,
+        out,
+        judge_lm=judge_lm,
+        paper_judge=paper_judge,
+        split=resolve_split_dir(data, split).name,
+    )
 
 
 def _infer_track(path: Path, loaded: Mapping[str, TrackData]) -> str:

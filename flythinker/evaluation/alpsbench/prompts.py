@@ -62,11 +62,12 @@ T3_SYSTEM = (
 )
 T3_ANSWER_SYSTEM = "You are a helpful, personalized assistant. Answer the user's query briefly, using what you know about them."
 
-# The release's Task 4 evaluator prompts (ThisIsCosine/AlpsBench, MIT), keys reordered so the fact comes first.
+# The release's Task 4 evaluator prompts (ThisIsCosine/AlpsBench, MIT), in the release's key order:
+# the answer first (a fact-first order let small models spend the budget on the fact and lose the answer).
 _T4_FORMAT = (
     "Format your response as a JSON object with two fields:\n"
-    "1. 'used_memory_fact': {fact}\n"
-    "2. 'answer': {answer}"
+    "1. 'answer': {answer}\n"
+    "2. 'used_memory_fact': {fact}"
 )
 T4_SYSTEM = {
     "ability1": (
@@ -120,7 +121,7 @@ T4_SYSTEM = {
     ),
 }
 
-PREFILL = {"task1": '{"memory_items": [', "task2": '{"memory_items": [', "task4": '{"used_memory_fact": "'}
+PREFILL = {"task1": '{"memory_items": [', "task2": '{"memory_items": [', "task4": '{"answer": "'}
 
 MEMORY_FIELDS = (
     "memory_id",

@@ -15,8 +15,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from flythinker.evaluation.alpsbench.data import ABILITY_NAMES, TrackData
+from flythinker.evaluation.alpsbench.data import TrackData
 from flythinker.evaluation.alpsbench.matching import score_memory_match
+from flythinker.evaluation.alpsbench.report_md import language_of, summary_markdown
 from flythinker.evaluation.alpsbench.scoring import score_row as release_score_row
 from flythinker.evaluation.alpsbench.scoring import summarize_scores
 
@@ -32,8 +33,8 @@ def score_track(
 ) -> list[dict[str, Any]]:
     """Score rows (input order) of one method's contract predictions on one track.
 
-    ``match_judge`` (T1/T2): a :data:`~.matching.MatchJudge` blended into the matcher's
-    ``final_score_100`` (reported with ``judge_score_100``).
+    ``match_judge`` (T1/T2): a local :data:`~.matching.MatchJudge` blended with the matcher's algo
+    score, reported as ``local_judge_score_100`` / ``local_judge_final_score_100`` (not the paper's).
     """
     if data.references is None:
         raise ValueError(f"{data.directory}: no reference_output.jsonl; this split cannot be scored locally")
@@ -52,9 +53,10 @@ def score_track(
             for matching in ("greedy", "hungarian"):
                 m = score_memory_match(gold, pred["memory_items"], matching, judge=match_judge)
                 row[f"match_{matching}"] = {k: m[k] for k in MATCH_KEYS}
-                if match_judge is not None:
+                if match_judge is not None:  # a local proxy, named so it cannot pass for the paper's
                     row[f"match_{matching}"].update(
-                        judge_score_100=m["judge_score_100"], final_score_100=m["final_score_100"]
+                        local_judge_score_100=m["judge_score_100"],
+                        local_judge_final_score_100=m["final_score_100"],
                     )
         if status is not None:
             row["status"] = status.get(bid, "unknown")
@@ -73,59 +75,46 @@ def summarize_track(track: str, method: str, rows: Sequence[Mapping[str, Any]]) 
         key = f"match_{matching}"
         if rows and key in rows[0]:
             out[key] = {k: _mean([r[key][k] for r in rows]) for k in rows[0][key]}
-    judged = [r["judge"] for r in rows if r.get("judge")]
+    judged = [r["local_judge"] for r in rows if r.get("local_judge")]
     if judged:
         dims = sorted({d for j in judged for d in j})
-        out["judge"] = {d: _mean([j[d] for j in judged if d in j]) for d in dims}
+        out["local_judge"] = {d: _mean([j[d] for j in judged if d in j]) for d in dims}
+    paper = [r["paper_judge"] for r in rows if r.get("paper_judge")]
+    if paper:
+        out["paper_judge"] = summarize_paper_judge(paper)
+        by_lang: dict[str, list] = {}
+        for r in rows:
+            lang = language_of(str(r["benchmark_id"]))
+            if r.get("paper_judge") and lang:
+                by_lang.setdefault(lang, []).append(r["paper_judge"])
+        if by_lang and track.startswith("task4_ability5"):
+            out["paper_judge_by_language"] = {k: summarize_paper_judge(v) for k, v in sorted(by_lang.items())}
     if rows and "status" in rows[0]:
         out["failed_rows"] = sum(1 for r in rows if r["status"] == "failed")
     return out
 
 
-def _fmt(x: Any, digits: int = 4) -> str:
-    return "–" if x is None else (f"{x:.{digits}f}" if isinstance(x, float) else str(x))
+def summarize_paper_judge(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Means of the paper-judge fields over the rows that have a score.
 
-
-def _track_label(track: str) -> str:
-    if track.startswith("task4_"):
-        ability = track.split("_", 1)[1]
-        return f"{track} ({ABILITY_NAMES.get(ability, ability)})"
-    return track
-
-
-def summary_markdown(summary: Mapping[str, Any]) -> str:
-    """A short markdown report: one row per (track, method), then T3 accuracy by distractor level."""
-    lines = [f"# AlpsBench — split `{summary.get('split')}`", ""]
-    lines += [
-        "| track | method | rows | metric | score | failed | matcher algo (greedy / hungarian) | judge |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for s in summary["tracks"]:
-        algo = "–"
-        if "match_greedy" in s:
-            algo = f"{_fmt(s['match_greedy']['algo_score_100'], 2)} / {_fmt(s['match_hungarian']['algo_score_100'], 2)}"
-            if "final_score_100" in s["match_greedy"]:
-                algo += f" (with judge: {_fmt(s['match_greedy']['final_score_100'], 2)} greedy)"
-        judge = ", ".join(f"{d} {_fmt(v, 3)}" for d, v in s.get("judge", {}).items()) or "–"
-        lines.append(
-            f"| {_track_label(s['track'])} | {s['method']} | {s['num_rows']} | {s['main_metric']} | "
-            f"{_fmt(s['main_score'])} | {_fmt(s.get('failed_rows'))} | {algo} | {judge} |"
-        )
-    by_level = summary.get("task3_accuracy_by_level") or {}
-    if by_level:
-        levels = sorted({int(lv) for m in by_level.values() for lv in m})
-        lines += [
-            "",
-            "T3 accuracy by distractor level:",
-            "",
-            "| method | " + " | ".join(f"d{lv}" for lv in levels) + " |",
-            "|---|" + "---|" * len(levels),
-        ]
-        for method, accs in by_level.items():
-            lines.append(
-                f"| {method} | " + " | ".join(_fmt(accs.get(str(lv), accs.get(lv))) for lv in levels) + " |"
-            )
-    return "\n".join(lines) + "\n"
+    Rows the model failed (``model_failed``, never sent to the judge) carry 0 and count; rows the judge could not score
+    (``judge_failed``: unparseable T1/T2 review; ``endpoint_error``: no reply) are left out and counted.
+    """
+    counted = [r for r in rows if r.get("status") not in ("judge_failed", "endpoint_error")]
+    fields = sorted(
+        {k for r in rows for k, v in r.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    )
+    out: dict[str, Any] = {f: _mean([r[f] for r in counted if r.get(f) is not None]) for f in fields}
+    out["rows_scored"] = len(counted)
+    out["rows_judged"] = sum(1 for r in rows if r.get("status") in ("ok", "incomplete", "unparsed"))
+    for status in ("model_failed", "judge_failed", "endpoint_error", "unparsed", "incomplete"):
+        n = sum(1 for r in rows if r.get("status") == status)
+        if n:
+            out[f"rows_{status}"] = n
+    violations = sum(1 for r in rows if r.get("critical_rule_violated"))
+    if any("critical_rule_violated" in r for r in rows):
+        out["critical_rule_violations"] = violations
+    return out
 
 
 def write_reports(

@@ -40,7 +40,7 @@ from flythinker.evaluation.alpsbench.prompts import (
 EXPECTED_SHAPE = {
     "task1": '{"memory_items": [{"type": ..., "label": ..., "value": ..., "confidence": ...}]}',
     "task2": '{"memory_items": [{"memory_id": ..., "type": ..., "label": ..., "value": ..., "confidence": ...}]}',
-    "task4": '{"used_memory_fact": "...", "answer": "..."}',
+    "task4": '{"answer": "...", "used_memory_fact": "..."}',
 }
 
 
@@ -49,13 +49,35 @@ class RunnerSettings:
     """Decoding budgets and the repair policy of a model run."""
 
     max_new_tokens: int = 256  # T1 / T2 answers
-    t4_max_new_tokens: int = 192
+    t4_max_new_tokens: int = 384  # the answer comes first and must close; 192 cut SmolLM2's answers
     max_retries: int = 1
     t2_mode: str = "edit"  # "edit" (the model lists changes, merged into the existing memory) or "full"
+    t3_protocol: str = "both"  # "pool" (the paper's: the whole candidate pool), "rerank" (a top-k), or both
     t3_first_stage: str = "bm25"
     t3_k: int = 5
     t3_answer_tokens: int = 48
     max_raw_chars: int = 2000  # raw output kept in log.jsonl for a failure
+
+    def validate(self) -> None:
+        """Refuse settings no row could run with (one line naming the option)."""
+        checks = [
+            (self.max_new_tokens >= 1, f"--max-new-tokens {self.max_new_tokens}: must be at least 1"),
+            (
+                self.t4_max_new_tokens >= 1,
+                f"--t4-max-new-tokens {self.t4_max_new_tokens}: must be at least 1",
+            ),
+            (self.max_retries >= 0, f"--max-retries {self.max_retries}: must be 0 or more"),
+            (self.t2_mode in ("edit", "full"), f"--t2-mode {self.t2_mode!r}: expected edit or full"),
+            (
+                self.t3_protocol in ("pool", "rerank", "both"),
+                f"--t3-protocol {self.t3_protocol!r}: expected pool, rerank or both",
+            ),
+            (1 <= self.t3_k <= 9, f"--t3-k {self.t3_k}: must lie in 1..9 (one digit is read)"),
+            (self.t3_answer_tokens >= 0, f"--t3-answer-tokens {self.t3_answer_tokens}: must be 0 or more"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
 
 
 class PredictionWriter:
@@ -199,17 +221,19 @@ def run_generative_track(
                 break
             still = []
             for i, text in zip(pending, texts):
-                full = prompts[i][1] + text
+                # a server that cannot continue a pre-fill (EndpointLM(prefill=False)) writes the whole JSON
+                full = (prompts[i][1] if getattr(lm, "prefill", True) else "") + text
                 st = state[i]
                 st["attempts"] += 1
                 st["raw"] = full
                 try:
                     try:
                         fields, repairs = parse_prediction(data.track, full)
-                    except (
-                        OutputParseError
-                    ):  # the model may restart the JSON instead of continuing the pre-fill
-                        fields, repairs = parse_prediction(data.track, text)
+                    except OutputParseError as first:  # the model may restart the JSON instead
+                        try:
+                            fields, repairs = parse_prediction(data.track, text)
+                        except OutputParseError:
+                            raise first from None  # report what is wrong with the answer as continued
                         repairs = ["ignored the pre-fill", *repairs]
                     st.update(fields=fields, repairs=repairs, error=None)
                 except OutputParseError as exc:

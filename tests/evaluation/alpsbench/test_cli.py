@@ -53,7 +53,9 @@ def test_run_baselines_without_a_model(tmp_path, capsys):
     scores = read_jsonl(out / "scores.jsonl")
     assert {r["track"] for r in scores} == {"task2", "task3_d100"} and all("status" in r for r in scores)
     md = (out / "summary.md").read_text()
-    assert "| task2 | copy (memory unchanged) | 1 | mean_f1 | 0.8000 |" in md and "| bm25 | 0.0000 |" in md
+    assert "| task2 | copy (memory unchanged) | 1 | 0 | mean_f1: 0.8000 |" in md and "| bm25 | 0.0000 |" in md
+    assert "| bm25 | – | – | 0.00 |" in md  # the paper's table form: T1 T2 T3 d100 (0–100)
+    assert "## Comparable with the paper?" in md and "no: the release's local proxy" in md
     assert "T3 accuracy by distractor level" in capsys.readouterr().out
 
 

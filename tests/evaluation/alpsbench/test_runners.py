@@ -44,12 +44,18 @@ def test_parse_prediction_per_task():
     assert fields == {"memory_items": [{"label": "A"}]}
     assert repairs == ["wrapped a bare list as memory_items", "dropped 1 non-object item(s)"]
     assert parse_prediction("task2", '{"answer": []}')[0] == {"memory_items": []}
-    fields, repairs = parse_prediction("task4_ability1", '{"used_memory_fact": "likes tea", "answer": "Hi')
-    assert fields == {"used_memory_fact": "likes tea", "answer": "Hi"}
-    fields, repairs = parse_prediction("task4_ability1", '{"used_memory_fact": ["a", 1]}')
-    assert fields == {"used_memory_fact": '["a", 1]', "answer": ""} and len(repairs) == 2
-    with pytest.raises(OutputParseError, match="no 'used_memory_fact'"):
-        parse_prediction("task4_ability2", '{"answer": "x"}')
+    fields, repairs = parse_prediction("task4_ability1", '{"answer": "Hi", "used_memory_fact": ["a", 1]}')
+    assert fields == {"used_memory_fact": '["a", 1]', "answer": "Hi"} and len(repairs) == 1
+    # issue 24 item 4: a truncated, missing or empty answer is a failure, never an empty answer
+    for cut, why in (
+        ('{"used_memory_fact": "likes tea", "answer": "Hi', "cut off"),
+        ('{"answer": "Hi there", "used_memory_fact": "likes', "cut off"),
+        ('{"used_memory_fact": "likes tea"}', "no 'answer'"),
+        ('{"answer": "  ", "used_memory_fact": "likes tea"}', "answer is empty"),
+        ('{"answer": "x"}', "no 'used_memory_fact'"),
+    ):
+        with pytest.raises(OutputParseError, match=why):
+            parse_prediction("task4_ability2", cut)
     with pytest.raises(OutputParseError, match="no 'memory_items'"):
         parse_prediction("task1", '{"items": []}')
 
@@ -84,7 +90,7 @@ def test_retry_then_failure_rows_are_written(tmp_path):
     # the JSON (accepted); call 2 (row 2): broken, and broken again on its one retry
     bad = 'a": 1} garbage'  # after the pre-fill: a complete but invalid object, which no repair fixes
     respond.queue = [
-        'owns a Tesla", "answer": "ok"}',
+        'ok", "used_memory_fact": "owns a Tesla"}',
         bad,
         '{"used_memory_fact": "x", "answer": "y"}',
         bad,
@@ -103,7 +109,9 @@ def test_retry_then_failure_rows_are_written(tmp_path):
     assert [e["status"] for e in log] == ["ok", "retried", "failed"]
     assert log[1]["repairs"] == ["ignored the pre-fill"]
     assert (
-        log[2]["attempts"] == 2 and "no JSON" in log[2]["error"] and "garbage still" in log[2]["raw_output"]
+        log[2]["attempts"] == 2
+        and "invalid JSON" in log[2]["error"]
+        and "garbage still" in log[2]["raw_output"]
     )
     # the retry prompt quotes the error and the failed answer
     retry = [p for p in lm.prompts if "could not be used" in p]
