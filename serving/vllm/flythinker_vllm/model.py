@@ -32,6 +32,7 @@ from vllm.model_executor.models.utils import (
 )
 from vllm.sequence import IntermediateTensors
 
+from .limits import check_engine_config
 from .slot import LatentSlot, latent_state_dtype
 
 
@@ -110,6 +111,7 @@ class FlyThinkerForCausalLM(nn.Module, HasInnerState, IsHybrid):
         super().__init__()
         config = vllm_config.model_config.hf_config
         check_supported(config)
+        check_engine_config(vllm_config)  # also checked at config time (limits.register_config_check)
         self.config = config
         generator_config = config.generator_config
         reasoner_config = config.reasoner_config
