@@ -95,7 +95,9 @@ def test_run_tagged_ends_everything_on_timeout(marker):
 
 def test_run_tagged_ends_leftovers_of_a_normal_exit_and_keeps_the_status(marker):
     command = ["bash", "-c", f"setsid sleep {marker} & exit 3"]
-    result = subprocess.run(["bash", str(RUN_TAGGED), "60", *command], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        ["bash", str(RUN_TAGGED), "60", *command], capture_output=True, text=True, timeout=120
+    )
     leftover = processes_with(f"sleep {marker}")
     kill_all(leftover)
     assert result.returncode == 3 and leftover == []

@@ -15,7 +15,6 @@ from types import SimpleNamespace
 
 import pytest
 from conftest import run_engine
-
 from flythinker_vllm.limits import refusals
 
 NGRAM = {"method": "ngram", "num_speculative_tokens": 2, "prompt_lookup_max": 3, "prompt_lookup_min": 1}
@@ -45,7 +44,11 @@ def fake_config(speculative=None, prompt_embeds=False, enforce_eager=False, cuda
         (fake_config(speculative=SimpleNamespace(method="ngram")), "cpu", ["speculative decoding (ngram)"]),
         (fake_config(speculative=SimpleNamespace(method="eagle"), enforce_eager=True), "cuda", ["(eagle)"]),
         (fake_config(prompt_embeds=True), "cpu", ["--enable-prompt-embeds"]),
-        (fake_config(SimpleNamespace(method="ngram"), True), "cuda", ["speculative", "prompt-embeds", "graphs"]),
+        (
+            fake_config(SimpleNamespace(method="ngram"), True),
+            "cuda",
+            ["speculative", "prompt-embeds", "graphs"],
+        ),
     ],
 )
 def test_refusal_decision(config, device, refused):
@@ -74,7 +77,9 @@ def engine_config(tiny_dir, **options):
 
 
 def test_engine_config_refuses_speculative_decoding(tiny_dir):
-    with pytest.raises(ValueError, match="flythinker-vllm: speculative decoding \\(ngram\\) is not supported"):
+    with pytest.raises(
+        ValueError, match="flythinker-vllm: speculative decoding \\(ngram\\) is not supported"
+    ):
         engine_config(tiny_dir, speculative_config=NGRAM)
 
 
