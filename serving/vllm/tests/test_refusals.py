@@ -14,6 +14,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 from conftest import run_engine
 from flythinker_vllm.limits import refusals
 
@@ -91,6 +92,15 @@ def test_engine_config_refuses_prompt_embeds(tiny_dir):
 def test_engine_config_accepts_ordinary_options(tiny_dir):
     config = engine_config(tiny_dir, enable_prefix_caching=True)
     assert config.speculative_config is None
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (vLLM's CUDA platform)")
+def test_engine_config_refuses_cuda_graphs_on_gpu(tiny_dir):
+    with pytest.raises(ValueError, match="flythinker-vllm: CUDA graphs are not supported yet"):
+        engine_config(tiny_dir)
+    assert engine_config(tiny_dir, enforce_eager=True).model_config.enforce_eager
+    assert engine_config(tiny_dir, compilation_config={"cudagraph_mode": "NONE"}) is not None
 
 
 # ------------------------------------------------------------------------- end to end, one engine each
