@@ -16,7 +16,8 @@ skipped, never left half-reported):
    cuda-streams + CUDA graphs, tokens compared with sequential's.
 5. ``vllm-env`` — a vLLM environment for the plugin (``serving/vllm/.venv-gpu``, pinned ``vllm``)
    unless one exists (``FLYTHINKER_VLLM_PYTHON``, that folder, or this Python importing vllm).
-6. ``vllm-exactness`` — the plugin's exactness and refusal tests on the GPU.
+6. ``vllm-exactness`` — the plugin's exactness and refusal tests on the GPU, and the overlapped
+   decode step (R on a side CUDA stream, ``FLYTHINKER_VLLM_OVERLAP=1``).
 7. ``vllm-throughput`` — ``bench/bench_serving.py --synthetic``: the pair vs the generator alone.
 
 Writes ``bench/results/gpu_check.json`` and ``gpu_check.md`` (device name, versions, every step's
@@ -141,13 +142,13 @@ def plan(python: str = sys.executable, vllm_python: str | None = None, results: 
                 "-m",
                 "pytest",
                 "-q",
-                "-x",
                 "-p",
                 "no:cacheprovider",
                 "tests/test_refusals.py",
                 "tests/test_exactness.py",
+                "tests/test_overlap.py",
                 "-k",
-                "decision or gpu or uneven or chunked or prefix",
+                "decision or gpu or uneven or chunked or prefix or overlapped",
             ),
             150,
             cwd=plugin,
