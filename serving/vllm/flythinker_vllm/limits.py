@@ -27,11 +27,15 @@ PREFIX = "flythinker-vllm"
 
 
 def _cudagraphs_disabled(vllm_config: Any) -> bool:
-    """True when the engine will capture no CUDA graph (eager, or cudagraph_mode NONE)."""
+    """True when the engine will capture no CUDA graph: eager, cudagraph_mode NONE, or (mode unset)
+    optimization level O0, whose default mode is NONE."""
     if getattr(vllm_config.model_config, "enforce_eager", False):
         return True
     mode = getattr(vllm_config.compilation_config, "cudagraph_mode", None)
-    return mode is not None and getattr(mode, "name", str(mode)).upper() == "NONE"
+    if mode is None:
+        level = getattr(vllm_config, "optimization_level", None)
+        return level is not None and getattr(level, "name", str(level)).upper() in ("O0", "0")
+    return getattr(mode, "name", str(mode)).upper() == "NONE"
 
 
 def refusals(vllm_config: Any, device_type: str) -> list[str]:

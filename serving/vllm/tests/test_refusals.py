@@ -21,10 +21,11 @@ from flythinker_vllm.limits import refusals
 NGRAM = {"method": "ngram", "num_speculative_tokens": 2, "prompt_lookup_max": 3, "prompt_lookup_min": 1}
 
 
-def fake_config(speculative=None, prompt_embeds=False, enforce_eager=False, cudagraph_mode=None):
+def fake_config(speculative=None, prompt_embeds=False, enforce_eager=False, cudagraph_mode=None, level="O2"):
     """The fields ``refusals`` reads, as vLLM's VllmConfig holds them."""
     mode = None if cudagraph_mode is None else SimpleNamespace(name=cudagraph_mode)
     return SimpleNamespace(
+        optimization_level=SimpleNamespace(name=level),
         speculative_config=speculative,
         model_config=SimpleNamespace(enable_prompt_embeds=prompt_embeds, enforce_eager=enforce_eager),
         compilation_config=SimpleNamespace(cudagraph_mode=mode),
@@ -39,6 +40,8 @@ def fake_config(speculative=None, prompt_embeds=False, enforce_eager=False, cuda
         (fake_config(enforce_eager=True), "cuda", []),
         (fake_config(cudagraph_mode="NONE"), "cuda", []),
         (fake_config(), "cuda", ["CUDA graphs"]),  # vLLM's GPU default: graphs on
+        (fake_config(level="O0"), "cuda", []),  # -O0: its default cudagraph_mode is NONE
+        (fake_config(level="O0", cudagraph_mode="PIECEWISE"), "cuda", ["CUDA graphs"]),
         (fake_config(cudagraph_mode="PIECEWISE"), "cuda", ["CUDA graphs"]),
         (fake_config(cudagraph_mode="FULL_AND_PIECEWISE"), "rocm", ["CUDA graphs"]),
         (fake_config(cudagraph_mode="FULL_AND_PIECEWISE"), "cpu", []),  # vLLM captures none on CPU
