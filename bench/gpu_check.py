@@ -36,6 +36,7 @@ import json
 import os
 import platform
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -240,19 +241,34 @@ def build_vllm_env() -> int:
 
 # ---------------------------------------------------------------------------------------- running
 def run_step(step: Step, limit_s: float, log_dir: Path) -> dict:
-    """Run one step with ``min(step.timeout_s, limit_s)``; its output goes to ``log_dir/<name>.log``."""
+    """Run one step with ``min(step.timeout_s, limit_s)``; its output goes to ``log_dir/<name>.log``.
+
+    The step runs in a process group of its own, which is killed when it ends (timeout or not), so no
+    engine or worker it started keeps the GPU's memory from the next step.
+    """
     log = log_dir / f"{step.name}.log"
     env = dict(os.environ, PYTHONUNBUFFERED="1", **step.env)
     start = time.monotonic()
     with open(log, "w") as handle:
+        process = subprocess.Popen(step.command, cwd=step.cwd, stdout=handle, stderr=subprocess.STDOUT, env=env,
+                                   start_new_session=True)  # fmt: skip
         try:
-            done = subprocess.run(step.command, cwd=step.cwd, stdout=handle, stderr=subprocess.STDOUT, env=env,
-                                  timeout=limit_s, start_new_session=True)  # fmt: skip
-            status = "passed" if done.returncode == 0 else f"failed (exit {done.returncode})"
+            code = process.wait(timeout=limit_s)
+            status = "passed" if code == 0 else f"failed (exit {code})"
         except subprocess.TimeoutExpired:
             status = f"timed out after {limit_s:.0f} s"
+        finally:
+            _kill_group(process)
     tail = log.read_text(errors="replace")[-3000:]
     return {"step": step.name, "status": status, "seconds": round(time.monotonic() - start, 1), "tail": tail}
+
+
+def _kill_group(process: subprocess.Popen) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait()
 
 
 def run_plan(steps: list[Step], budget_s: float, log_dir: Path) -> list[dict]:

@@ -119,6 +119,19 @@ def test_runner_records_pass_fail_timeout_and_budget(tmp_path, monkeypatch):
     assert (tmp_path / "ok.log").read_text().strip() == "fine"
 
 
+def test_a_step_leaves_no_process_behind(tmp_path):
+    """A step's children (an engine, a worker) are killed with it, also after a timeout."""
+    marker = tmp_path / "child-alive"
+    child = f"import time, pathlib; time.sleep(3); pathlib.Path({str(marker)!r}).write_text('x')"
+    code = (
+        f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {child!r}]); time.sleep(60)"
+    )
+    record = gpu_check.run_step(fake("parent", code, timeout_s=1), 1, tmp_path)
+    assert record["status"] == "timed out after 1 s"
+    time.sleep(5)
+    assert not marker.exists(), "the step's child outlived it"
+
+
 def test_report_names_the_device(tmp_path):
     report = {
         "device": "NVIDIA H100 80GB HBM3", "timestamp": "t", "budget_s": 470, "total_s": 1.0,
