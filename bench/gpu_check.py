@@ -271,15 +271,16 @@ def _kill_group(process: subprocess.Popen) -> None:
     process.wait()
 
 
-def run_plan(steps: list[Step], budget_s: float, log_dir: Path) -> list[dict]:
-    """Every step in order inside ``budget_s``; a step needing vllm is skipped when none is found."""
+def run_plan(steps: list[Step], budget_s: float, log_dir: Path, min_step_s: float = 20) -> list[dict]:
+    """Every step in order inside ``budget_s``; a step needing vllm is skipped when none is found, and
+    one that would get less than ``min_step_s`` is skipped as out of time."""
     log_dir.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + budget_s
     records = []
     vllm_python = None  # looked up once, and again after vllm-env (importing vllm takes seconds)
     for step in steps:
         left = deadline - time.monotonic()
-        if left < 20:
+        if left < min_step_s:
             records.append(
                 {"step": step.name, "status": f"skipped: out of time ({left:.0f} s left)", "seconds": 0}
             )

@@ -107,15 +107,15 @@ def test_runner_records_pass_fail_timeout_and_budget(tmp_path, monkeypatch):
         fake("after", "print('no time left')"),
     ]
     start = time.monotonic()
-    records = gpu_check.run_plan(steps, budget_s=26, log_dir=tmp_path)
+    records = gpu_check.run_plan(steps, budget_s=16, log_dir=tmp_path, min_step_s=1)
     status = {r["step"]: r["status"] for r in records}
     assert status["ok"] == "passed" and "fine" in records[0]["tail"]
     assert status["bad"] == "failed (exit 3)"
     assert status["slow"] == "timed out after 2 s"
     assert status["plugin"] == "skipped: no Python with vllm"
-    assert status["late"].startswith("timed out after 2") or status["late"].startswith("timed out after 1")
+    assert status["late"].startswith("timed out after")  # cut to what was left of the budget
     assert status["after"].startswith("skipped: out of time")
-    assert time.monotonic() - start < 40
+    assert time.monotonic() - start < 30
     assert (tmp_path / "ok.log").read_text().strip() == "fine"
 
 
