@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test lint bench bench-speed
+.PHONY: setup demo test lint bench bench-speed gpu-check
 
 setup:
 	@bash scripts/setup.sh
@@ -22,3 +22,9 @@ bench: setup
 # Issue 12's tables: training step vs its floor + decoding vs transformers' generate (~12 min, quiet machine)
 bench-speed: setup
 	$(PY) bench/speed.py
+
+# The one prepared GPU check (docs/gpu-check.md): < 8 min on one H100/H200, writes bench/results/gpu_check.*.
+# It uses the machine's own Python with torch (.venv when present); without CUDA it exits 2 at once.
+GPU_PYTHON ?= $(shell [ -x $(PY) ] && echo $(PY) || echo python3)
+gpu-check:
+	$(GPU_PYTHON) bench/gpu_check.py

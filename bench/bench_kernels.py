@@ -9,7 +9,8 @@ Per op and size, side by side in one run:
 * providers — ``ours`` (the Triton op on CUDA; on CPU the Triton interpreter is not a speed path, so
   ``ours`` is the chunked PyTorch loss for CE and is absent for the injection), ``eager`` (the PyTorch
   reference), ``compiled`` (``torch.compile`` of the reference, ``dynamic=True`` so one compilation
-  covers the sweep);
+  covers the sweep), and for the CE on CUDA ``liger`` (Liger-Kernel's ``LigerFusedLinearCrossEntropyLoss``)
+  when ``liger_kernel`` is installed (``make gpu-check`` installs the pinned version);
 * modes — ``forward`` and ``full`` (forward + backward with a random upstream gradient);
 * metrics — median / p20 / p80 time in ms (``triton.testing.do_bench`` on GPU,
   ``torch.utils.benchmark.Timer`` on CPU); for the memory-bound injection, achieved GB/s = bytes
@@ -109,9 +110,24 @@ def ce_fns(provider: str, device: str):
             fn = chunked_linear_cross_entropy
     elif provider == "eager":
         fn = linear_cross_entropy_reference
+    elif provider == "liger":  # Liger-Kernel's fused linear CE (mean over non-ignored labels, as ours)
+        from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+
+        loss = LigerFusedLinearCrossEntropyLoss(ignore_index=-100, reduction="mean")
+
+        def fn(h, w, y):
+            out = loss(w, h, y)
+            return out[0] if isinstance(out, tuple) else out
     else:
         fn = _compiled("ce", linear_cross_entropy_reference)
     return fn
+
+
+def has_liger() -> bool:
+    """Liger-Kernel importable (a CE provider on CUDA only: its kernels are Triton)."""
+    import importlib.util
+
+    return importlib.util.find_spec("liger_kernel") is not None
 
 
 _COMPILED: dict = {}
@@ -237,7 +253,7 @@ def _device_name(device):
 def benchmark(ops, device, out_dir: Path, quick=False):
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     providers = ["ours", "eager", "compiled"] if device == "cuda" else ["eager", "compiled"]
-    ce_providers = ["ours", "eager", "compiled"]
+    ce_providers = ["ours", "eager", "compiled"] + (["liger"] if device == "cuda" and has_liger() else [])
     meta = {"device": _device_name(device), "device_kind": device, "versions": _versions(),
             "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "dtype": str(dtype),
             "note": "CPU run: 'ours' for CE = chunked PyTorch loss (Triton interpreter is not a speed path); "
@@ -333,14 +349,15 @@ def _summarise(rows):
             for p in ("ours", "compiled"):
                 if (p, "time") in by:
                     entry[f"speedup_{p}_vs_eager"] = by[("eager", "time")] / by[(p, "time")]
-            if ("ours", "time") in by and ("compiled", "time") in by:
-                entry["speedup_ours_vs_compiled"] = by[("compiled", "time")] / by[("ours", "time")]
+            for p in ("compiled", "liger"):
+                if ("ours", "time") in by and (p, "time") in by:
+                    entry[f"speedup_ours_vs_{p}"] = by[(p, "time")] / by[("ours", "time")]
         for p in ("ours", "compiled", "eager"):
             if (p, "copy_frac") in by:
                 entry[f"copy_frac_{p}"] = by[(p, "copy_frac")]
         if ("eager", "peak_mem") in by:
             entry["peak_mem_eager_mb"] = by[("eager", "peak_mem")]
-            for p in ("ours", "compiled"):
+            for p in ("ours", "compiled", "liger"):
                 if (p, "peak_mem") in by:
                     entry[f"peak_mem_{p}_mb"] = by[(p, "peak_mem")]
                     entry[f"peak_mem_ratio_{p}_vs_eager"] = by[(p, "peak_mem")] / max(

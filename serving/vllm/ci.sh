@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # CI step of the vLLM plugin: build its own virtual environment (idempotent: pip runs only when this
 # script, the plugin's pyproject.toml or constraints.txt changed) and run the plugin's tests in it.
-# The core suite never collects these tests (its testpaths is tests/).
+# The core suite never collects these tests (its testpaths is tests/). The tests run under run_tagged.sh:
+# a time limit (FLYTHINKER_VLLM_CI_TIMEOUT_S, default 2700 s) and, however they end, no process they
+# started (drivers, vLLM engine cores and workers, `vllm serve`) is left running.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
@@ -35,5 +37,7 @@ echo "[vllm-ci] environment ready in $((SECONDS - start)) s"
 
 cd "$here"
 test_start=$SECONDS
-"$venv/bin/python" -m pytest -q tests "$@"
-echo "[vllm-ci] plugin tests took $((SECONDS - test_start)) s (total $((SECONDS - start)) s)"
+status=0
+bash "$here/run_tagged.sh" "${FLYTHINKER_VLLM_CI_TIMEOUT_S:-2700}" "$venv/bin/python" -m pytest -q tests "$@" || status=$?
+echo "[vllm-ci] plugin tests took $((SECONDS - test_start)) s (total $((SECONDS - start)) s), exit status $status"
+exit "$status"

@@ -32,6 +32,9 @@ from vllm.model_executor.models.utils import (
 )
 from vllm.sequence import IntermediateTensors
 
+from .limits import check_engine_config
+from .overlap import ENV as OVERLAP_ENV
+from .overlap import ReasonerOverlap, overlap_requested
 from .slot import LatentSlot, latent_state_dtype
 
 
@@ -98,6 +101,14 @@ def real_mean_embedding_norm(embedding: nn.Module) -> torch.Tensor:
     return total / count
 
 
+def _eager(vllm_config: VllmConfig) -> bool:
+    """True when vLLM will not torch.compile the model (enforce_eager, or compilation mode NONE)."""
+    if vllm_config.model_config.enforce_eager:
+        return True
+    mode = getattr(vllm_config.compilation_config, "mode", None)
+    return mode is not None and getattr(mode, "name", str(mode)).upper() == "NONE"
+
+
 def input_embedding(model: nn.Module) -> nn.Module:
     """The causal LM's input-embedding table (the first vocab embedding that is not its LM head)."""
     from vllm.model_executor.layers.vocab_parallel_embedding import ParallelLMHead, VocabParallelEmbedding
@@ -115,6 +126,7 @@ class FlyThinkerForCausalLM(nn.Module, HasInnerState, IsHybrid):
         super().__init__()
         config = vllm_config.model_config.hf_config
         check_supported(config)
+        check_engine_config(vllm_config)  # also checked at config time (limits.register_config_check)
         self.config = config
         generator_config = config.generator_config
         reasoner_config = config.reasoner_config
@@ -146,6 +158,20 @@ class FlyThinkerForCausalLM(nn.Module, HasInnerState, IsHybrid):
         self.make_empty_intermediate_tensors = getattr(
             self.generator, "make_empty_intermediate_tensors", None
         )
+        self.overlap_enabled = overlap_requested()
+        if self.overlap_enabled and not _eager(vllm_config):
+            raise ValueError(
+                f"flythinker-vllm: {OVERLAP_ENV}=1 needs --enforce-eager (enforce_eager=True): the reasoner's "
+                "compiled backbone on a second thread is untested"
+            )
+        parallel = vllm_config.parallel_config
+        if self.overlap_enabled and parallel.tensor_parallel_size * parallel.pipeline_parallel_size > 1:
+            raise ValueError(
+                f"flythinker-vllm: {OVERLAP_ENV}=1 needs one GPU per model replica (tensor and pipeline "
+                "parallel size 1): the two stacks' collectives would interleave in different orders"
+            )
+        self._overlap: ReasonerOverlap | None = None
+        self.overlapped_steps = 0  # decode-only steps that ran R beside G (read by the tests)
 
     # ------------------------------------------------------------------ vLLM hybrid-model interface
     @classmethod
@@ -171,23 +197,50 @@ class FlyThinkerForCausalLM(nn.Module, HasInnerState, IsHybrid):
     def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.generator.embed_input_ids(input_ids)
 
-    def fuse(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """x̃ for every scheduled token: R on the batch, u, the slot's shift, LatentFusion into E_G[x].
-
-        The batch is flat ([N] tokens of many requests), so each token is passed to LatentFusion as
-        its own length-1 chunk whose ``prev_source`` is the shifted source the slot computed.
-        """
+    def reasoner_sources(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """u = P_pre(h) − μ for every scheduled token, h = R's backbone on the batch."""
         hidden = getattr(self.reasoner, self.reasoner_prefix)(input_ids, positions, None, None)
         if isinstance(hidden, tuple):  # models that also return auxiliary hidden states
             hidden = hidden[0]
-        embedding = input_embedding(self.generator)
-        embeds = self.generator.embed_input_ids(input_ids)
-        sources = self.fusion.source(hidden).to(embeds.dtype)
-        shifted, gate = self.latent[0].shift(sources)
-        fused = self.fusion(
-            embeds[:, None], shifted[:, None], gate[:, None], embedding.weight, prev_source=shifted
-        )
+        return self.fusion.source(hidden)
+
+    def inject(self, embeds: torch.Tensor, shifted: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+        """LatentFusion into E_G[x]. The batch is flat ([N] tokens of many requests), so each token is
+        passed as its own length-1 chunk whose ``prev_source`` is the shifted source."""
+        weight = input_embedding(self.generator).weight
+        fused = self.fusion(embeds[:, None], shifted[:, None], gate[:, None], weight, prev_source=shifted)
         return fused[:, 0]
+
+    def fuse(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """x̃ for every scheduled token: R on the batch, u, the slot's shift, LatentFusion into E_G[x]."""
+        embeds = self.generator.embed_input_ids(input_ids)
+        sources = self.reasoner_sources(input_ids, positions).to(embeds.dtype)
+        shifted, gate = self.latent[0].shift(sources)
+        return self.inject(embeds, shifted, gate)
+
+    def forward_overlapped(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        intermediate_tensors: IntermediateTensors | None,
+    ) -> torch.Tensor:
+        """A decode-only step with R beside G (:mod:`flythinker_vllm.overlap`): G reads u_{t-1} from the
+        slots; R's u_t is written to them once both are done."""
+        if self._overlap is None:
+            self._overlap = ReasonerOverlap(input_ids.device)
+        slot = self.latent[0]
+        embeds = self.generator.embed_input_ids(input_ids)
+        shifted, gate, plan = slot.carried(input_ids.shape[0], embeds)
+        handle = self._overlap.start(self.reasoner_sources, input_ids, positions)
+        try:
+            hidden = self.generator(
+                None, positions, intermediate_tensors, inputs_embeds=self.inject(embeds, shifted, gate)
+            )
+        finally:
+            sources = self._overlap.finish(handle)
+        slot.write(plan, sources.to(embeds.dtype))
+        self.overlapped_steps += 1
+        return hidden
 
     def forward(
         self,
@@ -201,6 +254,8 @@ class FlyThinkerForCausalLM(nn.Module, HasInnerState, IsHybrid):
             raise ValueError(
                 "flythinker-vllm needs token ids: the reasoner reads the same tokens as the generator"
             )
+        if self.overlap_enabled and self.latent[0].decode_only():
+            return self.forward_overlapped(input_ids, positions, intermediate_tensors)
         fused = self.fuse(input_ids, positions)
         return self.generator(None, positions, intermediate_tensors, inputs_embeds=fused)
 

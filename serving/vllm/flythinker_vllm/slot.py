@@ -21,6 +21,7 @@ Padded slot ids (``PAD_SLOT_ID``, CUDA-graph padding) are neither read nor writt
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -39,6 +40,16 @@ def latent_state_dtype(vllm_config: VllmConfig) -> tuple[torch.dtype, ...]:
     return MambaStateDtypeCalculator.linear_attention_state_dtype(
         vllm_config.model_config.dtype, vllm_config.cache_config.mamba_cache_dtype
     )
+
+
+@dataclass(frozen=True)
+class SlotPlan:
+    """The live requests of one step: first token, end (exclusive), new request?, slot index."""
+
+    starts: torch.Tensor
+    ends: torch.Tensor
+    fresh: torch.Tensor
+    slots: torch.Tensor
 
 
 class LatentSlot(nn.Module, MambaBase):
@@ -71,6 +82,70 @@ class LatentSlot(nn.Module, MambaBase):
         return self._dtypes
 
     # ------------------------------------------------------------------ the carry
+    def _metadata(self):
+        """This layer's metadata for the step, or None in a profiling / dummy run (no slots)."""
+        metadata = get_forward_context().attn_metadata
+        if isinstance(metadata, list):  # micro-batched: not supported here
+            raise NotImplementedError("FlyThinker's latent slot does not support micro-batching (ubatching)")
+        return metadata.get(self.prefix) if isinstance(metadata, dict) else None
+
+    def plan(self, num_tokens: int) -> SlotPlan | None:
+        """The live requests of this step (None in a profiling / dummy run: the batch is one sequence)."""
+        metadata = self._metadata()
+        if metadata is None:
+            return None
+        num_reqs = metadata.num_decodes + metadata.num_prefills
+        starts = metadata.query_start_loc[:num_reqs].long()
+        ends = metadata.query_start_loc[1 : num_reqs + 1].long()
+        query_lens = ends - starts
+        context = metadata.seq_lens[:num_reqs].long() - query_lens
+        slots = metadata.state_indices_tensor[:num_reqs].long()
+        live = (query_lens > 0) & (slots != PAD_SLOT_ID) & (ends <= num_tokens)
+        fresh = context[live] == 0
+        if self.fault == "no_reset":
+            fresh = torch.zeros_like(fresh)
+        return SlotPlan(starts[live], ends[live], fresh, slots[live])
+
+    def decode_only(self) -> bool:
+        """Every request of this step has exactly one token (host-side counts, no device sync): then no
+        token's source depends on the reasoner state computed in the same step."""
+        metadata = self._metadata()
+        return (
+            metadata is not None
+            and metadata.num_prefills == 0
+            and metadata.num_decodes > 0
+            and metadata.num_decode_tokens == metadata.num_decodes
+        )
+
+    def read(self, plan: SlotPlan | None, src: torch.Tensor, gate: torch.Tensor) -> None:
+        """Put each request's carried state (0 for a new request) at its first token, and the gate."""
+        if plan is None:
+            gate[0] = 0.0
+            return
+        carried = self.kv_cache[0][plan.slots].to(src.dtype)
+        carried = torch.where(plan.fresh[:, None], torch.zeros_like(carried), carried)
+        if self.fault != "no_shift":
+            src[plan.starts] = carried
+        gate[plan.starts] = (~plan.fresh).to(gate.dtype)
+
+    def write(self, plan: SlotPlan | None, hidden: torch.Tensor) -> None:
+        """slot_j <- the state of request j's last token in this step."""
+        if plan is not None:
+            state = self.kv_cache[0]
+            state[plan.slots] = hidden[plan.ends - 1].to(state.dtype)
+
+    def carried(
+        self, num_tokens: int, like: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, SlotPlan | None]:
+        """(src, gate, plan) of a decode-only step (:meth:`decode_only`): every source comes from a slot,
+        none from this step's reasoner, so the reasoner may run concurrently with the generator;
+        :meth:`write` its states afterwards."""
+        src = like.new_zeros(num_tokens, self.width)
+        gate = torch.ones(num_tokens, dtype=torch.float32, device=like.device)
+        plan = self.plan(num_tokens)
+        self.read(plan, src, gate)
+        return src, gate, plan
+
     def shift(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(src [N, d], gate [N]) for ``hidden`` = h of every scheduled token; updates the slots."""
         num_tokens = hidden.shape[0]
@@ -80,31 +155,7 @@ class LatentSlot(nn.Module, MambaBase):
             src.copy_(hidden)
         else:
             src[1:] = hidden[:-1]
-        metadata = get_forward_context().attn_metadata
-        if isinstance(metadata, list):  # micro-batched: not supported here
-            raise NotImplementedError("FlyThinker's latent slot does not support micro-batching (ubatching)")
-        metadata = metadata.get(self.prefix) if isinstance(metadata, dict) else None
-        if metadata is None:  # profiling / dummy run: no slots, the batch is one sequence
-            gate[0] = 0.0
-            return src, gate
-        num_reqs = metadata.num_decodes + metadata.num_prefills
-        if num_reqs == 0:
-            return src, gate
-        starts = metadata.query_start_loc[:num_reqs].long()
-        ends = metadata.query_start_loc[1 : num_reqs + 1].long()
-        query_lens = ends - starts
-        context = metadata.seq_lens[:num_reqs].long() - query_lens
-        slots = metadata.state_indices_tensor[:num_reqs].long()
-        live = (query_lens > 0) & (slots != PAD_SLOT_ID) & (ends <= num_tokens)
-        starts, ends, context, slots = starts[live], ends[live], context[live], slots[live]
-        state = self.kv_cache[0]
-        fresh = context == 0
-        if self.fault == "no_reset":
-            fresh = torch.zeros_like(fresh)
-        carried = state[slots].to(hidden.dtype)
-        carried = torch.where(fresh[:, None], torch.zeros_like(carried), carried)
-        if self.fault != "no_shift":
-            src[starts] = carried
-        gate[starts] = (~fresh).to(gate.dtype)
-        state[slots] = hidden[ends - 1].to(state.dtype)
+        plan = self.plan(num_tokens)
+        self.read(plan, src, gate)
+        self.write(plan, hidden)
         return src, gate

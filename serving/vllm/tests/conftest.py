@@ -43,12 +43,14 @@ def random_prompt(length: int, seed: int, vocab: int = 384) -> list[int]:
     return torch.randint(0, vocab, (length,), generator=generator).tolist()
 
 
-def run_engine(tmp_path: Path, spec: dict, multiprocess: bool = False, name: str = "engine") -> dict:
+def run_engine(
+    tmp_path: Path, spec: dict, multiprocess: bool = False, name: str = "engine", env: dict | None = None
+) -> dict:
     """Run ``driver.py`` on ``spec`` in a fresh process; the engine core runs in a further process
-    when ``multiprocess`` (vLLM's default), inside the driver otherwise."""
+    when ``multiprocess`` (vLLM's default), inside the driver otherwise. ``env`` adds variables."""
     spec_path, out_path = tmp_path / f"{name}.spec.json", tmp_path / f"{name}.out.json"
     spec_path.write_text(json.dumps(spec))
-    env = dict(os.environ)
+    env = dict(os.environ, **(env or {}))
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1" if multiprocess else "0"
     result = subprocess.run(

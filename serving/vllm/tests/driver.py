@@ -3,7 +3,7 @@
 Usage: ``python driver.py SPEC.json OUT.json``. SPEC holds ``model`` (a save_pretrained directory),
 ``engine`` (keyword arguments of ``vllm.LLM``), ``rounds`` (lists of prompts, each list one
 ``generate`` call, so later rounds can hit the prefix cache of earlier ones), ``max_tokens`` and
-``logprobs``. OUT holds, per round and request, the generated ids, the top-k logprobs and
+``logprobs`` (and optionally ``probe``, a model attribute to report). OUT holds, per round and request, the generated ids, the top-k logprobs and
 ``num_cached_tokens``, plus the engine's counters (preemptions, prefix-cache hits).
 """
 
@@ -58,8 +58,12 @@ def main(spec_path: str, out_path: str) -> None:
                 for out in outputs
             ]
         )
+    result = {"rounds": rounds, "counters": counters(llm)}
+    if spec.get("probe"):  # a model attribute, read in every worker (e.g. overlapped_steps)
+        name = spec["probe"]
+        result["probe"] = llm.apply_model(lambda model: getattr(model, name, None))
     with open(out_path, "w") as handle:
-        json.dump({"rounds": rounds, "counters": counters(llm)}, handle)
+        json.dump(result, handle)
 
 
 if __name__ == "__main__":
