@@ -72,12 +72,17 @@ def guarded_trainer_class():
     class GuardedTrainer(Trainer):
         """Trainer that stops on a non-finite loss and never saves non-finite weights."""
 
-        def __init__(self, *args, checkpoints: Path, warm_start_lr_multiplier: float = 1.0, **kwargs):
+        def __init__(
+            self, *args, checkpoints: Path, warm_start_lr_multiplier: float = 1.0, real_tokens=None, **kwargs
+        ):
             self.warm_start_lr_multiplier = warm_start_lr_multiplier
+            self.real_tokens = real_tokens  # counts the label tokens of every batch trained on
             super().__init__(*args, **kwargs)
             self.checkpoints = checkpoints
 
         def training_step(self, model, inputs, num_items_in_batch=None):
+            if self.real_tokens is not None:
+                self.real_tokens.add(inputs)
             loss = super().training_step(model, inputs, num_items_in_batch)
             if not bool(torch.isfinite(loss).all()):
                 raise TrainingDivergedError(
