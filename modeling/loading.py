@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -171,6 +172,44 @@ def check_loading_info(
     )
 
 
+_SAFETENSORS_FLOAT = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"}
+
+
+def _safetensors_files(directory: str) -> list[str]:
+    index = os.path.join(directory, "model.safetensors.index.json")
+    if os.path.isfile(index):
+        with open(index, encoding="utf-8") as handle:
+            names = sorted(set(json.load(handle).get("weight_map", {}).values()))
+    else:
+        names = ["model.safetensors"]
+    return [os.path.join(directory, n) for n in names if os.path.isfile(os.path.join(directory, n))]
+
+
+def check_stored_dtypes(source: Any, model: Any) -> None:
+    """Raise :class:`CheckpointMismatchError` when a tensor's dtype in the source's safetensors files is not
+    of the kind (floating or integer) of the model's tensor of that name: a header relabelling F32 weights
+    as I32 keeps every length and would otherwise load values ~1e9 without a word. Non-local sources and
+    names the model does not have are skipped; reading the headers costs a few kilobytes per file."""
+    if not isinstance(source, (str, os.PathLike)) or not os.path.isdir(source):
+        return
+    expected = {name: tensor.dtype for name, tensor in model.state_dict().items()}
+    for path in _safetensors_files(os.fspath(source)):
+        try:
+            with open(path, "rb") as handle:
+                header = json.loads(handle.read(int.from_bytes(handle.read(8), "little")))
+        except (OSError, ValueError):
+            continue  # the loader itself reports an unreadable file
+        for name, entry in header.items():
+            if name == "__metadata__" or name not in expected or not isinstance(entry, dict):
+                continue
+            stored, wanted = entry.get("dtype"), expected[name]
+            if (stored in _SAFETENSORS_FLOAT) != wanted.is_floating_point:
+                raise CheckpointMismatchError(
+                    f"{path}: tensor {name} is stored as {stored} but the model's is {wanted} (a damaged or "
+                    "relabelled weights file); restore the file from the saved model"
+                )
+
+
 def strict_from_pretrained(
     load: Any,
     source: Any,
@@ -186,6 +225,7 @@ def strict_from_pretrained(
     """
     wants_info = bool(kwargs.pop("output_loading_info", False))
     model, info = load(source, *args, output_loading_info=True, **kwargs)
+    check_stored_dtypes(source, model)
     if strict:
         check_loading_info(info, source, allow_missing=tuple(allow_missing))
     elif any(info.get(k) for k in ("missing_keys", "unexpected_keys", "mismatched_keys")):

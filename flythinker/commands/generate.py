@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     model = _loading(
         "--model",
         args.model,
-        lambda: AutoModelForCausalLM.from_pretrained(args.model, dtype=getattr(torch, args.dtype)).eval(),
+        lambda: _load_model(AutoModelForCausalLM, args.model, getattr(torch, args.dtype)),
     )
     bad = non_finite_parameter(model)
     if bad is not None:
@@ -84,6 +84,15 @@ def run(args: argparse.Namespace) -> int:
         f"{stats['tokens_per_second']} tokens/s)"
     )
     return 0
+
+
+def _load_model(auto_class, path: str, dtype):
+    """The model at ``path``, its stored dtypes checked against its parameters (a relabelled file fails)."""
+    from flythinker.modeling.loading import check_stored_dtypes
+
+    model = auto_class.from_pretrained(path, dtype=dtype).eval()
+    check_stored_dtypes(path, model)
+    return model
 
 
 def _resume_point(run_dir: Path, options: dict[str, Any], log, overwrite: bool) -> int:
