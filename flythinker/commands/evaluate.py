@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from .common import int_at_least
@@ -34,6 +35,14 @@ def run(args: argparse.Namespace) -> int:
     references = [row["reference"] for row in rows]
     metrics = compute_metrics(predictions, references, metrics=tuple(args.metrics))
     metrics["by_position"] = metrics_by_position(predictions, references, window_words=args.window_words)
+    if metrics["unscorable"]:
+        first = metrics["unscorable"][0] + 1
+        print(
+            f"flythinker evaluate: warning: {len(metrics['unscorable'])} of {len(rows)} records of "
+            f"{args.predictions} (the first: record {first}) hold no scorable tokens (no letter, digit or CJK "
+            "character, e.g. emoji only): every metric scores them 0; listed as 'unscorable' in the metrics",
+            file=sys.stderr,
+        )
     output = Path(args.output or Path(args.predictions).with_name("metrics.json"))
     write_metrics_json(output, metrics)
     print(json.dumps({k: v for k, v in metrics.items() if k != "by_position"}, indent=2))
