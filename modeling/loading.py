@@ -210,6 +210,31 @@ def check_stored_dtypes(source: Any, model: Any) -> None:
                 )
 
 
+def _mismatched_shapes(source: Any, model_class: Any) -> list[str]:
+    """``"<key> <stored shape> vs <config shape>"`` for every stored tensor whose shape the config contradicts
+    (the model is built on the meta device: no memory); empty when that cannot be worked out."""
+    if model_class is None or not isinstance(source, (str, os.PathLike)) or not os.path.isdir(source):
+        return []
+    try:
+        config = model_class.config_class.from_pretrained(source)
+        with torch.device("meta"):
+            expected = {k: tuple(v.shape) for k, v in model_class(config).state_dict().items()}
+    except Exception:  # noqa: BLE001 - a best-effort detail of an error already being raised
+        return []
+    found = []
+    for path in _safetensors_files(os.fspath(source)):
+        with open(path, "rb") as handle:
+            header = json.loads(handle.read(int.from_bytes(handle.read(8), "little")))
+        for name, entry in header.items():
+            if (
+                name in expected
+                and isinstance(entry, dict)
+                and tuple(entry.get("shape", ())) != expected[name]
+            ):
+                found.append(f"{name} {tuple(entry['shape'])} vs {expected[name]}")
+    return sorted(found)
+
+
 def strict_from_pretrained(
     load: Any,
     source: Any,
@@ -224,7 +249,17 @@ def strict_from_pretrained(
     A caller's own ``output_loading_info=True`` still gets ``(model, info)``.
     """
     wants_info = bool(kwargs.pop("output_loading_info", False))
-    model, info = load(source, *args, output_loading_info=True, **kwargs)
+    try:
+        model, info = load(source, *args, output_loading_info=True, **kwargs)
+    except RuntimeError as error:
+        if "ignore_mismatched_sizes" not in str(error):
+            raise
+        shapes = _mismatched_shapes(source, getattr(load, "__self__", None))
+        raise CheckpointMismatchError(
+            f"{source}: {len(shapes) or 'some'} weights have other shapes than its config.json describes"
+            f"{' (' + _preview(shapes) + ')' if shapes else ''}: the weights and the config belong to different "
+            "models; restore the directory the model was saved to"
+        ) from None
     check_stored_dtypes(source, model)
     if strict:
         check_loading_info(info, source, allow_missing=tuple(allow_missing))

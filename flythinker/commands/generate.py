@@ -98,8 +98,15 @@ def _load_model(auto_class, path: str, dtype):
 def _resume_point(run_dir: Path, options: dict[str, Any], log, overwrite: bool) -> int:
     """How many predictions an interrupted run with the same options already wrote (0 for a new run).
 
-    A finished run (``generation_stats.json``) or one with other options is refused unless ``overwrite``.
+    A finished run (``generation_stats.json``) or one with other options is refused unless ``overwrite``;
+    a ``predictions.jsonl`` without the ``options.json`` every generate run writes first is someone else's
+    file: refused, and never deleted, even with ``overwrite``.
     """
+    if (run_dir / "predictions.jsonl").exists() and not (run_dir / "options.json").exists():
+        raise FileExistsError(
+            f"--run-dir {run_dir}: holds a predictions.jsonl that no `flythinker generate` run wrote (there is no "
+            "options.json next to it); choose another --run-dir (this file is left as it is)"
+        )
     if overwrite:
         for name in ("predictions.jsonl", "generation_stats.json", "options.json"):
             (run_dir / name).unlink(missing_ok=True)
@@ -140,6 +147,11 @@ def _loading(option: str, value: str, load):
 
 def _hint(error: BaseException) -> str:
     text = f"{type(error).__name__} {error}".lower()
+    if "ignore_mismatched_sizes" in text:
+        return (
+            " (a weight's shape differs from config.json: the weights and the config belong to different "
+            "models; restore the model directory)"
+        )
     if "safetensor" in text or "deserializ" in text or "header" in text:
         return " (the weights file is truncated or corrupt: save or copy it again)"
     if "json" in text:
