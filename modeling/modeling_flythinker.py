@@ -136,7 +136,12 @@ class FlyThinkerForCausalLM(FlyThinkerPreTrainedModel, GenerationMixin):
         return self.fusion.mean_embedding_norm
 
     def refresh_mean_embedding_norm(self, force: bool = False) -> torch.Tensor:
-        """m̄ = mean_v ‖E_G[v]‖₂ of the current table (see :meth:`LatentFusion.mean_norm`)."""
+        """m̄ = mean_v ‖E_G[v]‖₂ of the current table (see :meth:`LatentFusion.mean_norm`).
+
+        m̄ follows the table by itself: after every optimizer step or autograd-visible edit (its version
+        counter), and, on every eval-mode prefill, after in-place ``.data`` edits (a cheap sampled check,
+        :meth:`LatentFusion.notice_table_edits`). After editing only part of a row through ``.data``, or in
+        training mode, call ``refresh_mean_embedding_norm(force=True)``."""
         return self.fusion.mean_norm(self.generator.get_input_embeddings().weight, force=force)
 
     # ------------------------------------------------------------------------ standard accessors
@@ -249,6 +254,8 @@ class FlyThinkerForCausalLM(FlyThinkerPreTrainedModel, GenerationMixin):
         past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
         # cheap: one host sync on prefill, none per decode token
         validate_model_inputs(self.config, input_ids, attention_mask, past_length, position_ids)
+        if past_length == 0 and not self.training:  # an in-place .data edit of E_G: m̄ follows it
+            self.fusion.notice_table_edits(self.generator.get_input_embeddings().weight)
         if position_ids is None:
             position_ids = default_position_ids(
                 attention_mask, past_length, input_ids.shape[1], input_ids.device
