@@ -241,3 +241,20 @@ def test_finetune_config_default_records_the_recipe_values(workspace, tmp_path):
                             generator=str(workspace["root"] / "generator"))  # fmt: skip
     config.validate()
     assert (config.fusion_lambda, config.norm_eps, config.projection) == (0.5, 0.0, "zero_linear")
+
+
+# ------------------------------------------------------------------------------------------ 9. real tokens
+def test_real_tokens_count_each_label_token_once(workspace, tmp_path):
+    """One epoch, one example per step: real_tokens is the number of label tokens of the data (the
+    prompt is context, not trained on), and the rate is that over the training time."""
+    from flythinker.train.finetune import load_tokenizer, prepare_dataset
+
+    config = workspace_config(workspace, tmp_path / "run", max_target_tokens=32, global_batch_size=1,
+                              num_train_epochs=1.0, save_steps=100)  # fmt: skip
+    config.validate()
+    dataset = prepare_dataset(config, load_tokenizer(config.generator))
+    expected = sum(sum(1 for label in row["labels"] if label != -100) for row in dataset)
+    metrics = run_finetune(config)
+    assert metrics["global_step"] == len(dataset)
+    assert metrics["real_tokens"] == expected
+    assert metrics["real_tokens_per_second"] == pytest.approx(expected / metrics["train_runtime"], rel=0.01)
