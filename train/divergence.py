@@ -92,6 +92,12 @@ def guarded_trainer_class():
                 )
             return loss
 
+        def create_accelerator_and_postprocess(self):
+            super().create_accelerator_and_postprocess()
+            from .sharding import enable_fsdp_on_cpu
+
+            enable_fsdp_on_cpu(self)  # an FSDP launch on CPU shards instead of silently running DDP
+
         def create_optimizer(self, *args, **kwargs):
             """The Trainer's optimizer, with the warm-start parameters (gate α, zero_linear W) in their
             own group at ``lr × warm_start_lr_multiplier`` (``flythinker.train.warm_start``)."""

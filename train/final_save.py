@@ -22,6 +22,7 @@ import torch
 from .checkpoints import publish_directory
 from .divergence import TrainingDivergedError, _last_good, non_finite_parameter
 from .model_setup import merge_adapters
+from .sharding import full_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -31,25 +32,6 @@ PROBE_TOLERANCE = 1e-4
 
 class SavedModelMismatchError(RuntimeError):
     """The written ``model/`` does not reload to the trained weights; it was not published."""
-
-
-def is_sharded(trainer) -> bool:
-    """Whether the trained model's parameters are split across ranks (ZeRO-3 or FSDP)."""
-    return bool(getattr(trainer, "is_deepspeed_enabled", False) and _zero_stage(trainer) == 3) or bool(
-        getattr(trainer, "is_fsdp_enabled", False)
-    )
-
-
-def _zero_stage(trainer) -> int:
-    plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
-    return int(getattr(plugin, "zero_stage", 0) or 0) if plugin is not None else 0
-
-
-def full_state_dict(trainer) -> dict[str, torch.Tensor] | None:
-    """The gathered full state dict of a sharded model (call on every rank), or None when not sharded."""
-    if not is_sharded(trainer):
-        return None
-    return trainer.accelerator.get_state_dict(trainer.model_wrapped)
 
 
 def no_space_error(error: OSError, path: Path, what: str) -> OSError:
@@ -64,6 +46,9 @@ def save_final_model(trainer, model, tokenizer, out: Path, checkpoints: Path) ->
     state_dict = full_state_dict(trainer)
     if not trainer.is_world_process_zero():
         return
+    if state_dict is not None:  # a gathered dict holds tied weights twice: keep the one the model saves
+        tied = set(getattr(model, "all_tied_weights_keys", None) or {})
+        state_dict = {name: tensor for name, tensor in state_dict.items() if name not in tied}
     if state_dict is None:
         merged = merge_adapters(model)
         if merged:
@@ -80,7 +65,8 @@ def save_final_model(trainer, model, tokenizer, out: Path, checkpoints: Path) ->
     staged = out / f".model.partial-{os.getpid()}"
     shutil.rmtree(staged, ignore_errors=True)
     try:
-        model.save_pretrained(staged, state_dict=state_dict)
+        # a copy: save_pretrained empties the dict it is given as it writes
+        model.save_pretrained(staged, state_dict=None if state_dict is None else dict(state_dict))
         tokenizer.save_pretrained(staged)
     except OSError as error:
         if error.filename is not None and error.errno != errno.ENOSPC:
@@ -91,22 +77,25 @@ def save_final_model(trainer, model, tokenizer, out: Path, checkpoints: Path) ->
 
 
 def verify_saved_model(staged: Path, model, state_dict: dict[str, torch.Tensor] | None) -> None:
-    """Reload ``staged`` and compare it with the trained model; raise :class:`SavedModelMismatchError`."""
+    """Reload ``staged`` and compare it with the trained model; raise :class:`SavedModelMismatchError`.
+
+    Unsharded: ``from_pretrained`` and a logit probe. Sharded: every stored tensor is read back from the
+    safetensors files and compared with the gathered state dict (a ``from_pretrained`` here would run
+    ZeRO-3's partitioned init on this rank alone)."""
+    if state_dict is not None:
+        _compare_files(staged, state_dict)
+        return
     from transformers import AutoModelForCausalLM
 
     import flythinker.modeling  # noqa: F401  (registers the architecture)
 
-    dtype = next(model.parameters()).dtype if state_dict is None else None
     try:
-        reloaded = AutoModelForCausalLM.from_pretrained(staged, dtype=dtype or "auto").eval()
+        reloaded = AutoModelForCausalLM.from_pretrained(staged, dtype=next(model.parameters()).dtype).eval()
     except Exception as error:  # noqa: BLE001 - any failure to reload is the same finding
         raise SavedModelMismatchError(
-            f"{staged}: the saved model does not reload ({type(error).__name__}: {' '.join(str(error).split())[:300]})"
-            "; it was not published as model/"
+            f"{staged}: the saved model does not reload ({type(error).__name__}: "
+            f"{' '.join(str(error).split())[:300]}); it was not published as model/"
         ) from error
-    if state_dict is not None:
-        _compare_tensors(staged, reloaded, state_dict)
-        return
     device = next(model.parameters()).device
     reloaded.to(device)
     vocab = model.get_input_embeddings().weight.shape[0]
@@ -125,17 +114,24 @@ def verify_saved_model(staged: Path, model, state_dict: dict[str, torch.Tensor] 
         )
 
 
-def _compare_tensors(staged: Path, reloaded, state_dict: dict[str, Any]) -> None:
-    saved = reloaded.state_dict()
-    for name, tensor in state_dict.items():
-        if name not in saved:
-            continue  # a tied weight saved once
+def _compare_files(staged: Path, state_dict: dict[str, Any]) -> None:
+    from safetensors.torch import load_file
+
+    stored: dict[str, torch.Tensor] = {}
+    for file in sorted(staged.glob("*.safetensors")):
+        stored.update(load_file(str(file)))
+    if not stored:
+        raise SavedModelMismatchError(f"{staged}: no weights were written; it was not published as model/")
+    for name, tensor in stored.items():
+        trained = state_dict.get(name)
         if (
             tensor.numel() == 0
-            or saved[name].shape != tensor.shape
-            or not torch.equal(saved[name].cpu().to(tensor.dtype), tensor.cpu())
+            or trained is None
+            or tensor.shape != trained.shape
+            or not torch.equal(tensor, trained.detach().cpu().to(tensor.dtype))
         ):
+            shape = None if trained is None else tuple(trained.shape)
             raise SavedModelMismatchError(
-                f"{staged}: tensor {name} reloads as {tuple(saved[name].shape)} but was trained as "
-                f"{tuple(tensor.shape)} (or with other values); it was not published as model/"
+                f"{staged}: tensor {name} was written as {tuple(tensor.shape)} but trained as {shape} (or with "
+                "other values); it was not published as model/"
             )

@@ -302,6 +302,9 @@ def _train(config, model, tokenizer, dataset, args, resume, callbacks, is_main) 
             shutil.rmtree(staging_dir(config), ignore_errors=True)
     metrics["global_step"] = trainer.state.global_step
     metrics["world_size"] = trainer.args.world_size
+    metrics["parallelism"] = str(
+        getattr(trainer.accelerator.distributed_type, "value", "NO")
+    )  # FSDP, DEEPSPEED...
     metrics["real_tokens"] = counter.total()
     if "train_runtime" in metrics and metrics["train_runtime"]:
         metrics["real_tokens_per_second"] = round(metrics["real_tokens"] / metrics["train_runtime"], 2)
