@@ -23,7 +23,7 @@ FINETUNE_HELP = {
     "recipe": "training recipe (flythinker.train.recipes): 'default' (the measured best: see "
     "bench/results/quality_cpu.md), 'paper' (the paper's untrained λ injection), or a warm-start variant "
     "(gate_scalar, gate_channel, lambda_warmup, center, zero_linear, gate_center); the options below override it",
-    "fusion_lambda": "λ, the weight of the injected reasoner state (paper: 0.5)",
+    "fusion_lambda": "λ, the weight of the injected reasoner state (unset: 0.5, the paper's, or a saved FlyThinker's own)",
     "fusion_gate": "learned gate c = tanh(α), α = 0 at start: 'none', 'scalar' or 'channel' (default: from --recipe)",
     "center_reasoner": "subtract the mean reasoner state μ (estimated on training batches) before the rescale "
     "(default: from --recipe)",
@@ -35,7 +35,8 @@ FINETUNE_HELP = {
     "projection": "'zero_pad' (h fills the first d_R channels; needs d_R <= d_G), 'linear' (a learned "
     "Linear(d_R, d_G) before the rescale) or 'zero_linear' (a zero-initialised Linear after it); a reasoner "
     "wider than the generator needs one of the last two (default: from --recipe)",
-    "norm_eps": "lower bound on the reasoner-state norm ‖h‖ (0 reproduces the paper's equations)",
+    "norm_eps": "lower bound on the reasoner-state norm ‖h‖ (unset: 0, which reproduces the paper's equations, or a "
+    "saved FlyThinker's own)",
     "reasoner_mode": "'full' (train the reasoner), 'freeze', or 'lora' (peft LoRA adapters on the reasoner)",
     "lora_generator": "also train the generator through LoRA adapters instead of fully",
     "lora_rank": "LoRA rank r",
