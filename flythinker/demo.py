@@ -93,9 +93,15 @@ def run_demo(options: DemoOptions) -> dict:
             max_steps=options.steps,
             global_batch_size=options.batch_size,
             per_device_batch_size=options.batch_size,
-            reasoner_mode=options.reasoner_mode,
-            recipe=options.recipe,
-            fusion_lambda=options.fusion_lambda,
+            **(  # SFT trains the generator alone and refuses FlyThinker options
+                {
+                    "reasoner_mode": options.reasoner_mode,
+                    "recipe": options.recipe,
+                    "fusion_lambda": options.fusion_lambda,
+                }
+                if method == "flythinker"
+                else {}
+            ),
             save_steps=options.steps,
             save_total_limit=1,
             seed=options.seed,

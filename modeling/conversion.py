@@ -70,12 +70,23 @@ def tokenizer_encodes_text(tokenizer: Any) -> bool:
         return False
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt")
+"""Files one of which every saved tokenizer directory holds."""
+
+
 def find_tokenizer(explicit: Any | None, candidates: list[Any]) -> tuple[Any | None, str | None]:
     """(tokenizer, where it came from): ``explicit`` (a path or tokenizer; must work, else ``ValueError``) or
     the first candidate directory whose tokenizer encodes text; ``(None, None)`` when none does."""
     if explicit is not None:
         tokenizer = explicit
         if isinstance(explicit, (str, os.PathLike)):
+            if Path(explicit).is_dir() and not any(
+                Path(explicit, name).is_file() for name in TOKENIZER_FILES
+            ):
+                raise ValueError(
+                    f"tokenizer {explicit} (--tokenizer): the directory holds no tokenizer files "
+                    f"({', '.join(TOKENIZER_FILES)}), so it cannot encode text; pass the tokenizer directory of the generator's base model"
+                )
             try:
                 tokenizer = AutoTokenizer.from_pretrained(explicit)
             except (OSError, ValueError) as error:
@@ -150,15 +161,22 @@ def convert_reference_checkpoint(
     tied = set(getattr(model, "all_tied_weights_keys", {}) or {})
     missing = sorted(k for k in expected if k not in state_dict and k not in tied)
     unexpected = sorted(k for k in state_dict if k not in expected)
+    hint = (
+        "; the reasoner was built from the generator's config because no reasoner config was given: pass "
+        "--reasoner-config (reasoner_config=) with the reasoner's base checkpoint directory"
+        if reasoner_source is None
+        else ""
+    )
     if missing or unexpected:
         raise ValueError(
             f"reference checkpoint {checkpoint_dir} does not match the configs: missing keys {missing}, "
-            f"unexpected keys {unexpected}"
+            f"unexpected keys {unexpected}{hint if any(k.startswith('reasoner.') for k in missing + unexpected) else ''}"
         )
     for key, tensor in state_dict.items():
         if tuple(tensor.shape) != tuple(expected[key].shape):
             raise ValueError(
                 f"{key}: checkpoint shape {tuple(tensor.shape)} != model shape {tuple(expected[key].shape)}"
+                f"{hint if key.startswith('reasoner.') else ''}"
             )
     model.load_state_dict(state_dict, strict=False)
     model.tie_weights()

@@ -157,6 +157,23 @@ class LatentFusion(nn.Module):
         self._mean_norm_key = None  # m̄ is recomputed from the (loaded) table at the next forward
 
     # ----------------------------------------------------------------------------------------- m̄
+    def notice_table_edits(self, embedding_weight: torch.Tensor) -> None:
+        """Make the next :meth:`mean_norm` recompute m̄ if the table was edited in place behind autograd's
+        back (``weight.data[...] = ...`` or ``weight.data.mul_(...)`` do not move ``weight._version``).
+
+        Cost: one strided read of about V elements (at least one per row) and one host sync; the model calls
+        it on every eval-mode prefill, never per decoded token. Edits that keep the sampled elements exactly
+        (a part of a row) are not seen: call ``model.refresh_mean_embedding_norm(force=True)`` after those.
+        """
+        weight = embedding_weight
+        if _tracing() or weight.dim() != 2 or weight.numel() == 0 or type(weight.data) is not torch.Tensor:
+            return  # sharded (ZeRO-3 / DTensor) tables are refreshed by the training loop
+        sample = weight.detach().reshape(-1)[:: max(1, weight.shape[1] - 1)]
+        fingerprint = (weight.data_ptr(), float(sample.float().sum()), float(sample.float().abs().sum()))
+        if fingerprint != getattr(self, "_table_fingerprint", None):
+            self._table_fingerprint = fingerprint
+            self._mean_norm_key = None
+
     def mean_norm(self, embedding_weight: torch.Tensor, force: bool = False) -> torch.Tensor:
         """m̄ = mean_v ‖E_G[v]‖₂ of ``embedding_weight`` as it is now (fp32, no gradient)."""
         if _tracing():

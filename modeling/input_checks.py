@@ -44,6 +44,11 @@ def validate_model_inputs(
     if input_ids.dtype.is_floating_point or input_ids.dtype == torch.bool:
         raise ValueError(f"input_ids must hold integer token ids, got dtype {input_ids.dtype}")
     batch, length = input_ids.shape
+    if length == 0 and past_length == 0:
+        raise ValueError(
+            "input_ids holds no token (shape [batch, 0]) and there is no cache: give the prompt at least one "
+            "token (e.g. the tokenizer's BOS token) to generate from"
+        )
     if attention_mask is not None and (attention_mask.dim() != 2 or attention_mask.shape[0] != batch):
         raise ValueError(
             f"attention_mask must be [batch, past + length] = [{batch}, {past_length + length}], "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -171,6 +172,69 @@ def check_loading_info(
     )
 
 
+_SAFETENSORS_FLOAT = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"}
+
+
+def _safetensors_files(directory: str) -> list[str]:
+    index = os.path.join(directory, "model.safetensors.index.json")
+    if os.path.isfile(index):
+        with open(index, encoding="utf-8") as handle:
+            names = sorted(set(json.load(handle).get("weight_map", {}).values()))
+    else:
+        names = ["model.safetensors"]
+    return [os.path.join(directory, n) for n in names if os.path.isfile(os.path.join(directory, n))]
+
+
+def check_stored_dtypes(source: Any, model: Any) -> None:
+    """Raise :class:`CheckpointMismatchError` when a tensor's dtype in the source's safetensors files is not
+    of the kind (floating or integer) of the model's tensor of that name: a header relabelling F32 weights
+    as I32 keeps every length and would otherwise load values ~1e9 without a word. Non-local sources and
+    names the model does not have are skipped; reading the headers costs a few kilobytes per file."""
+    if not isinstance(source, (str, os.PathLike)) or not os.path.isdir(source):
+        return
+    expected = {name: tensor.dtype for name, tensor in model.state_dict().items()}
+    for path in _safetensors_files(os.fspath(source)):
+        try:
+            with open(path, "rb") as handle:
+                header = json.loads(handle.read(int.from_bytes(handle.read(8), "little")))
+        except (OSError, ValueError):
+            continue  # the loader itself reports an unreadable file
+        for name, entry in header.items():
+            if name == "__metadata__" or name not in expected or not isinstance(entry, dict):
+                continue
+            stored, wanted = entry.get("dtype"), expected[name]
+            if (stored in _SAFETENSORS_FLOAT) != wanted.is_floating_point:
+                raise CheckpointMismatchError(
+                    f"{path}: tensor {name} is stored as {stored} but the model's is {wanted} (a damaged or "
+                    "relabelled weights file); restore the file from the saved model"
+                )
+
+
+def _mismatched_shapes(source: Any, model_class: Any) -> list[str]:
+    """``"<key> <stored shape> vs <config shape>"`` for every stored tensor whose shape the config contradicts
+    (the model is built on the meta device: no memory); empty when that cannot be worked out."""
+    if model_class is None or not isinstance(source, (str, os.PathLike)) or not os.path.isdir(source):
+        return []
+    try:
+        config = model_class.config_class.from_pretrained(source)
+        with torch.device("meta"):
+            expected = {k: tuple(v.shape) for k, v in model_class(config).state_dict().items()}
+    except Exception:  # noqa: BLE001 - a best-effort detail of an error already being raised
+        return []
+    found = []
+    for path in _safetensors_files(os.fspath(source)):
+        with open(path, "rb") as handle:
+            header = json.loads(handle.read(int.from_bytes(handle.read(8), "little")))
+        for name, entry in header.items():
+            if (
+                name in expected
+                and isinstance(entry, dict)
+                and tuple(entry.get("shape", ())) != expected[name]
+            ):
+                found.append(f"{name} {tuple(entry['shape'])} vs {expected[name]}")
+    return sorted(found)
+
+
 def strict_from_pretrained(
     load: Any,
     source: Any,
@@ -185,7 +249,18 @@ def strict_from_pretrained(
     A caller's own ``output_loading_info=True`` still gets ``(model, info)``.
     """
     wants_info = bool(kwargs.pop("output_loading_info", False))
-    model, info = load(source, *args, output_loading_info=True, **kwargs)
+    try:
+        model, info = load(source, *args, output_loading_info=True, **kwargs)
+    except RuntimeError as error:
+        if "ignore_mismatched_sizes" not in str(error):
+            raise
+        shapes = _mismatched_shapes(source, getattr(load, "__self__", None))
+        raise CheckpointMismatchError(
+            f"{source}: {len(shapes) or 'some'} weights have other shapes than its config.json describes"
+            f"{' (' + _preview(shapes) + ')' if shapes else ''}: the weights and the config belong to different "
+            "models; restore the directory the model was saved to"
+        ) from None
+    check_stored_dtypes(source, model)
     if strict:
         check_loading_info(info, source, allow_missing=tuple(allow_missing))
     elif any(info.get(k) for k in ("missing_keys", "unexpected_keys", "mismatched_keys")):

@@ -137,7 +137,12 @@ class FlyThinkerForCausalLM(FlyThinkerPreTrainedModel, GenerationMixin):
         return self.fusion.mean_embedding_norm
 
     def refresh_mean_embedding_norm(self, force: bool = False) -> torch.Tensor:
-        """m̄ = mean_v ‖E_G[v]‖₂ of the current table (see :meth:`LatentFusion.mean_norm`)."""
+        """m̄ = mean_v ‖E_G[v]‖₂ of the current table (see :meth:`LatentFusion.mean_norm`).
+
+        m̄ follows the table by itself: after every optimizer step or autograd-visible edit (its version
+        counter), and, on every eval-mode prefill, after in-place ``.data`` edits (a cheap sampled check,
+        :meth:`LatentFusion.notice_table_edits`). After editing only part of a row through ``.data``, or in
+        training mode, call ``refresh_mean_embedding_norm(force=True)``."""
         return self.fusion.mean_norm(self.generator.get_input_embeddings().weight, force=force)
 
     # ------------------------------------------------------------------------ standard accessors
@@ -254,6 +259,8 @@ class FlyThinkerForCausalLM(FlyThinkerPreTrainedModel, GenerationMixin):
         check_reasoner_inputs(self.config, reasoner_input_ids, reasoner_attention_mask, past_length)
         # cheap: one host sync on prefill, none per decode token
         validate_model_inputs(self.config, input_ids, attention_mask, past_length, position_ids)
+        if past_length == 0 and not self.training:  # an in-place .data edit of E_G: m̄ follows it
+            self.fusion.notice_table_edits(self.generator.get_input_embeddings().weight)
         kwargs.pop("return_dict", None)  # both sub-models return their output objects
         reasoner_kwargs = {k: v for k, v in kwargs.items() if k not in _GENERATOR_ONLY_KWARGS}
         if self.config.reasoner_context:

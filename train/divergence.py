@@ -72,12 +72,17 @@ def guarded_trainer_class():
     class GuardedTrainer(Trainer):
         """Trainer that stops on a non-finite loss and never saves non-finite weights."""
 
-        def __init__(self, *args, checkpoints: Path, warm_start_lr_multiplier: float = 1.0, **kwargs):
+        def __init__(
+            self, *args, checkpoints: Path, warm_start_lr_multiplier: float = 1.0, real_tokens=None, **kwargs
+        ):
             self.warm_start_lr_multiplier = warm_start_lr_multiplier
+            self.real_tokens = real_tokens  # counts the label tokens of every batch trained on
             super().__init__(*args, **kwargs)
             self.checkpoints = checkpoints
 
         def training_step(self, model, inputs, num_items_in_batch=None):
+            if self.real_tokens is not None:
+                self.real_tokens.add(inputs)
             loss = super().training_step(model, inputs, num_items_in_batch)
             if not bool(torch.isfinite(loss).all()):
                 raise TrainingDivergedError(
@@ -86,6 +91,12 @@ def guarded_trainer_class():
                     f"{_last_good(self.checkpoints)}"
                 )
             return loss
+
+        def create_accelerator_and_postprocess(self):
+            super().create_accelerator_and_postprocess()
+            from .sharding import enable_fsdp_on_cpu
+
+            enable_fsdp_on_cpu(self)  # an FSDP launch on CPU shards instead of silently running DDP
 
         def create_optimizer(self, *args, **kwargs):
             """The Trainer's optimizer, with the warm-start parameters (gate α, zero_linear W) in their

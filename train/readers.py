@@ -386,6 +386,12 @@ def _detect_source_task(rows: list[tuple[_Loc, Any]]) -> str:
         longlamp_seen = True
         if not profile:
             continue
+        for number, item in enumerate(profile, 1):
+            if not isinstance(item, Mapping):  # the field is wrong, not the task: say so
+                raise loc.error(
+                    f'field "profile" item {number} must be an object (a profile entry with its fields), '
+                    f"got {type(item).__name__}"
+                )
         found = detect_task(profile)
         if found is None or found == "reference":
             keys = sorted({k for item in profile if isinstance(item, Mapping) for k in item})

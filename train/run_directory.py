@@ -19,13 +19,13 @@ import torch
 from .checkpoints import complete_checkpoints, last_complete_checkpoint
 
 if TYPE_CHECKING:
-    from .finetune import FinetuneConfig
+    from .finetune_config import FinetuneConfig
 
 logger = logging.getLogger(__name__)
 
 FINISHED_MARKER = "train_metrics.json"
 """Written last by a finished run."""
-RUN_FILES = ("options.json", "finetune_config.json", FINISHED_MARKER, "log_history.json")
+RUN_FILES = ("options.json", "finetune_config.json", "provenance.json", FINISHED_MARKER, "log_history.json")
 
 
 def checkpoints_dir(config: FinetuneConfig) -> Path:
@@ -63,12 +63,25 @@ def clear_run_directory(config: FinetuneConfig) -> None:
 
 
 def resolve_resume(config: FinetuneConfig) -> str | None:
-    """The checkpoint to resume from: the given path, the last complete one for ``"last"`` (None, with
-    a warning, when there is none), or None."""
+    """The checkpoint to resume from: the given path, the newest intact one for ``"last"`` (a warning names
+    each newer damaged one passed over; None, with a warning, when there is none), or None.
+
+    ``last`` in a directory holding a finished run but no checkpoint is refused (it would start again from
+    step 0 and replace the finished model)."""
     if config.resume_from_checkpoint != "last":
         return config.resume_from_checkpoint
-    last = last_complete_checkpoint(checkpoints_dir(config))
+    skipped: list[str] = []
+    last = last_complete_checkpoint(checkpoints_dir(config), skipped)
+    for reason in skipped:
+        logger.warning("--resume-from-checkpoint last: skipping %s", reason)
     if last is None:
+        out = Path(config.output_dir)
+        if (out / FINISHED_MARKER).exists() or (out / "model").exists():
+            raise FileExistsError(
+                f"--resume-from-checkpoint last: {out} holds a finished run and no intact checkpoint to continue; "
+                "choose a new --output-dir, or pass --overwrite true (instead of --resume-from-checkpoint) to "
+                "replace it"
+            )
         logger.warning(
             "--resume-from-checkpoint last: no complete checkpoint in %s; starting from step 0",
             checkpoints_dir(config),

@@ -273,7 +273,9 @@ def compute_metrics(
             which is corpus-level only).
 
     Returns:
-        ``{"n": number of examples, <metric>: mean score, ...}``.
+        ``{"n": number of examples, <metric>: mean score, ..., "unscorable": [indices]}``; ``unscorable``
+        lists the examples whose prediction and references hold no scorable token (e.g. emoji only: no
+        letter, digit or CJK character), which every metric scores 0 — a reason, not a silent 0.
     """
     known = set(ROUGE_TYPES) | {"meteor", "bleu"}
     unknown = set(metrics) - known
@@ -293,6 +295,16 @@ def compute_metrics(
             result["bleu_tokenize"] = bleu_tokenization(predictions, references)
         else:
             result[m] = _mean(per[m])
+    result["unscorable"] = unscorable_examples(predictions, references)
     if per_example:
         result["per_example"] = per
     return result
+
+
+def unscorable_examples(predictions: Sequence[str], references: References) -> list[int]:
+    """Indices of the examples whose prediction and every reference have no word the metrics can score."""
+    refs = _ref_lists(predictions, references)
+    return [
+        i for i, (pred, rs) in enumerate(zip(predictions, refs)) if not unicode_words(pred)
+        and not any(unicode_words(r) for r in rs)
+    ]  # fmt: skip

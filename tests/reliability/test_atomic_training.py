@@ -72,13 +72,20 @@ def test_kill_9_at_several_points_then_resume_last_equals_an_uninterrupted_run(w
 
 
 def test_last_skips_an_incomplete_checkpoint(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
     checkpoints = tmp_path / "checkpoints"
     for step, complete in ((2, True), (4, True), (6, False)):
         folder = checkpoints / f"checkpoint-{step}"
         folder.mkdir(parents=True)
-        (folder / "model.safetensors").write_bytes(b"\0" * 8)
+        save_file({"w": torch.zeros(2)}, str(folder / "model.safetensors"))
+        for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth"):
+            (folder / name).write_bytes(b"state")
+        (folder / "trainer_state.json").write_text(json.dumps({"global_step": step}))
         if complete:
-            (folder / checkpoints_module.COMPLETE_MARKER).write_text("{}")
+            manifest = checkpoints_module.file_manifest(folder)
+            (folder / checkpoints_module.COMPLETE_MARKER).write_text(json.dumps({"files": manifest}))
     (checkpoints / "checkpoint-6" / "trainer_state.json").write_text('{"global_st')  # torn by a kill
     assert checkpoints_module.last_complete_checkpoint(checkpoints) == checkpoints / "checkpoint-4"
 

@@ -106,3 +106,17 @@ def test_repeated_or_mixed_rows_are_an_error(tmp_path, capsys):
 def test_a_predictions_directory_is_reported_as_a_directory(tmp_path, capsys):
     assert main(["evaluate", "--predictions", str(tmp_path)]) == 2
     assert "is a directory" in capsys.readouterr().err
+
+
+def test_emoji_only_texts_are_reported_unscorable_not_a_silent_zero(tmp_path, capsys):
+    """Issue 23: identical emoji-only texts score ROUGE 0 / BLEU 0; the metrics say why."""
+    result = metrics.compute_metrics(["🙂🎉", "a cat"], ["🙂🎉", "a cat"], metrics=("rouge1", "bleu"))
+    assert result["unscorable"] == [0]
+    predictions = tmp_path / "predictions.jsonl"
+    predictions.write_text(
+        json.dumps({"prediction": "🙂🎉🙂", "reference": "🙂🎉🙂"}) + "\n", encoding="utf-8"
+    )
+    assert main(["evaluate", "--predictions", str(predictions), "--metrics", "rouge1", "bleu"]) == 0
+    err = capsys.readouterr().err
+    assert "1 of 1 records" in err and "no scorable tokens" in err
+    assert json.loads((tmp_path / "metrics.json").read_text())["unscorable"] == [0]

@@ -79,6 +79,12 @@ def main() -> None:
     if engine is None:
         raise SystemExit(f"sharded_worker: expected DeepSpeed or FSDP, got {accelerator.distributed_type}")
     rank, world = dist.get_rank(), dist.get_world_size()
+    if (
+        engine == "zero3"
+    ):  # the CPU config leaves these "auto" (flythinker train's Trainer fills them); no clipping
+        settings = accelerator.state.deepspeed_plugin.deepspeed_config
+        settings.update(train_micro_batch_size_per_gpu=GLOBAL_BATCH // world, gradient_accumulation_steps=1,
+                        gradient_clipping=0.0)  # fmt: skip
     print(
         f"[sharded_worker] {engine} rank {rank}/{world} accelerate says {accelerator.num_processes}",
         flush=True,

@@ -88,7 +88,7 @@ def test_frozen_reasoner_keeps_its_weights(workspace, tmp_path):
 
 
 def test_sft_baseline_saves_a_plain_generator(workspace, tmp_path):
-    metrics = run_finetune(_config(workspace, tmp_path / "sft", method="sft", max_steps=2))
+    metrics = run_finetune(_config(workspace, tmp_path / "sft", method="sft", reasoner=None, max_steps=2))
     assert metrics["global_step"] == 2
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "sft" / "model")
     assert not isinstance(model, FlyThinkerForCausalLM)

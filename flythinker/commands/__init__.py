@@ -1,0 +1,1 @@
+"""One module per ``flythinker`` command: ``add_parser(sub)`` registers it, ``run(args)`` runs it."""
