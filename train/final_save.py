@@ -99,12 +99,14 @@ def verify_saved_model(staged: Path, model, state_dict: dict[str, torch.Tensor] 
     device = next(model.parameters()).device
     reloaded.to(device)
     vocab = model.get_input_embeddings().weight.shape[0]
-    probe = (torch.arange(8, device=device) * 7919 % vocab).unsqueeze(0)
+    probe = {"input_ids": (torch.arange(8, device=device) * 7919 % vocab).unsqueeze(0)}
+    if getattr(model.config, "reasoner_context", False):  # its reasoner reads a sequence of its own
+        probe["reasoner_input_ids"] = (torch.arange(12, device=device) * 104729 % vocab).unsqueeze(0)
     was_training = model.training
     model.eval()
     with torch.no_grad():
-        expected = model(input_ids=probe).logits.float()
-        got = reloaded(input_ids=probe).logits.float()
+        expected = model(**probe).logits.float()
+        got = reloaded(**probe).logits.float()
     model.train(was_training)
     difference = (expected - got).abs().max().item()
     if not difference <= PROBE_TOLERANCE:

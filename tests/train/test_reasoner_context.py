@@ -169,10 +169,12 @@ def test_run_finetune_trains_and_the_model_generates(workspace, tmp_path, capsys
 
 
 def test_options_are_checked_and_reach_the_command_line(workspace, tmp_path):
-    for bad in (dict(method="sft"), dict(packing=True)):
-        config = workspace_config(workspace, tmp_path / "x", reasoner_context=True, **bad)
-        with pytest.raises(ValueError, match="--reasoner-context true needs --method flythinker"):
-            config.validate()
+    sft = workspace_config(workspace, tmp_path / "x", reasoner_context=True, method="sft", reasoner=None)
+    with pytest.raises(ValueError, match="--method sft trains the generator alone: --reasoner-context"):
+        sft.validate()
+    packed = workspace_config(workspace, tmp_path / "x", reasoner_context=True, packing=True)
+    with pytest.raises(ValueError, match="--reasoner-context true needs --method flythinker"):
+        packed.validate()
     with pytest.raises(ValueError, match="--profile-tokens must be an integer >= 0"):
         workspace_config(workspace, tmp_path / "x", profile_tokens=-2).validate()
     args = build_parser().parse_args(
@@ -181,7 +183,9 @@ def test_options_are_checked_and_reach_the_command_line(workspace, tmp_path):
     )  # fmt: skip
     assert args.reasoner_context is True and args.profile_tokens == 0
     # SFT without the profile (a control arm): the generator's prompts leave it out
-    sft = workspace_config(workspace, tmp_path / "sft", method="sft", profile_tokens=0, max_target_tokens=64)
+    sft = workspace_config(
+        workspace, tmp_path / "sft", method="sft", reasoner=None, profile_tokens=0, max_target_tokens=64
+    )
     sft.validate()
     tokenizer = workspace["tokenizer"]
     features = prepare_dataset(sft, tokenizer, read_records(workspace["train"])[:2])
