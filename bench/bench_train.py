@@ -143,7 +143,7 @@ def build_variants(
     device: torch.device | str = "cpu",
 ) -> dict[str, Variant]:
     """The five step kinds of the module docstring, on the same ``features``."""
-    from flythinker.kernels import fused_linear_cross_entropy
+    from flythinker.kernels.linear_cross_entropy import fused_linear_cross_entropy
     from flythinker.modeling.modeling_flythinker import default_position_ids
     from flythinker.train.collators import PackingCollator, PaddingCollator
 

@@ -331,7 +331,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------------------- convert
 def _cmd_convert(args: argparse.Namespace) -> int:
-    from flythinker.modeling import convert_reference_checkpoint
+    from flythinker.modeling.conversion import convert_reference_checkpoint
 
     for option, value in (
         ("--checkpoint", args.checkpoint),

@@ -86,7 +86,7 @@ def _left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tens
 
 def _decode_batch(model, input_ids, attention_mask, settings: PredictionSettings, tokenizer) -> torch.Tensor:
     """New tokens [B, n] (EOS-padded rows) from the fast engine when the model is a FlyThinker."""
-    from flythinker.modeling import FlyThinkerForCausalLM
+    from flythinker.modeling.modeling_flythinker import FlyThinkerForCausalLM
 
     if isinstance(model, FlyThinkerForCausalLM) and settings.schedule != "hf":
         from flythinker import decoding

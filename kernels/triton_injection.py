@@ -418,7 +418,7 @@ def latent_injection_triton(
     prev_hidden=None,
     channel_gate=None,
 ) -> torch.Tensor:
-    """Triton latent injection (no shape checks; call :func:`flythinker.kernels.latent_injection`)."""
+    """Triton latent injection (no shape checks; call :func:`flythinker.kernels.injection.latent_injection`)."""
     return LatentInjectionFunction.apply(
         inputs_embeds, reasoner_hidden, gate, mean_norm, fusion_lambda, norm_eps, prev_hidden, channel_gate
     )

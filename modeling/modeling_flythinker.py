@@ -18,7 +18,7 @@ from transformers import AutoModel, AutoModelForCausalLM, GenerationMixin, PreTr
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
-from flythinker.kernels import fused_linear_cross_entropy
+from flythinker.kernels.linear_cross_entropy import fused_linear_cross_entropy
 
 from .cache_flythinker import FlyThinkerCache
 from .configuration_flythinker import FlyThinkerConfig

@@ -16,7 +16,7 @@ def register() -> None:
     from transformers import AutoConfig
     from vllm import ModelRegistry
 
-    from flythinker.modeling import FlyThinkerConfig
+    from flythinker.modeling.configuration_flythinker import FlyThinkerConfig
 
     AutoConfig.register(FlyThinkerConfig.model_type, FlyThinkerConfig, exist_ok=True)
     if ARCHITECTURE not in ModelRegistry.get_supported_archs():
