@@ -17,8 +17,10 @@ generator's LM-head rows): the paired ratio to it is what sharing the head gains
 Greedy tokens of every FlyThinker schedule are compared with ``sequential``'s.
 Writes ``bench/results/decode_cpu.json`` and ``bench/results/decode_cpu.md``.
 
-    python bench/bench_decode.py                # ~8-10 minutes on 2 cores
-    python bench/bench_decode.py --quick        # a smoke run
+    python bench/bench_decode.py --data DIR     # ~8-10 minutes on 2 cores; DIR: the PEP splits
+    python bench/bench_decode.py --quick --data tests/fixtures/peps   # a smoke run
+
+Prompts are real text: PEP profiles from ``--data`` (its ``user_val.jsonl``), see bench/pep_data.py.
 """
 
 from __future__ import annotations
@@ -28,10 +30,14 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from pep_data import pep_split  # noqa: E402
 
 CONFIGS = (
     "hf_generate",
@@ -48,9 +54,10 @@ BASELINES = ("hf_generate", "generator", "generator_core_share", "sequential")
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def prompt_ids(tokenizer, length: int, batch: int, offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Real text (PEP profiles from ../shared/data/peps) tokenized and cut to ``length`` tokens per row."""
-    data = Path(__file__).resolve().parents[2] / "shared" / "data" / "peps" / "user_val.jsonl"
+def prompt_ids(
+    tokenizer, length: int, batch: int, data: Path, offset: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Real text (the PEP profiles of the JSONL file ``data``) tokenized and cut to ``length`` tokens per row."""
     rows = []
     with open(data) as handle:
         for i, line in enumerate(handle):
@@ -404,6 +411,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "host_memory; the reasoner worker always does); 'default' leaves it (default: reuse)",
     )
     parser.add_argument("--quick", action="store_true", help="tiny settings for a smoke run")
+    parser.add_argument("--data", help="the PEP splits' folder (user_val.jsonl is read) or one JSONL file")
     parser.add_argument(
         "--out",
         type=Path,
@@ -414,10 +422,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> dict:
-    import sys
-
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
+    data = pep_split(args.data, "user_val", "bench/bench_decode.py")
     if args.out.is_dir():  # a results folder: use the default file name inside it
         args.out = args.out / "decode_cpu.json"
     if args.quick:
@@ -449,18 +456,18 @@ def main(argv=None) -> dict:
     configs = list(args.configs)
 
     print("warm-up (starts the reasoner worker process)", flush=True)
-    ids, mask = prompt_ids(tokenizer, 16, 1)
+    ids, mask = prompt_ids(tokenizer, 16, 1, data)
     for name in configs:
         run_config(name, model, ids, mask, 4, threads)
 
     results = {}
-    ids, mask = prompt_ids(tokenizer, args.long_prompt, 1)
+    ids, mask = prompt_ids(tokenizer, args.long_prompt, 1, data)
     print(f"time to first token, {args.long_prompt}-token prompt, batch 1", flush=True)
     results[f"TTFT, {args.long_prompt}-token prompt, batch 1"] = paired(
         model, ids, mask, 2, args.ttft_repeats, threads, configs, "ttft"
     )
     for batch in args.batches:
-        ids, mask = prompt_ids(tokenizer, args.short_prompt, batch)
+        ids, mask = prompt_ids(tokenizer, args.short_prompt, batch, data)
         label = f"decode, {args.short_prompt}-token prompt, {args.new_tokens} new tokens, batch {batch}"
         print(label, flush=True)
         results[label] = paired(

@@ -1,7 +1,7 @@
 """Training-step benchmark: flythinker's pipeline vs the reference recipe, and FlyThinker vs SFT.
 
 SmolLM2-135M-Instruct as generator and reasoner (fp32 on CPU, bf16 on CUDA), records from the PEP
-data (``../shared/data/peps/user_train.jsonl``, LongLaMP abstract-generation schema). Every variant
+data (``--data``: the PEP splits' folder, whose ``user_train.jsonl`` is read, LongLaMP abstract-generation schema). Every variant
 trains the same weights with one shared AdamW (lr 5e-6, weight decay 0.025) on the same records:
 
 =====================  ==========================================================================
@@ -54,6 +54,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from pep_data import pep_split  # noqa: E402
 from train_memory import (  # noqa: E402
     profiled_peak_delta,
     read_peak_rss,
@@ -64,7 +65,6 @@ from train_memory import (  # noqa: E402
 from train_reference import REFERENCE_ROW_LENGTH, ReferenceRecipe, reference_collate  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "peps" / "user_train.jsonl"
 VARIANTS = ("flythinker_padded", "flythinker_packed", "reference", "sft", "reasoner_fwd_bwd")
 PIPELINE_VARIANTS = ("flythinker_padded", "flythinker_packed", "reference")
 DEVICE_DEFAULTS = {
@@ -612,7 +612,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", default=str(RESULTS), help="folder for train_<device>.json/.md")
     parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu or cuda[:N]")
     parser.add_argument(
-        "--data", default=str(DATA), help="LongLaMP-style JSONL (default: the PEP user_train split)"
+        "--data", help="the PEP splits' folder (user_train.jsonl is read) or one LongLaMP-style JSONL file"
     )
     parser.add_argument("--records", type=int, help="records per step (default: 1 on CPU, 8 on CUDA)")
     parser.add_argument("--offset", type=int, default=0, help="index of the first record in the file")
@@ -725,6 +725,7 @@ def subprocess_memory(argv: Sequence[str], names: Sequence[str]) -> dict[str, di
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
+    args.data = str(pep_split(args.data, "user_train", "bench/bench_train.py"))
     device = torch.device(
         "cuda"
         if args.device == "auto" and torch.cuda.is_available()
