@@ -18,6 +18,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+import flythinker
+
 FINETUNE_HELP = {
     "train_file": "LongLaMP-style training data: .jsonl, .json or .parquet (LongLaMP records or the reference "
     "implementation's {inp, profile, target} records)",
@@ -376,6 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     from flythinker.train.finetune import FinetuneConfig
 
     parser = argparse.ArgumentParser(prog="flythinker", description=__doc__.split("\n")[0])
+    parser.add_argument("--version", action="version", version=f"flythinker {flythinker.__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser(

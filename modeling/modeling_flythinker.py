@@ -20,7 +20,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 
 from flythinker.kernels.linear_cross_entropy import fused_linear_cross_entropy
 
-from .cache_flythinker import FlyThinkerCache
+from .cache_flythinker import GENERATION_CACHE_KWARG, FlyThinkerCache
 from .configuration_flythinker import FlyThinkerConfig
 from .fusion import LatentFusion, default_position_ids, injection_gate
 from .input_checks import validate_model_inputs
@@ -423,12 +423,12 @@ class FlyThinkerForCausalLM(FlyThinkerPreTrainedModel, GenerationMixin):
         """An empty cache for incremental decoding (generator KV + reasoner KV + last reasoner state)."""
         return FlyThinkerCache(self.config.generator_config, self.config.reasoner_config)
 
-    def prepare_inputs_for_generation(self, input_ids, past_key_values=None, **kwargs):
+    def prepare_inputs_for_generation(self, input_ids, cache=None, past_key_values=None, **kwargs):
+        cache = cache if cache is not None else past_key_values  # generate()'s name varies by version
         kwargs.pop("inputs_embeds", None)
-        if past_key_values is None and kwargs.get("use_cache", True):
-            past_key_values = self.new_cache()
-        model_inputs = super().prepare_inputs_for_generation(
-            input_ids, past_key_values=past_key_values, **kwargs
-        )
+        if cache is None and kwargs.get("use_cache", True):
+            cache = self.new_cache()
+        kwargs[GENERATION_CACHE_KWARG] = cache
+        model_inputs = super().prepare_inputs_for_generation(input_ids, **kwargs)
         model_inputs.pop("inputs_embeds", None)
         return model_inputs
