@@ -11,7 +11,6 @@ any installed package of the same name.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import textwrap
@@ -24,8 +23,8 @@ MAPPED = ("kernels", "modeling", "train")  # top-level folder -> flythinker.<fol
 
 
 def _fake_site(tmp_path: Path) -> Path:
-    """Regular packages named like the folders, standing in for installed distributions (the real
-    HF ``kernels`` exports ``CUDAProperties``, which transformers imports by name)."""
+    """Regular packages named like the folders, standing in for installed distributions where none is
+    installed (the real HF ``kernels`` exports ``CUDAProperties``, which transformers imports by name)."""
     site = tmp_path / "site"
     for name in MAPPED:
         (site / name).mkdir(parents=True)
@@ -33,21 +32,19 @@ def _fake_site(tmp_path: Path) -> Path:
     return site
 
 
-def _run(args: list[str], site: Path) -> subprocess.CompletedProcess:
-    # PYTHONPATH entries come after the root (sys.path[0]) and before site-packages: where an
-    # installed package sits relative to the root
-    env = dict(os.environ, PYTHONPATH=str(site))
-    return subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-
-
 @pytest.mark.slow  # two fresh interpreters that import torch and transformers
 def test_installed_packages_win_over_the_root_folders_and_flythinker_still_imports(tmp_path):
+    # The stand-ins go last on sys.path, after site-packages: a really installed package (HF kernels
+    # with transformers >= 5.25) is found first, a stand-in where there is none. Either way the root,
+    # which is sys.path[0] under ``python -c`` and ``python -m``, must lose.
     site = _fake_site(tmp_path)
     code = textwrap.dedent(
-        """
+        f"""
+        import sys
+        sys.path.append({str(site)!r})
         from kernels import CUDAProperties
-        import modeling, train
-        print(CUDAProperties, modeling.CUDAProperties, train.CUDAProperties, sep="|")
+        import kernels, modeling, train
+        print(*(m.__file__ for m in (kernels, modeling, train)), sep="|")
         import flythinker
         from flythinker import FlyThinkerForCausalLM
         from flythinker.kernels.injection import latent_injection
@@ -55,13 +52,22 @@ def test_installed_packages_win_over_the_root_folders_and_flythinker_still_impor
         print(FlyThinkerForCausalLM.__name__)
         """
     )
-    result = _run([sys.executable, "-c", code], site)
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.strip().splitlines()
-    assert lines[0] == "installed kernels|installed modeling|installed train"
+    for name, file in zip(MAPPED, lines[0].split("|")):
+        assert file != "None" and Path(file).resolve().parent != (ROOT / name).resolve(), f"{name}: {file}"
     assert lines[-1] == "FlyThinkerForCausalLM"
 
-    cli = _run([sys.executable, "-m", "flythinker.cli", "--help"], site)
+    cli = subprocess.run(
+        [sys.executable, "-m", "flythinker.cli", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert cli.returncode == 0 and "usage: flythinker" in cli.stdout, cli.stderr[-3000:]
 
 
