@@ -29,8 +29,10 @@ for requirement in dict.fromkeys(every):
         print(requirement)
 PY
 )
-"${pip[@]}" --upgrade --upgrade-strategy eager --no-deps -e .
-"${pip[@]}" --upgrade --upgrade-strategy eager "${specs[@]}" kernels
+# A fresh venv: pip takes the newest release in range of everything not installed yet; torch, installed
+# above, stays (no eager upgrade, which would replace it with the newest CUDA build).
+"${pip[@]}" --no-deps -e .
+"${pip[@]}" "${specs[@]}" kernels
 "$venv/bin/python" -m pip list --disable-pip-version-check 2>/dev/null \
     | grep -iE '^(torch|transformers|tokenizers|accelerate|peft|trl|kernels|safetensors|huggingface.hub) ' \
     | sed 's/^/[newest] /'
@@ -41,7 +43,7 @@ PY
 # peft, trl).
 "$venv/bin/python" -m flythinker.cli --help > /dev/null
 "$venv/bin/python" -m flythinker.cli --version
-"$venv/bin/python" -m pytest -q -p no:cacheprovider \
+"$venv/bin/python" -m pytest -q -p no:cacheprovider --durations=10 \
     tests/test_repository_root.py \
     tests/modeling/test_forward.py tests/modeling/test_generate.py tests/modeling/test_loading.py \
     tests/modeling/test_remote_code.py tests/modeling/test_training.py \
