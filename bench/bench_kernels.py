@@ -91,7 +91,7 @@ def injection_fns(provider: str, device: str):
     from flythinker.kernels.injection import latent_injection_reference
 
     if provider == "ours":
-        from flythinker.kernels.triton_injection import latent_injection_triton as fn
+        from flythinker.kernels.triton_injection_autograd import latent_injection_triton as fn
     elif provider == "eager":
         fn = latent_injection_reference
     else:

@@ -60,10 +60,10 @@ def test_force_with_interpreter_runs_triton(clean_env):
     if not torch.cuda.is_available():
         clean_env.setenv("TRITON_INTERPRET", "1")
     clean_env.setenv("FLYTHINKER_FORCE_TRITON", "1")
-    from flythinker.kernels import triton_injection, triton_linear_cross_entropy
+    from flythinker.kernels import triton_injection_autograd, triton_linear_cross_entropy
 
-    inj_calls = _spy(clean_env, triton_injection, "latent_injection_triton")
-    emb_calls = _spy(clean_env, triton_injection, "embedding_latent_injection_triton")
+    inj_calls = _spy(clean_env, triton_injection_autograd, "latent_injection_triton")
+    emb_calls = _spy(clean_env, triton_injection_autograd, "embedding_latent_injection_triton")
     ce_calls = _spy(clean_env, triton_linear_cross_entropy, "ce_chunk_step_triton")
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     e, h, g, m, lam = (x.to(dev) if torch.is_tensor(x) else x for x in _injection_args())
