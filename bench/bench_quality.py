@@ -351,7 +351,7 @@ def build_model(base: Base, recipe: Any, options: Options, seed: int):
     torch.manual_seed(seed)
     if recipe.method == "sft":
         return copy.deepcopy(base.generator)
-    from flythinker.modeling import FlyThinkerForCausalLM
+    from flythinker.modeling.modeling_flythinker import FlyThinkerForCausalLM
 
     overrides = {"fusion_lambda": options.fusion_lambda, **dict(recipe.config_overrides)}
     model = FlyThinkerForCausalLM.from_components(

@@ -11,6 +11,7 @@ any installed package of the same name.
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 import textwrap
@@ -78,3 +79,27 @@ def test_source_folders_are_not_regular_packages_and_the_checkout_package_is_who
         )
         link = ROOT / "flythinker" / name
         assert link.resolve() == (ROOT / name).resolve(), f"flythinker/{name} must link to ../{name}"
+
+
+def test_nothing_imports_a_name_from_the_namespace_packages():
+    """``flythinker.kernels`` / ``.modeling`` / ``.train`` have no ``__init__``: ``from
+    flythinker.modeling import FlyThinkerForCausalLM`` fails at run time, also inside a function that
+    no test calls. Import from the defining module (or the user-facing names from ``flythinker``)."""
+    bad = []
+    for folder in ("flythinker", *MAPPED, "bench", "tests", "scripts", "serving"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            if any(part.startswith(".") for part in path.relative_to(ROOT).parts):
+                continue  # virtual environments and caches
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if (
+                    isinstance(node, ast.ImportFrom)
+                    and node.level == 0
+                    and node.module in {f"flythinker.{name}" for name in MAPPED}
+                ):
+                    folder_of = ROOT / node.module.split(".")[1]
+                    for alias in node.names:
+                        if not (folder_of / f"{alias.name}.py").is_file():
+                            bad.append(
+                                f"{path.relative_to(ROOT)}:{node.lineno}: from {node.module} import {alias.name}"
+                            )
+    assert not bad, "names imported from a namespace package:\n" + "\n".join(bad)
