@@ -17,8 +17,10 @@ generator's LM-head rows): the paired ratio to it is what sharing the head gains
 Greedy tokens of every FlyThinker schedule are compared with ``sequential``'s.
 Writes ``bench/results/decode_cpu.json`` and ``bench/results/decode_cpu.md``.
 
-    python bench/bench_decode.py                # ~8-10 minutes on 2 cores
-    python bench/bench_decode.py --quick        # a smoke run
+    python bench/bench_decode.py --data DIR     # ~8-10 minutes on 2 cores; DIR: the PEP splits
+    python bench/bench_decode.py --quick --data tests/fixtures/peps   # a smoke run
+
+Prompts are real text: PEP profiles from ``--data`` (its ``user_val.jsonl``), see bench/pep_data.py.
 """
 
 from __future__ import annotations
@@ -28,10 +30,15 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from decode_report import goal_rows, markdown  # noqa: E402
+from pep_data import pep_split  # noqa: E402
 
 CONFIGS = (
     "hf_generate",
@@ -48,9 +55,10 @@ BASELINES = ("hf_generate", "generator", "generator_core_share", "sequential")
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def prompt_ids(tokenizer, length: int, batch: int, offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Real text (PEP profiles from ../shared/data/peps) tokenized and cut to ``length`` tokens per row."""
-    data = Path(__file__).resolve().parents[2] / "shared" / "data" / "peps" / "user_val.jsonl"
+def prompt_ids(
+    tokenizer, length: int, batch: int, data: Path, offset: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Real text (the PEP profiles of the JSONL file ``data``) tokenized and cut to ``length`` tokens per row."""
     rows = []
     with open(data) as handle:
         for i, line in enumerate(handle):
@@ -259,126 +267,6 @@ def two_prefill_bounds(hf_runs: list[dict], sequential_runs: list[dict]) -> list
     ]
 
 
-def _ratio_cell(row: dict, key: str) -> str:
-    value = row.get(key)
-    if value is None:
-        return "–"
-    low, high = row.get(f"{key}_range", (value, value))
-    return f"{value:.2f} ({low:.2f}–{high:.2f})"
-
-
-GOALS = {  # issue 12's goals, checked in the table's last section
-    "end_to_end_b1": 0.95,
-    "batch8": 0.9,
-}
-
-
-def markdown(report: dict) -> str:
-    settings = report["settings"]
-    load0, load1 = settings["load_average_at_start"], settings["load_average_at_end"]
-    quiet = "quiet before the run" if load0[0] < 0.5 else "other jobs shared the machine"
-    lines = [
-        f"# Decode benchmark (CPU) — {report['device']}",
-        "",
-        f"torch {report['versions']['torch']}, transformers {report['versions']['transformers']}, "
-        f"{settings['threads_available']} cores; SmolLM2-135M-Instruct as generator and reasoner (fp32); "
-        f"greedy, EOS off; medians of {settings['repeats']} paired interleaved repeats "
-        f"(TTFT: {settings['ttft_repeats']}), range in brackets. Baselines (hf_generate, generator, "
-        f"sequential) ran with {settings['baseline_threads']} thread(s); threads/processes split the cores "
-        f"{settings['thread_split_generator_reasoner']} (generator, reasoner). Load average (1/5/15 min) "
-        f"at start {[round(x, 2) for x in load0]}, at end {[round(x, 2) for x in load1]} ({quiet}). "
-        f"Command: `{settings.get('command', 'python bench/bench_decode.py')}`.",
-        "",
-    ]
-    for section, rows in report["results"].items():
-        if section.startswith("TTFT"):
-            lines += [
-                f"## {section}",
-                "",
-                "| config | TTFT s | / hf_generate | / generator loop | / sequential |",
-                "|---|---|---|---|---|",
-            ]
-            for name, row in rows.items():
-                lines.append(
-                    f"| {name} | {row['ttft_s']:.2f} | {_ratio_cell(row, 'ttft_ratio_vs_hf_generate')} | "
-                    f"{_ratio_cell(row, 'ttft_ratio_vs_generator')} | {_ratio_cell(row, 'ttft_ratio_vs_sequential')} |"
-                )
-            lines.append("")
-            continue
-        lines += [
-            f"## {section}",
-            "",
-            "| config | TTFT s | ms/token | decode tok/s | end-to-end tok/s | end-to-end × hf_generate | "
-            "decode × hf_generate | × generator loop (e2e) | decode × generator on its core share | "
-            "× sequential (e2e) | × processes, whole head (e2e) | tokens = sequential |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|",
-        ]
-        for name, row in rows.items():
-            same = row.get("tokens_equal_sequential")
-            lines.append(
-                f"| {name} | {row['ttft_s']:.2f} | {row['per_token_s'] * 1e3:.1f} | {row['tokens_per_s']:.2f} | "
-                f"{row['end_to_end_tokens_per_s']:.2f} | {_ratio_cell(row, 'end_to_end_vs_hf_generate')} | "
-                f"{_ratio_cell(row, 'speed_vs_hf_generate')} | {_ratio_cell(row, 'end_to_end_vs_generator')} | "
-                f"{_ratio_cell(row, 'speed_vs_generator_core_share')} | "
-                f"{_ratio_cell(row, 'end_to_end_vs_sequential')} | "
-                f"{_ratio_cell(row, 'end_to_end_vs_processes_whole_head')} | "
-                f"{'–' if same is None else ('yes' if same else '**no**')} |"
-            )
-        lines.append("")
-    lines.append(
-        "Tokens/s ratios: higher is faster; TTFT ratios are time ratios: lower is faster. Every ratio is "
-        "the median of same-repeat pairs. ms/token is the median decode step (hf_generate: the mean). "
-        "End-to-end = new tokens / the whole call's wall time (prefill included)."
-    )
-    goals = report.get("goals")
-    if goals:
-        lines += ["", "| goal (issue 12) | measured | met |", "|---|---|---|"]
-        for goal in goals:
-            lines.append(f"| {goal['goal']} | {goal['measured']} | {'yes' if goal['met'] else 'no'} |")
-    return "\n".join(lines) + "\n"
-
-
-def goal_rows(results: dict) -> list[dict]:
-    """Issue 12's decode goals against what was measured (processes = the CPU default schedule).
-    Ratios are shown to 3 decimals so that a "no" is never displayed as the threshold itself."""
-    rows = []
-
-    def add(goal: str, value, met: bool) -> None:
-        measured = f"{value:.3f}×" if isinstance(value, float) else str(value)
-        rows.append({"goal": goal, "measured": measured, "met": bool(met)})
-
-    for section, configs in results.items():
-        proc = configs.get("processes")
-        if proc is None:
-            continue
-        decode = section.startswith("decode")
-        batch = section.rsplit("batch ", 1)[-1]
-        if (not decode or batch == "1") and "ttft_ratio_vs_sequential" in proc:
-            value = proc["ttft_ratio_vs_sequential"]
-            add(f"TTFT ≤ sequential's ({section})", value, value <= 1.0)
-        if decode and batch == "1" and "end_to_end_vs_hf_generate" in proc:
-            value, goal = proc["end_to_end_vs_hf_generate"], GOALS["end_to_end_b1"]
-            add(f"end-to-end ≥ {goal}× transformers' generate of G alone ({section})", value, value >= goal)
-            bound = proc.get("two_prefill_bound_vs_hf_generate")
-            if bound is not None:
-                add(
-                    f"{goal}× reachable at generate's per-token speed: bound = generate's decode + both "
-                    f"models' prefills (sequential's TTFT) ({section})",
-                    bound,
-                    bound >= goal,
-                )
-        if decode and batch == "8":
-            base = "hf_generate" if "end_to_end_vs_hf_generate" in proc else "generator"
-            value = proc.get(f"end_to_end_vs_{base}")
-            if value is not None:
-                goal = GOALS["batch8"]
-                add(f"batch 8 ≥ {goal}× the generator alone ({base}, end to end)", value, value >= goal)
-        if "tokens_equal_sequential" in proc:
-            same = proc["tokens_equal_sequential"]
-            add(f"exact tokens, processes = sequential ({section})", same, same)
-    return rows
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -404,6 +292,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "host_memory; the reasoner worker always does); 'default' leaves it (default: reuse)",
     )
     parser.add_argument("--quick", action="store_true", help="tiny settings for a smoke run")
+    parser.add_argument("--data", help="the PEP splits' folder (user_val.jsonl is read) or one JSONL file")
     parser.add_argument(
         "--out",
         type=Path,
@@ -414,10 +303,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> dict:
-    import sys
-
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
+    data = pep_split(args.data, "user_val", "bench/bench_decode.py")
     if args.out.is_dir():  # a results folder: use the default file name inside it
         args.out = args.out / "decode_cpu.json"
     if args.quick:
@@ -449,18 +337,18 @@ def main(argv=None) -> dict:
     configs = list(args.configs)
 
     print("warm-up (starts the reasoner worker process)", flush=True)
-    ids, mask = prompt_ids(tokenizer, 16, 1)
+    ids, mask = prompt_ids(tokenizer, 16, 1, data)
     for name in configs:
         run_config(name, model, ids, mask, 4, threads)
 
     results = {}
-    ids, mask = prompt_ids(tokenizer, args.long_prompt, 1)
+    ids, mask = prompt_ids(tokenizer, args.long_prompt, 1, data)
     print(f"time to first token, {args.long_prompt}-token prompt, batch 1", flush=True)
     results[f"TTFT, {args.long_prompt}-token prompt, batch 1"] = paired(
         model, ids, mask, 2, args.ttft_repeats, threads, configs, "ttft"
     )
     for batch in args.batches:
-        ids, mask = prompt_ids(tokenizer, args.short_prompt, batch)
+        ids, mask = prompt_ids(tokenizer, args.short_prompt, batch, data)
         label = f"decode, {args.short_prompt}-token prompt, {args.new_tokens} new tokens, batch {batch}"
         print(label, flush=True)
         results[label] = paired(

@@ -89,10 +89,10 @@ def _injection_inputs(tokens, width, dtype, device, batch=1):
 
 
 def injection_fns(provider: str, device: str):
-    from flythinker.kernels import latent_injection_reference
+    from flythinker.kernels.injection import latent_injection_reference
 
     if provider == "ours":
-        from flythinker.kernels.triton_injection import latent_injection_triton as fn
+        from flythinker.kernels.triton_injection_autograd import latent_injection_triton as fn
     elif provider == "eager":
         fn = latent_injection_reference
     else:
@@ -101,7 +101,10 @@ def injection_fns(provider: str, device: str):
 
 
 def ce_fns(provider: str, device: str):
-    from flythinker.kernels import chunked_linear_cross_entropy, linear_cross_entropy_reference
+    from flythinker.kernels.linear_cross_entropy import (
+        chunked_linear_cross_entropy,
+        linear_cross_entropy_reference,
+    )
 
     if provider == "ours":
         if device == "cuda":

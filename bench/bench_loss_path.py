@@ -34,8 +34,8 @@ def eager(h: torch.Tensor, w: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def main() -> dict:
-    from flythinker.kernels import default_chunk_size, fused_linear_cross_entropy
     from flythinker.kernels.host_memory import keep_freed_host_memory
+    from flythinker.kernels.linear_cross_entropy import default_chunk_size, fused_linear_cross_entropy
 
     keep_freed_host_memory()
     torch.manual_seed(0)

@@ -2,7 +2,7 @@
 
 SmolLM2-135M-Instruct as generator and reasoner (fp32); the pair is a ``save_pretrained``
 directory served through the ``flythinker-vllm`` plugin, the baseline is the SmolLM2 checkpoint
-itself under plain vLLM. Same token prompts (PEP profiles from ../shared/data/peps), greedy, EOS off.
+itself under plain vLLM. Same token prompts (PEP profiles from ``--data``, its user_val.jsonl), greedy, EOS off.
 
 * batch: B requests submitted at once (B = 1, 4, 16): output tokens/s and wall time per batch;
 * request rate: Poisson arrivals at R requests/s driven through ``LLMEngine.step``: TTFT and
@@ -10,8 +10,8 @@ itself under plain vLLM. Same token prompts (PEP profiles from ../shared/data/pe
 
 Each engine runs in its own process (``--worker``). Run it inside the plugin's environment::
 
-    nice -n 15 serving/vllm/.venv/bin/python bench/bench_serving.py          # ~2-3 min on 2 CPU cores
-    ... bench/bench_serving.py --quick                                     # smoke run
+    nice -n 15 serving/vllm/.venv/bin/python bench/bench_serving.py --data DIR   # ~2-3 min on 2 CPU cores
+    ... bench/bench_serving.py --quick --data tests/fixtures/peps              # smoke run
 
 Writes ``bench/results/serving_<device>.json`` and ``.md`` (CPU: ratios are the point; on a GPU
 the absolute numbers, with the device name).
@@ -29,14 +29,17 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from pep_data import pep_split  # noqa: E402
+
 RESULTS = Path(__file__).resolve().parent / "results"
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "peps" / "user_val.jsonl"
 
 
-def prompts(tokenizer, count: int, length: int) -> list[list[int]]:
-    """``count`` real-text prompts of exactly ``length`` tokens (repeated when a profile is short)."""
+def prompts(tokenizer, count: int, length: int, data: Path) -> list[list[int]]:
+    """``count`` real-text prompts of exactly ``length`` tokens from the PEP profiles of the JSONL file
+    ``data`` (repeated when a profile is short)."""
     rows: list[list[int]] = []
-    with open(DATA) as handle:
+    with open(data) as handle:
         for line in handle:
             if len(rows) == count:
                 break
@@ -256,12 +259,14 @@ def main() -> None:
         action="store_true",
         help="random-weight SmolLM2-135M-shaped models and random prompts (no SmolLM2 package, no ../shared)",
     )
+    parser.add_argument("--data", help="the PEP splits' folder (user_val.jsonl is read) or one JSONL file")
     args = parser.parse_args()
     if args.worker:
         spec = json.loads(Path(args.worker[0]).read_text())
         Path(args.worker[1]).write_text(json.dumps(worker(spec)))
         return
 
+    data = pep_split(args.data, "user_val", "bench/bench_serving.py")
     import importlib.metadata as metadata
 
     import torch
@@ -286,7 +291,7 @@ def main() -> None:
     rate_requests = 4 if args.quick else 12
     count = max(max(batches), rate_requests)
     spec = {
-        "prompts": random_prompts(count, prompt_tokens) if args.synthetic else prompts(tokenizer, count, prompt_tokens),
+        "prompts": random_prompts(count, prompt_tokens) if args.synthetic else prompts(tokenizer, count, prompt_tokens, data),
         "new_tokens": new_tokens, "batches": batches, "rates": rates, "rate_requests": rate_requests,
         "max_model_len": 512,
     }  # fmt: skip

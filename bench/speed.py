@@ -29,6 +29,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
+sys.path.insert(0, str(HERE))
+from pep_data import pep_split  # noqa: E402
 
 TRAIN_ARGS = ["--variants", "flythinker_padded,sft,reasoner_fwd_bwd", "--repeats", "16"]
 DECODE_ARGS = ["--repeats", "5", "--ttft-repeats", "3", "--long-prompt", "1536", "--new-tokens", "64"]
@@ -113,18 +115,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS, help="results folder (default: bench/results)")
     parser.add_argument("--skip-train", action="store_true", help="only the decode part")
     parser.add_argument("--skip-decode", action="store_true", help="only the training part")
+    parser.add_argument(
+        "--data", help="the PEP splits' folder, passed to both benchmarks (bench/pep_data.py)"
+    )
     args = parser.parse_args(argv)
+    pep_split(args.data, "user_train", "bench/speed.py")  # fail here, not in the first child
+    pep_split(args.data, "user_val", "bench/speed.py")
     args.out.mkdir(parents=True, exist_ok=True)
     suffix = "_quick" if args.quick else ""
     parts = {}
     if not args.skip_train:
         train = (QUICK_TRAIN if args.quick else TRAIN_ARGS) + ["--out", str(args.out), "--stem",
-                                                               f"train_cpu_floor{suffix}"]  # fmt: skip
+                                                               f"train_cpu_floor{suffix}", "--data", args.data]  # fmt: skip
         parts["train"] = _run("bench_train.py", train)
     if not args.skip_decode:
         decode = (QUICK_DECODE if args.quick else DECODE_ARGS) + [
             "--out",
             str(args.out / f"decode_cpu{suffix}.json"),
+            "--data",
+            args.data,
         ]
         parts["decode"] = _run("bench_decode.py", decode)
     lines = [

@@ -3,8 +3,15 @@
 A reasoner LM computes latent token-level reasoning in one parallel pass; its state at position
 i−1 is fused into the generator's input embedding at position i (docs/design.md §1). Importing this
 package registers FlyThinker with transformers' Auto classes (loading only the config module) and
-resolves every public name on first access (PEP 562), so ``import flythinker.kernels`` never loads
-the model or the decoding engine, and triton, flash-attn, peft and trl stay optional.
+resolves every public name on first access (PEP 562), so ``import flythinker.kernels.injection`` never
+loads the model or the decoding engine, and triton, flash-attn, peft and trl stay optional.
+
+``flythinker.kernels``, ``flythinker.modeling`` and ``flythinker.train`` are the repository's top-level
+``kernels/``, ``modeling/`` and ``train/`` folders (pyproject.toml's package-dir; in a checkout
+``flythinker/kernels`` etc. are links to them). Those folders hold no ``__init__.py`` on purpose: a
+checkout's root is on ``sys.path`` whenever one runs ``python -m ...`` or pytest there, and a regular
+package named ``kernels`` in it would shadow the HF ``kernels`` package that transformers imports. As
+namespace packages they lose to any installed package of the same name (docs/design.md §2).
 """
 
 from __future__ import annotations
@@ -16,11 +23,11 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it
 _EXPORTS = {
-    "FlyThinkerCache": "flythinker.modeling",
-    "FlyThinkerConfig": "flythinker.modeling",
-    "FlyThinkerForCausalLM": "flythinker.modeling",
-    "check_vocab_compatibility": "flythinker.modeling",
-    "convert_reference_checkpoint": "flythinker.modeling",
+    "FlyThinkerCache": "flythinker.modeling.cache_flythinker",
+    "FlyThinkerConfig": "flythinker.modeling.configuration_flythinker",
+    "FlyThinkerForCausalLM": "flythinker.modeling.modeling_flythinker",
+    "check_vocab_compatibility": "flythinker.modeling.loading",
+    "convert_reference_checkpoint": "flythinker.modeling.conversion",
     "generate": "flythinker.decoding",
     "stream": "flythinker.decoding",
 }
@@ -37,13 +44,11 @@ __all__ = [
 
 if TYPE_CHECKING:  # pragma: no cover - for static analysers only
     from flythinker.decoding import generate, stream
-    from flythinker.modeling import (
-        FlyThinkerCache,
-        FlyThinkerConfig,
-        FlyThinkerForCausalLM,
-        check_vocab_compatibility,
-        convert_reference_checkpoint,
-    )
+    from flythinker.modeling.cache_flythinker import FlyThinkerCache
+    from flythinker.modeling.configuration_flythinker import FlyThinkerConfig
+    from flythinker.modeling.conversion import convert_reference_checkpoint
+    from flythinker.modeling.loading import check_vocab_compatibility
+    from flythinker.modeling.modeling_flythinker import FlyThinkerForCausalLM
 
 
 def _register_with_transformers() -> None:

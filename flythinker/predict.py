@@ -91,7 +91,7 @@ def _decode_batch(
     """New tokens [B, n] (EOS-padded rows) from the fast engine when the model is a FlyThinker.
     ``reasoner_inputs``: ``reasoner_input_ids`` / ``reasoner_attention_mask`` of a reasoner-context model."""
     reasoner_inputs = reasoner_inputs or {}
-    from flythinker.modeling import FlyThinkerForCausalLM
+    from flythinker.modeling.modeling_flythinker import FlyThinkerForCausalLM
 
     if isinstance(model, FlyThinkerForCausalLM) and settings.schedule != "hf":
         from flythinker import decoding

@@ -26,7 +26,7 @@ instead of ``inputs_embeds`` (``e[b, i] = E[ids[b, i]]``); its table gradient is
 ``d out`` rows, as ``nn.Embedding`` gives (no ``padding_idx`` masking, no ``max_norm``).
 
 Backends: :func:`latent_injection` / :func:`embedding_latent_injection` dispatch through
-:func:`flythinker.kernels.dispatch.use_triton` to the Triton kernels in ``triton_injection.py``
+:func:`flythinker.kernels.dispatch.use_triton` to the Triton kernels in ``triton_injection.py`` (autograd layer: ``triton_injection_autograd.py``)
 (imported lazily) or to the references here.
 """
 
@@ -152,7 +152,7 @@ def latent_injection(
     """
     _check_shapes(inputs_embeds, reasoner_hidden, gate, prev_hidden, channel_gate)
     if use_triton(inputs_embeds, reasoner_hidden, prev_hidden, channel_gate):
-        from .triton_injection import latent_injection_triton
+        from .triton_injection_autograd import latent_injection_triton
 
         return latent_injection_triton(
             inputs_embeds,
@@ -224,7 +224,7 @@ def embedding_latent_injection(
         prev_hidden,
     )
     if use_triton(embedding_weight, reasoner_hidden, prev_hidden, channel_gate):
-        from .triton_injection import embedding_latent_injection_triton
+        from .triton_injection_autograd import embedding_latent_injection_triton
 
         return embedding_latent_injection_triton(*args, channel_gate)
     return embedding_latent_injection_reference(*args, channel_gate)

@@ -4,7 +4,7 @@
 ``AutoModelForCausalLM`` / ``AutoModel``, so a saved directory loads with plain transformers calls
 (no ``trust_remote_code``) while ``import flythinker.kernels`` still loads only the config module on
 top of the kernels. Any attribute of the stand-in (``from_pretrained``, ``from_config``,
-``config_class``, …) is the real :class:`~flythinker.modeling.FlyThinkerForCausalLM`'s, imported on
+``config_class``, …) is the real :class:`~flythinker.modeling.modeling_flythinker.FlyThinkerForCausalLM`'s, imported on
 first use, and the stand-in carries the real class's name (pipelines check model names); what the
 Auto classes build is always an instance of the real class.
 """

@@ -14,8 +14,18 @@ mask sizes), and carries two more things that incremental decoding needs (docs/d
 
 from __future__ import annotations
 
+import inspect
+
 import torch
-from transformers import DynamicCache, PretrainedConfig
+from transformers import DynamicCache, GenerationMixin, PretrainedConfig
+
+#: The keyword ``GenerationMixin.prepare_inputs_for_generation`` takes the cache under: ``cache`` from
+#: transformers 5.25 on (where ``past_key_values`` is deprecated), ``past_key_values`` before.
+GENERATION_CACHE_KWARG = (
+    "cache"
+    if "cache" in inspect.signature(GenerationMixin.prepare_inputs_for_generation).parameters
+    else "past_key_values"
+)
 
 
 class FlyThinkerCache(DynamicCache):

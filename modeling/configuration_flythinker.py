@@ -68,7 +68,7 @@ class FlyThinkerConfig(PretrainedConfig):
         center_reasoner: subtract a per-channel mean μ of the reasoner's states (a saved buffer, estimated
             on training data with ``flythinker.train.warm_start.estimate_reasoner_center``) before the
             rescale; removes the constant outlier channel of pretrained final states.
-        use_fused_loss: compute the training loss with ``flythinker.kernels.fused_linear_cross_entropy``
+        use_fused_loss: compute the training loss with ``flythinker.kernels.linear_cross_entropy.fused_linear_cross_entropy``
             (never materialises [tokens, vocab] logits); logits are then not returned unless asked.
         reward_heads: optional JSON spec of reward heads (see ``flythinker.modeling.heads``).
         reasoner_context: ``False`` (the paper: the reasoner reads ``input_ids``, the generator's tokens) or

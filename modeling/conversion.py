@@ -8,9 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file
 from transformers import AutoConfig, AutoTokenizer
 
 from .configuration_flythinker import FlyThinkerConfig
+from .loading import check_vocab_compatibility
+from .modeling_flythinker import FlyThinkerForCausalLM
 
 logger = logging.getLogger(__name__)
 
@@ -24,8 +27,6 @@ def load_reference_state_dict(checkpoint_dir: str | os.PathLike) -> dict[str, to
         path = checkpoint_dir / name
         if path.exists():
             if name.endswith(".safetensors"):
-                from safetensors.torch import load_file
-
                 return load_file(str(path))
             return torch.load(path, map_location="cpu", weights_only=True)
     raise FileNotFoundError(f"{checkpoint_dir}: no {' or '.join(_WEIGHT_FILES)} found")
@@ -137,8 +138,6 @@ def convert_reference_checkpoint(
     Every key is checked strictly: a missing key (other than a tied ``lm_head``) or an unexpected one
     raises an error naming it. Everything is checked before ``output_dir`` is written.
     """
-    from .loading import check_vocab_compatibility
-    from .modeling_flythinker import FlyThinkerForCausalLM
 
     generator_config = AutoConfig.from_pretrained(checkpoint_dir)
     reasoner_source = reasoner_config

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from flythinker.kernels import latent_injection, mean_embedding_norm
+from flythinker.kernels.injection import latent_injection, mean_embedding_norm
 
 from .sharded_norm import full_mean_embedding_norm
 

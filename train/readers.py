@@ -29,11 +29,12 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from flythinker.train.records import TASK_SCHEMAS, TASKS, PersonalizedRecord, required_fields_phrase
+from flythinker.train.sources import Location, PlainLocation, iter_source, type_name
 
 USER_ID_FIELDS: tuple[str, ...] = (
     "user_id",
@@ -48,139 +49,6 @@ USER_ID_FIELDS: tuple[str, ...] = (
 """Top-level fields tried, in order, for the user id of a LongLaMP record."""
 
 _SCALAR = (str, int, float, bool)
-
-
-def _type_name(value: Any) -> str:
-    return "null" if value is None else type(value).__name__
-
-
-class _Loc:
-    """Where a raw record came from, for error messages: ``"<source> line 17"``."""
-
-    __slots__ = ("source", "kind", "number")
-
-    def __init__(self, source: str, kind: str, number: int):
-        self.source, self.kind, self.number = source, kind, number
-
-    def __str__(self) -> str:
-        return f"{self.source} {self.kind} {self.number}"
-
-    def error(self, message: str) -> ValueError:
-        return ValueError(f"{self}: {message}")
-
-
-class _PlainLoc(_Loc):
-    def __init__(self, text: str):
-        super().__init__(text, "", 0)
-
-    def __str__(self) -> str:
-        return self.source
-
-
-# ----------------------------------------------------------------------------------------- raw rows
-def _decode_line(raw: bytes, loc: _Loc) -> str:
-    try:
-        return raw.decode("utf-8-sig" if loc.number == 1 else "utf-8")  # a BOM on line 1 is tolerated
-    except UnicodeDecodeError as exc:
-        raise loc.error(
-            f"invalid UTF-8 (byte {exc.start + 1} of the line: {raw[exc.start : exc.start + 4]!r}); "
-            "save the file as UTF-8"
-        ) from None
-
-
-def _iter_jsonl(path: Path, name: str) -> Iterator[tuple[_Loc, Any]]:
-    with open(path, "rb") as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            loc = _Loc(name, "line", lineno)
-            line = _decode_line(raw, loc)
-            if not line.strip():
-                continue
-            try:
-                yield loc, json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise loc.error(f"invalid JSON ({exc.msg} at column {exc.colno})") from None
-
-
-def _iter_json(path: Path, name: str) -> Iterator[tuple[_Loc, Any]]:
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise ValueError(
-            f"{name} line {line}: invalid UTF-8 (byte {raw[exc.start : exc.start + 1]!r}); save the file "
-            "as UTF-8"
-        ) from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(
-            f"{name}: invalid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
-        ) from None
-    if not isinstance(data, list):
-        raise ValueError(
-            f"{name}: expected a JSON list of records at the top level, got {_type_name(data)} "
-            "(use .jsonl for one record per line)"
-        )
-    for i, row in enumerate(data, start=1):
-        yield _Loc(name, "record", i), row
-
-
-def _iter_parquet(path: Path, name: str) -> Iterator[tuple[_Loc, Any]]:
-    try:
-        import pyarrow.parquet as pq
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError("reading parquet needs pyarrow: pip install 'flythinker[train]'") from exc
-    try:
-        table = pq.read_table(path)
-    except Exception as exc:  # noqa: BLE001 - pyarrow raises its own error types
-        raise ValueError(f"{name}: not a readable parquet file ({' '.join(str(exc).split())})") from None
-    for i, row in enumerate(table.to_pylist(), start=1):
-        yield _Loc(name, "record", i), row
-
-
-def _iter_source(source: Any, split: str | None) -> Iterator[tuple[_Loc, Any]]:
-    if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        name = str(source)
-        if path.is_dir():
-            raise IsADirectoryError(
-                f"{name}: is a directory; expected a .jsonl, .json or .parquet file (name the file inside it)"
-            )
-        if not path.is_file():
-            raise FileNotFoundError(f"{name}: no such file")
-        suffix = path.suffix.lower()
-        if suffix == ".jsonl":
-            return _iter_jsonl(path, name)
-        if suffix == ".json":
-            return _iter_json(path, name)
-        if suffix == ".parquet":
-            return _iter_parquet(path, name)
-        raise ValueError(f"{name}: unsupported file type {suffix!r}; expected .jsonl, .json or .parquet")
-    module = type(source).__module__ or ""
-    if module.startswith("datasets") and isinstance(source, Mapping):  # DatasetDict / IterableDatasetDict
-        names = list(source.keys())
-        if split is None:
-            if len(names) != 1:
-                raise ValueError(f"DatasetDict has splits {names}: pass split= to choose one")
-            split = names[0]
-        if split not in source:
-            raise ValueError(f"DatasetDict has no split {split!r}; available: {names}")
-        return _iter_rows(source[split], f"<datasets split {split!r}>")
-    if module.startswith("datasets"):
-        return _iter_rows(source, f"<{type(source).__name__}>")
-    if isinstance(source, Mapping):
-        raise TypeError(
-            "read_records expects a path, a datasets object or an iterable of dicts; got a single dict"
-        )
-    if isinstance(source, Iterable):
-        return _iter_rows(source, "<records>")
-    raise TypeError(f"cannot read records from {type(source).__name__}")
-
-
-def _iter_rows(rows: Iterable[Any], name: str) -> Iterator[tuple[_Loc, Any]]:
-    for i, row in enumerate(rows, start=1):
-        yield _Loc(name, "record", i), row
 
 
 # ----------------------------------------------------------------------------------- task detection
@@ -205,25 +73,25 @@ def _is_reference(row: Mapping[str, Any]) -> bool:
 
 
 # ---------------------------------------------------------------------------------- normalization
-def _require_str(loc: _Loc, row: Mapping[str, Any], key: str, *, hint: str = "") -> str:
+def _require_str(loc: Location, row: Mapping[str, Any], key: str, *, hint: str = "") -> str:
     if key not in row:
         raise loc.error(f'field "{key}" is missing (expected a string{hint})')
     value = row[key]
     if not isinstance(value, str):
-        raise loc.error(f'field "{key}" must be a string, got {_type_name(value)}')
+        raise loc.error(f'field "{key}" must be a string, got {type_name(value)}')
     return value
 
 
-def _normalize_profile(loc: _Loc, profile: Any, task: str) -> list[dict[str, Any]]:
+def _normalize_profile(loc: Location, profile: Any, task: str) -> list[dict[str, Any]]:
     required, optional = TASK_SCHEMAS[task]
     phrase = required_fields_phrase(task)
     if not isinstance(profile, list):
-        raise loc.error(f'field "profile" must be a list of objects with {phrase}, got {_type_name(profile)}')
+        raise loc.error(f'field "profile" must be a list of objects with {phrase}, got {type_name(profile)}')
     items: list[dict[str, Any]] = []
     for k, item in enumerate(profile, start=1):
         if not isinstance(item, Mapping):
             raise loc.error(
-                f'field "profile" item {k} must be an object with {phrase}, got {_type_name(item)}'
+                f'field "profile" item {k} must be an object with {phrase}, got {type_name(item)}'
             )
         for key in required:
             if key not in item:
@@ -233,20 +101,20 @@ def _normalize_profile(loc: _Loc, profile: Any, task: str) -> list[dict[str, Any
                 )
             if not isinstance(item[key], str):
                 raise loc.error(
-                    f'field "profile" item {k} field "{key}" must be a string, got {_type_name(item[key])}'
+                    f'field "profile" item {k} field "{key}" must be a string, got {type_name(item[key])}'
                 )
         clean = dict(item)
         for key in optional:
             if key in clean and clean[key] is not None and not isinstance(clean[key], _SCALAR):
                 raise loc.error(
                     f'field "profile" item {k} field "{key}" must be a string or number, '
-                    f"got {_type_name(clean[key])}"
+                    f"got {type_name(clean[key])}"
                 )
         items.append(clean)
     return items
 
 
-def _user_id(loc: _Loc, row: Mapping[str, Any], user_field: str | None) -> tuple[str, str | None]:
+def _user_id(loc: Location, row: Mapping[str, Any], user_field: str | None) -> tuple[str, str | None]:
     """(user id, name of the field it came from)."""
     candidates = (user_field,) if user_field else USER_ID_FIELDS
     for key in candidates:
@@ -254,7 +122,7 @@ def _user_id(loc: _Loc, row: Mapping[str, Any], user_field: str | None) -> tuple
             value = row[key]
             if not isinstance(value, (str, int)):
                 raise loc.error(
-                    f'field "{key}" (user id) must be a string or integer, got {_type_name(value)}'
+                    f'field "{key}" (user id) must be a string or integer, got {type_name(value)}'
                 )
             return str(value), key
     if user_field:
@@ -266,7 +134,7 @@ def normalize_record(
     row: Any,
     *,
     task: str,
-    loc: str | _Loc = "<record>",
+    loc: str | Location = "<record>",
     require_target: bool = True,
     user_field: str | None = None,
 ) -> PersonalizedRecord:
@@ -283,10 +151,10 @@ def normalize_record(
     Raises:
         ValueError: naming ``loc``, the field and what was expected.
     """
-    if not isinstance(loc, _Loc):
-        loc = _PlainLoc(str(loc))
+    if not isinstance(loc, Location):
+        loc = PlainLocation(str(loc))
     if not isinstance(row, Mapping):
-        raise loc.error(f"expected a JSON object (a record), got {_type_name(row)}")
+        raise loc.error(f"expected a JSON object (a record), got {type_name(row)}")
     hint = "; pass require_target=False to read records without targets"
     if _is_reference(row):
         request = _require_str(loc, row, "inp")
@@ -296,7 +164,7 @@ def normalize_record(
         if not isinstance(profile, str):
             raise loc.error(
                 f'field "profile" of a reference-format record ("inp"/"profile"/"target") must be '
-                f"one string, got {_type_name(profile)}"
+                f"one string, got {type_name(profile)}"
             )
         target = _require_str(loc, row, "target", hint=hint) if (require_target or "target" in row) else None
         user_id, ufield = _user_id(loc, row, user_field)
@@ -366,7 +234,7 @@ def read_records(
     """
     if task is not None and task not in TASKS:
         raise ValueError(f"unknown task {task!r}; expected one of {list(TASKS)}")
-    rows = list(_iter_source(source, split))
+    rows = list(iter_source(source, split))
     if task is None:
         task = _detect_source_task(rows)
     return [
@@ -375,7 +243,7 @@ def read_records(
     ]
 
 
-def _detect_source_task(rows: list[tuple[_Loc, Any]]) -> str:
+def _detect_source_task(rows: list[tuple[Location, Any]]) -> str:
     longlamp_seen = False
     for loc, row in rows:
         if not isinstance(row, Mapping) or _is_reference(row):

@@ -24,6 +24,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from flythinker.rewards.encoding import encode_samples
 from flythinker.rewards.formula import ALL_DIMENSIONS
@@ -147,8 +148,6 @@ def fit_reward_heads(
     losses: list[float] = []
     steps = range(epochs * len(batches))
     if progress:
-        from tqdm.auto import tqdm
-
         steps = tqdm(steps, desc=f"reward heads ({objective})", unit="step")
     was_training = model.training
     model.train()

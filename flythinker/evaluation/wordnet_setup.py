@@ -23,6 +23,7 @@ import filecmp
 import os
 import shutil
 import sys
+import warnings
 from pathlib import Path
 
 DEBIAN_WORDNET_DIR = "/usr/share/wordnet"
@@ -190,7 +191,6 @@ def get_wordnet():
     Raises:
         WordNetNotFoundError: with the installation hint when WordNet is missing.
     """
-    import warnings
 
     from nltk.corpus.reader.wordnet import WordNetCorpusReader
 

@@ -29,6 +29,8 @@ import warnings
 from collections.abc import Sequence
 
 import torch
+from tqdm.auto import tqdm
+from transformers import GenerationConfig
 
 from flythinker.rewards.formula import ALL_DIMENSIONS, EMPATHY_DIMENSIONS
 from flythinker.rewards.prompts import (
@@ -207,8 +209,6 @@ class LocalJudge(DimensionScoring):
         out = torch.empty(len(rows), dtype=torch.float64)
         starts = range(0, len(rows), self.batch_size)
         if self.show_progress:
-            from tqdm.auto import tqdm
-
             starts = tqdm(starts, desc="judge", unit="batch")
         was_training = self.model.training
         self.model.eval()
@@ -231,7 +231,6 @@ class LocalJudge(DimensionScoring):
         self, samples: Sequence[EmpathySample], situations: Sequence[str] | None = None
     ) -> list[str]:
         """PereGRM: per-user, per-query criteria text, generated greedily (cached by user and query)."""
-        from transformers import GenerationConfig
 
         keys = [(s.persona, tuple(s.memories), s.query) for s in samples]
         todo = [i for i, k in enumerate(keys) if k not in self._criteria_cache]

@@ -15,7 +15,7 @@ import pytest
 pytest.importorskip("triton")
 
 from bench.aot_compile import run_aot  # noqa: E402
-from flythinker.kernels import aot  # noqa: E402
+from flythinker.kernels import aot, aot_specs  # noqa: E402
 
 ARCHS = (80, 90)
 
@@ -62,17 +62,19 @@ def test_block_and_warps_are_the_launchers_choices(records, monkeypatch):
         return {(r["constexprs"].get("BLOCK", r["constexprs"].get("BLOCK_V")), r["options"]["num_warps"])
                 for r in records if r["kernel"] == kernel}  # fmt: skip
 
-    want_inj = {ti._launch_config(d) for d in aot.INJECTION_WIDTHS}
+    want_inj = {ti._launch_config(d) for d in aot_specs.INJECTION_WIDTHS}
     assert compiled("latent_injection_fwd") == want_inj
     assert compiled("latent_injection_bwd") == want_inj
-    assert compiled("ce_chunk") == {tce._block_v(v, None) for v in aot.CE_VOCABS}
+    assert compiled("ce_chunk") == {tce._block_v(v, None) for v in aot_specs.CE_VOCABS}
     assert {w for _, w in want_inj} == {4, 8, 16, 32} and {w for _, w in compiled("ce_chunk")} == {8, 16, 32}
 
 
 @pytest.mark.slow  # one child process compiling ~660 configurations with 2 workers (~60 s on 2 free cores)
 def test_channel_gate_variants_are_compiled_when_the_launcher_has_them(records):
     flags = {r["constexprs"].get("HAS_CGATE") for r in records if r["kernel"].startswith("latent_injection")}
-    expected = set(aot._optional(aot._INJ, "latent_injection_forward", "channel_gate")())
+    expected = set(
+        aot_specs.optional_flags(aot_specs.INJECTION_MODULE, "latent_injection_forward", "channel_gate")()
+    )
     assert flags == expected or flags == {None} and expected == {False}
 
 

@@ -10,7 +10,6 @@ import textwrap
 import pytest
 import torch
 
-import flythinker.kernels as K
 from flythinker.kernels import dispatch, injection, linear_cross_entropy
 
 _ENV = ("FLYTHINKER_FORCE_TRITON", "FLYTHINKER_DISABLE_TRITON", "TRITON_INTERPRET")
@@ -44,8 +43,10 @@ def test_cpu_default_uses_reference(clean_env):
     ref_calls = _spy(clean_env, injection, "latent_injection_reference")
     ce_calls = _spy(clean_env, linear_cross_entropy, "ce_chunk_step_torch")
     eager_calls = _spy(clean_env, linear_cross_entropy, "linear_cross_entropy_reference")
-    K.latent_injection(*_injection_args())
-    K.fused_linear_cross_entropy(torch.randn(4, 8), torch.randn(11, 8), torch.tensor([1, 2, -100, 3]))
+    injection.latent_injection(*_injection_args())
+    linear_cross_entropy.fused_linear_cross_entropy(
+        torch.randn(4, 8), torch.randn(11, 8), torch.tensor([1, 2, -100, 3])
+    )
     assert (
         ref_calls == ["latent_injection_reference"]
         and ce_calls == ["ce_chunk_step_torch"]
@@ -59,19 +60,19 @@ def test_force_with_interpreter_runs_triton(clean_env):
     if not torch.cuda.is_available():
         clean_env.setenv("TRITON_INTERPRET", "1")
     clean_env.setenv("FLYTHINKER_FORCE_TRITON", "1")
-    from flythinker.kernels import triton_injection, triton_linear_cross_entropy
+    from flythinker.kernels import triton_injection_autograd, triton_linear_cross_entropy
 
-    inj_calls = _spy(clean_env, triton_injection, "latent_injection_triton")
-    emb_calls = _spy(clean_env, triton_injection, "embedding_latent_injection_triton")
+    inj_calls = _spy(clean_env, triton_injection_autograd, "latent_injection_triton")
+    emb_calls = _spy(clean_env, triton_injection_autograd, "embedding_latent_injection_triton")
     ce_calls = _spy(clean_env, triton_linear_cross_entropy, "ce_chunk_step_triton")
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     e, h, g, m, lam = (x.to(dev) if torch.is_tensor(x) else x for x in _injection_args())
-    out = K.latent_injection(e, h, g, m, lam)
-    assert torch.allclose(out, K.latent_injection_reference(e, h, g, m, lam), atol=1e-6)
-    K.embedding_latent_injection(
+    out = injection.latent_injection(e, h, g, m, lam)
+    assert torch.allclose(out, injection.latent_injection_reference(e, h, g, m, lam), atol=1e-6)
+    injection.embedding_latent_injection(
         torch.zeros(2, 3, dtype=torch.long, device=dev), torch.randn(5, 8, device=dev), h, g, m, lam
     )
-    K.fused_linear_cross_entropy(
+    linear_cross_entropy.fused_linear_cross_entropy(
         torch.randn(4, 8, device=dev),
         torch.randn(11, 8, device=dev),
         torch.tensor([1, 2, -100, 3], device=dev),
@@ -83,9 +84,11 @@ def test_force_with_interpreter_runs_triton(clean_env):
 def test_force_without_interpreter_errors_clearly(clean_env):
     clean_env.setenv("FLYTHINKER_FORCE_TRITON", "1")
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
-        K.latent_injection(*_injection_args())
+        injection.latent_injection(*_injection_args())
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
-        K.fused_linear_cross_entropy(torch.randn(4, 8), torch.randn(11, 8), torch.tensor([1, 2, -100, 3]))
+        linear_cross_entropy.fused_linear_cross_entropy(
+            torch.randn(4, 8), torch.randn(11, 8), torch.tensor([1, 2, -100, 3])
+        )
 
 
 def test_force_without_triton_errors_clearly(clean_env):
@@ -93,14 +96,14 @@ def test_force_without_triton_errors_clearly(clean_env):
     clean_env.setenv("TRITON_INTERPRET", "1")
     clean_env.setattr(dispatch, "triton_available", lambda: False)
     with pytest.raises(RuntimeError, match="triton is not installed"):
-        K.latent_injection(*_injection_args())
+        injection.latent_injection(*_injection_args())
 
 
 def test_disable_wins_over_force(clean_env):
     clean_env.setenv("FLYTHINKER_FORCE_TRITON", "1")
     clean_env.setenv("FLYTHINKER_DISABLE_TRITON", "1")
     calls = _spy(clean_env, injection, "latent_injection_reference")
-    K.latent_injection(*_injection_args())
+    injection.latent_injection(*_injection_args())
     assert calls == ["latent_injection_reference"]
 
 
@@ -132,18 +135,18 @@ _BLOCKER = textwrap.dedent(
 _BODY = textwrap.dedent(
     """
     import os, torch
-    import flythinker.kernels as K
-    out = K.latent_injection(torch.randn(2, 3, 8), torch.randn(2, 3, 4), torch.ones(2, 3), 1.0, 0.5)
-    loss = K.fused_linear_cross_entropy(torch.randn(4, 8), torch.randn(11, 8), torch.tensor([1, 2, -100, 3]))
-    loss2 = K.chunked_linear_cross_entropy(torch.randn(4, 8), torch.randn(11, 8), torch.tensor([1, 2, -100, 3]))
+    from flythinker.kernels import dispatch as D, injection as I, linear_cross_entropy as L
+    out = I.latent_injection(torch.randn(2, 3, 8), torch.randn(2, 3, 4), torch.ones(2, 3), 1.0, 0.5)
+    loss = L.fused_linear_cross_entropy(torch.randn(4, 8), torch.randn(11, 8), torch.tensor([1, 2, -100, 3]))
+    loss2 = L.chunked_linear_cross_entropy(torch.randn(4, 8), torch.randn(11, 8), torch.tensor([1, 2, -100, 3]))
     assert out.shape == (2, 3, 8) and loss.isfinite() and loss2.isfinite()
     print("TRITON_LOADED", any(m == "triton" or m.startswith("triton.") for m in sys.modules))
     print("OUR_TRITON_MODULES", sorted(m for m in sys.modules if m.startswith("flythinker.kernels.triton_")))
-    print("AVAILABLE", K.triton_available())
+    print("AVAILABLE", D.triton_available())
     os.environ["FLYTHINKER_FORCE_TRITON"] = "1"
     os.environ["TRITON_INTERPRET"] = "1"
     try:
-        K.latent_injection(torch.randn(2, 3, 8), torch.randn(2, 3, 4), torch.ones(2, 3), 1.0, 0.5)
+        I.latent_injection(torch.randn(2, 3, 8), torch.randn(2, 3, 4), torch.ones(2, 3), 1.0, 0.5)
     except RuntimeError as err:
         print("FORCED_ERROR", err)
     """

@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 
-from flythinker.kernels import (
+from flythinker.kernels.injection import (
     embedding_latent_injection,
     embedding_latent_injection_reference,
     latent_injection,

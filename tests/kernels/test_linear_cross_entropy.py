@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from flythinker.kernels import (
+from flythinker.kernels.linear_cross_entropy import (
     chunked_linear_cross_entropy,
     default_chunk_size,
     fused_linear_cross_entropy,

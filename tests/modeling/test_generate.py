@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
+import warnings
+
+import pytest
 import torch
 
 from flythinker import FlyThinkerCache
@@ -83,3 +87,40 @@ def test_sampling_is_seeded_and_stops_at_eos():
     stopped = model.generate(input_ids, eos_token_id=eos, **kwargs)
     new = stopped[0, input_ids.shape[1] :].tolist()
     assert eos in new and all(t == 0 for t in new[new.index(eos) + 1 :])
+
+
+def _generation_cache_name() -> str:
+    """The keyword transformers' own ``prepare_inputs_for_generation`` takes the cache under: ``cache``
+    from transformers 5.25 on (``past_key_values`` deprecated there), ``past_key_values`` before."""
+    from transformers import GenerationMixin
+
+    parameters = inspect.signature(GenerationMixin.prepare_inputs_for_generation).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
+
+
+def test_prepare_inputs_reuses_the_cache_generate_hands_it(monkeypatch):
+    """generate() passes the step's cache under the installed transformers' name; a new cache is
+    built only when none is given (with transformers 5.25 the cache arrived as ``cache=`` and a fresh
+    FlyThinkerCache was allocated, and then ignored, on every step)."""
+    model = tiny_flythinker()
+    input_ids, attention_mask, _ = left_padded_batch([4, 6], seed=3)
+    cache = model.new_cache()
+    monkeypatch.setattr(model, "new_cache", lambda: pytest.fail("a cache was given; none must be built"))
+    name = _generation_cache_name()
+    inputs = model.prepare_inputs_for_generation(
+        input_ids, attention_mask=attention_mask, use_cache=True, **{name: cache}
+    )
+    assert inputs[name] is cache
+    assert "inputs_embeds" not in inputs
+
+
+def test_generate_raises_no_deprecation_warning_from_prepare_inputs():
+    model = tiny_flythinker()
+    input_ids, attention_mask, _ = left_padded_batch([4, 6], seed=3)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.generate(
+            input_ids, attention_mask=attention_mask, max_new_tokens=3, do_sample=False, pad_token_id=0
+        )
+    ours = [str(w.message) for w in caught if "prepare_inputs_for_generation" in str(w.message)]
+    assert not ours, ours

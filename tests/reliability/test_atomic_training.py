@@ -105,7 +105,7 @@ def test_an_incomplete_checkpoint_is_refused_by_name(workspace, tmp_path):
 
 def test_final_model_is_published_by_rename(workspace, tmp_path, monkeypatch):
     """A failure while writing model/ leaves no model/ (and so no 'finished' run)."""
-    from flythinker.modeling import FlyThinkerForCausalLM
+    from flythinker.modeling.modeling_flythinker import FlyThinkerForCausalLM
 
     original = FlyThinkerForCausalLM.save_pretrained
 

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from rouge_score import rouge_scorer
 
 from flythinker.cli import main
 from flythinker.evaluation import metrics
+from tests.fixtures import PEPS
 
-PEPS = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "peps" / "user_val.jsonl"
+PEP_ABSTRACTS = PEPS / "user_train.jsonl"  # 40 real English abstracts (tests/fixtures/peps)
 
 ENGLISH_CASES = [  # the English cases of tests/evaluation/test_metrics.py
     ("The quick brown dog jumps on the log.", "The quick brown fox jumps over the lazy dog"),
@@ -27,11 +27,10 @@ ENGLISH_CASES = [  # the English cases of tests/evaluation/test_metrics.py
 
 
 def _english_pairs():
-    pairs = list(ENGLISH_CASES)
-    if PEPS.exists():
-        outputs = [json.loads(line)["output"] for line in PEPS.read_text(encoding="utf-8").splitlines()[:41]]
-        pairs += [(a, b) for a, b in zip(outputs, outputs[1:])] + [(a, a) for a in outputs[:5]]
-    return pairs
+    outputs = [json.loads(line)["output"] for line in PEP_ABSTRACTS.read_text(encoding="utf-8").splitlines()]
+    return (
+        list(ENGLISH_CASES) + [(a, b) for a, b in zip(outputs, outputs[1:])] + [(a, a) for a in outputs[:5]]
+    )
 
 
 @pytest.mark.parametrize("use_stemmer", [True, False])
@@ -46,8 +45,7 @@ def test_english_scores_are_exactly_rouge_scores_default(use_stemmer):
         expected = default.score(ref, pred)
         for t in types:
             assert ours[t][i] == expected[t].fmeasure, (t, pred[:40])  # bit-identical
-    if PEPS.exists():
-        assert len(pairs) > 40  # the real English PEP abstracts were compared too
+    assert len(pairs) > 40  # the real English PEP abstracts were compared too
 
 
 @pytest.mark.parametrize(

@@ -1,16 +1,14 @@
 """Fixtures for the train tests: a tiny fine-tuning workspace (generator/reasoner checkpoints with a
-ChatML tokenizer, synthetic data), the tiny offline byte-level BPE tokenizer, and the PEP files."""
+ChatML tokenizer, synthetic data), the tiny offline byte-level BPE tokenizer, and the PEP fixture files."""
 
 from __future__ import annotations
-
-import glob
-import os
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
 from flythinker.train.synthetic import write_synthetic_dataset
+from tests.fixtures import PEPS
 from tests.tiny_models import build_tiny_tokenizer, tiny_llama_config, tiny_qwen2_config
 
 
@@ -33,10 +31,6 @@ def workspace(tmp_path_factory):
     return {"root": root, "train": str(paths["train"]), "tokenizer": tokenizer}
 
 
-PEPS_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data", "peps")
-PEPS_DIR = os.path.normpath(os.environ.get("FLYTHINKER_PEPS_DIR", PEPS_DIR))
-
-
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
     return build_tiny_tokenizer()
@@ -44,7 +38,7 @@ def tiny_tokenizer():
 
 @pytest.fixture(scope="session")
 def pep_files() -> list[str]:
-    files = sorted(glob.glob(os.path.join(PEPS_DIR, "*.jsonl")))
-    if not files:
-        pytest.skip(f"PEP data not found under {PEPS_DIR}")
+    """The four PEP fixture splits (tests/fixtures/peps), sorted by name."""
+    files = sorted(str(path) for path in PEPS.glob("*.jsonl"))
+    assert len(files) == 4, f"tests/fixtures/peps holds {files}"
     return files

@@ -51,7 +51,7 @@ def main() -> None:
     from accelerate.utils import DistributedType
 
     from flythinker import FlyThinkerForCausalLM
-    from flythinker.kernels import mean_embedding_norm
+    from flythinker.kernels.injection import mean_embedding_norm
     from flythinker.modeling.sharded_norm import full_mean_embedding_norm, is_dtensor, is_zero3_param
 
     try:  # DeepSpeed's optional shared-memory CPU all-reduce is a C++ op JIT-built on first use (minutes

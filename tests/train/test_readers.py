@@ -10,12 +10,12 @@ import pytest
 
 from flythinker.train.readers import detect_task, read_records, read_splits, write_jsonl
 
-# record counts stated in /work/shared/data/peps/README.md (val splits after de-duplication)
+# record counts stated in tests/fixtures/peps/README.md
 PEP_COUNTS = {
-    "user_train.jsonl": 303,
-    "user_val.jsonl": 36,
-    "temporal_train.jsonl": 258,
-    "temporal_val.jsonl": 28,
+    "user_train.jsonl": 40,
+    "user_val.jsonl": 12,
+    "temporal_train.jsonl": 20,
+    "temporal_val.jsonl": 6,
 }
 
 

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from flythinker.modeling import FlyThinkerForCausalLM
+from flythinker.modeling.modeling_flythinker import FlyThinkerForCausalLM
 from flythinker.train.finetune import run_finetune
 from flythinker.train.recipes import DEFAULT_RECIPE, RECIPES, get_recipe
 from flythinker.train.warm_start import boost_warm_start_parameters

@@ -31,7 +31,7 @@ import pytest
 import torch
 
 from flythinker import FlyThinkerConfig, FlyThinkerForCausalLM
-from flythinker.kernels import mean_embedding_norm
+from flythinker.kernels.injection import mean_embedding_norm
 from flythinker.modeling.sharded_norm import _add_flat_row_squares, full_mean_embedding_norm
 from tests.tiny_models import tiny_llama_config, tiny_qwen2_config
 from tests.train import sharded_worker as worker

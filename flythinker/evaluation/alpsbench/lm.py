@@ -109,7 +109,7 @@ class LocalLM:
         tok = self.tokenizer
         if self.engine == "flythinker":
             from flythinker import decoding
-            from flythinker.modeling import FlyThinkerForCausalLM
+            from flythinker.modeling.modeling_flythinker import FlyThinkerForCausalLM
 
             if not isinstance(self.model, FlyThinkerForCausalLM):
                 raise ValueError(

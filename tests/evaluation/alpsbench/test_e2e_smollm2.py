@@ -92,7 +92,7 @@ def test_all_tracks_with_smollm2_and_its_judges(smollm2, tmp_path):
 @pytest.mark.slow
 def test_all_tracks_with_a_flythinker_pair(smollm2, tmp_path):
     from flythinker.evaluation.alpsbench.lm import LocalLM
-    from flythinker.modeling import FlyThinkerForCausalLM
+    from flythinker.modeling.modeling_flythinker import FlyThinkerForCausalLM
 
     model, tokenizer = smollm2
     pair = FlyThinkerForCausalLM.from_components(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import json
 import random
-from pathlib import Path
 
 import pytest
 
@@ -18,8 +17,9 @@ from flythinker.evaluation.alpsbench.matching import (
     score_memory_match,
     value_similarity,
 )
+from tests.fixtures import ALPSBENCH
 
-DATA = Path(__file__).parents[3] / ".." / "shared" / "data" / "alpsbench"
+DATA = ALPSBENCH  # matcher_demo_case.json: the official matcher's demo and its results
 
 
 @pytest.mark.parametrize("matching", ["greedy", "hungarian"])
