@@ -13,6 +13,7 @@ import argparse
 import sys
 import traceback
 
+import flythinker
 from flythinker.commands import convert, demo, evaluate, generate, train
 from flythinker.commands.common import one_line
 from flythinker.commands.train import FINETUNE_HELP  # noqa: F401  (where a model option's help goes)
@@ -20,6 +21,7 @@ from flythinker.commands.train import FINETUNE_HELP  # noqa: F401  (where a mode
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flythinker", description=__doc__.split("\n")[0])
+    parser.add_argument("--version", action="version", version=f"flythinker {flythinker.__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for command in (train, generate, evaluate, demo, convert):
         command.add_parser(sub)

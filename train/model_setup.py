@@ -31,7 +31,7 @@ def _is_flythinker_checkpoint(path: str) -> bool:
 
 def build_model(config: FinetuneConfig, tokenizer, dtype: torch.dtype = torch.float32):
     """The model to train: a FlyThinker from two checkpoints (or a saved FlyThinker), or the bare generator."""
-    from flythinker.modeling import FlyThinkerForCausalLM
+    from flythinker.modeling.modeling_flythinker import FlyThinkerForCausalLM
 
     if config.method == "sft":
         model = AutoModelForCausalLM.from_pretrained(
@@ -102,7 +102,7 @@ def check_model_options(config: FinetuneConfig) -> None:
     (λ, projection, widths) fails before anything is loaded or written."""
     if config.method != "flythinker" or _is_flythinker_checkpoint(config.generator):
         return
-    from flythinker.modeling import FlyThinkerConfig
+    from flythinker.modeling.configuration_flythinker import FlyThinkerConfig
 
     generator = AutoConfig.from_pretrained(config.generator)
     reasoner = AutoConfig.from_pretrained(config.reasoner or config.generator)

@@ -9,7 +9,7 @@ from .common import finite_float
 
 
 def run(args: argparse.Namespace) -> int:
-    from flythinker.modeling import convert_reference_checkpoint
+    from flythinker.modeling.conversion import convert_reference_checkpoint
 
     for option, value in (
         ("--checkpoint", args.checkpoint),

@@ -24,7 +24,7 @@ from quality.runner import RunSpec, finetune_config, run_arm  # noqa: E402
 from quality.stats import paired_nll, paired_scores, two_way_bootstrap  # noqa: E402
 
 from flythinker.cli import main as cli_main  # noqa: E402
-from flythinker.modeling import FlyThinkerForCausalLM  # noqa: E402
+from flythinker.modeling.modeling_flythinker import FlyThinkerForCausalLM  # noqa: E402
 
 TINY = ["--tiny", "--reasoner-layers", "1", "--max-length", "224", "--max-target-tokens", "24"]
 
