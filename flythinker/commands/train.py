@@ -20,9 +20,10 @@ FINETUNE_HELP = {
     "max_target_tokens": "the target is cut to this many tokens (plus the end-of-turn token)",
     "profile_drop": "which profile items go first when the prompt is too long: 'oldest' or 'least_relevant'",
     "packing": "pack several examples per row (position ids restart; the injection is zeroed at each start)",
-    "recipe": "training recipe (flythinker.train.recipes): 'default' (the measured best: see "
-    "bench/results/quality_cpu.md), 'paper' (the paper's untrained λ injection), or a warm-start variant "
-    "(gate_scalar, gate_channel, lambda_warmup, center, zero_linear, gate_center); the options below override it",
+    "recipe": "training recipe (flythinker.train.recipes): 'default' (zero_linear: step 0 is exactly the generator; "
+    "chosen by a rule written before the runs, bench/results/quality_cpu.md, which did not show the reasoner's "
+    "information to help at its scale), 'paper' (the paper's untrained λ injection), or a warm-start variant "
+    "(gate_scalar, gate_channel, lambda_warmup, center, zero_linear, gate_center, gated); the options below override it",
     "fusion_lambda": "λ, the weight of the injected reasoner state (unset: 0.5, the paper's, or a saved FlyThinker's own)",
     "fusion_gate": "learned gate c = tanh(α), α = 0 at start: 'none', 'scalar' or 'channel' (default: from --recipe)",
     "center_reasoner": "subtract the mean reasoner state μ (estimated on training batches) before the rescale "
