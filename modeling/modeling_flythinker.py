@@ -6,6 +6,9 @@ once, fuses its shifted, rescaled states into the generator's input embeddings t
 runs the generator once, and computes the loss.
 With a :class:`FlyThinkerCache` the same ``forward`` is the incremental decoder, so the standard
 ``GenerationMixin.generate()`` loop reproduces the teacher-forced forward.
+
+Two seams live in their own modules, mixed into the model: the logits and the loss
+(``loss_flythinker.py``) and the generation inputs and cache (``generation_flythinker.py``).
 """
 
 from __future__ import annotations
@@ -18,16 +21,14 @@ from transformers import AutoModel, AutoModelForCausalLM, GenerationMixin, PreTr
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
-from flythinker.kernels.linear_cross_entropy import fused_linear_cross_entropy
-
-from .cache_flythinker import GENERATION_CACHE_KWARG, FlyThinkerCache
+from .cache_flythinker import FlyThinkerCache
 from .configuration_flythinker import FlyThinkerConfig
 from .fusion import LatentFusion, default_position_ids, injection_gate
+from .generation_flythinker import FlyThinkerGenerationMixin
 from .input_checks import validate_model_inputs
-from .reasoner_context import REASONER_INPUTS, check_reasoner_inputs, fuse_with_reasoner_context
+from .loss_flythinker import FlyThinkerLossMixin
+from .reasoner_context import check_reasoner_inputs, fuse_with_reasoner_context
 
-# Generator configs whose logits are not plain ``lm_head(hidden)``: the fused loss would be wrong.
-_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
 # forward kwargs meant for the generator's outputs only; the reasoner gets the attention kwargs.
 _GENERATOR_ONLY_KWARGS = ("output_attentions", "output_hidden_states", "return_dict")
 
@@ -74,7 +75,9 @@ class FlyThinkerPreTrainedModel(PreTrainedModel):
             init_reward_head_weights(module, std)
 
 
-class FlyThinkerForCausalLM(FlyThinkerPreTrainedModel, GenerationMixin):
+class FlyThinkerForCausalLM(
+    FlyThinkerPreTrainedModel, FlyThinkerLossMixin, FlyThinkerGenerationMixin, GenerationMixin
+):
     """Generator G + reasoner R. ``.generator`` is a standard causal LM, ``.reasoner`` a standard
     backbone (no LM head). See docs/design.md §1 for the equations this forward implements."""
 
@@ -186,11 +189,6 @@ class FlyThinkerForCausalLM(FlyThinkerPreTrainedModel, GenerationMixin):
         if kwargs.get("is_main_process", True):
             write_remote_code(save_directory)  # before super(): push_to_hub uploads what is there
         return super().save_pretrained(save_directory, *args, **kwargs)
-
-    @classmethod
-    def _supports_default_dynamic_cache(cls) -> bool:
-        # generate() must not build a plain DynamicCache: prepare_inputs_for_generation builds ours.
-        return False
 
     # ------------------------------------------------------------------------------------ fusion
     def reasoner_states(
@@ -395,88 +393,3 @@ class FlyThinkerForCausalLM(FlyThinkerPreTrainedModel, GenerationMixin):
             )
         hidden = self.backbone(input_ids, attention_mask=attention_mask).last_hidden_state
         return {name: head(hidden, attention_mask, analysis_mask, num_tokens) for name, head in heads.items()}
-
-    def _uses_fused_loss(self) -> bool:
-        if not self.config.use_fused_loss:
-            return False
-        generator_config = self.config.get_text_config()
-        return not any(getattr(generator_config, name, None) for name in _LOGIT_TRANSFORMS)
-
-    def _loss_and_logits(
-        self, hidden_states, labels, logits_to_keep, return_logits, num_items_in_batch, shift_labels=None
-    ):
-        """Next-token CE on label positions (fused, chunked when configured) and the requested logits.
-        ``shift_labels`` ([B, L], target of position i at i) replaces the shift of ``labels`` when given."""
-        lm_head = self.generator.get_output_embeddings()
-        loss = None
-        if shift_labels is not None and labels is None:
-            labels = shift_labels  # only a marker that a loss is wanted: shift_labels are the targets
-        if labels is not None and self._uses_fused_loss():
-            shifted = (
-                shift_labels
-                if shift_labels is not None
-                else nn.functional.pad(labels, (0, 1), value=-100)[:, 1:]
-            )
-            shifted = shifted.to(hidden_states.device)
-            # One function: its own dispatch picks the Triton or the PyTorch per-chunk step.
-            loss = fused_linear_cross_entropy(
-                hidden_states.flatten(0, 1),
-                lm_head.weight,
-                shifted.flatten(),
-                getattr(lm_head, "bias", None),
-                num_items_in_batch=num_items_in_batch,
-            )
-            if not return_logits:
-                return loss, None
-        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-        logits = self.generator_logits(hidden_states[:, keep, :])
-        if labels is not None and loss is None:
-            loss = self.loss_function(
-                logits=logits,
-                labels=labels,
-                vocab_size=self.config.get_text_config().vocab_size,
-                num_items_in_batch=num_items_in_batch,
-                shift_labels=shift_labels,
-            )
-        return loss, logits
-
-    def generator_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        """The generator's logits for final hidden states, including any softcapping/scaling it applies."""
-        return self.scale_generator_logits(self.generator.get_output_embeddings()(hidden_states))
-
-    def scale_generator_logits(self, logits: torch.Tensor) -> torch.Tensor:
-        """The generator's own scaling and softcapping of its LM head's raw outputs (elementwise, so
-        it may follow a head computed in row slices)."""
-        generator_config = self.config.get_text_config()
-        if scale := getattr(generator_config, "logit_scale", None):
-            logits = logits * scale
-        if cap := getattr(generator_config, "final_logit_softcapping", None):
-            logits = torch.tanh(logits / cap) * cap
-        return logits
-
-    # -------------------------------------------------------------------------------- generation
-    def new_cache(self) -> FlyThinkerCache:
-        """An empty cache for incremental decoding (generator KV + reasoner KV + last reasoner state)."""
-        return FlyThinkerCache(self.config.generator_config, self.config.reasoner_config)
-
-    def prepare_inputs_for_generation(self, input_ids, cache=None, past_key_values=None, **kwargs):
-        """transformers' inputs, a :class:`FlyThinkerCache` (under the installed transformers' name), and
-        the reasoner's prompt at prefill only."""
-        cache = cache if cache is not None else past_key_values  # generate()'s name varies by version
-        kwargs.pop("inputs_embeds", None)
-        if cache is None and kwargs.get("use_cache", True):
-            cache = self.new_cache()
-        reasoner_inputs = {name: kwargs.pop(name, None) for name in REASONER_INPUTS}
-        if self.config.reasoner_context:
-            if cache is None:
-                raise ValueError(
-                    "generate(use_cache=False) is not supported with FlyThinkerConfig(reasoner_context=True): "
-                    "the reasoner's prompt is read once into the cache; drop use_cache=False"
-                )
-            kwargs.pop("position_ids", None)  # computed from the two masks
-        kwargs[GENERATION_CACHE_KWARG] = cache
-        model_inputs = super().prepare_inputs_for_generation(input_ids, **kwargs)
-        model_inputs.pop("inputs_embeds", None)
-        if cache is None or cache.get_seq_length() == 0:
-            model_inputs.update({k: v for k, v in reasoner_inputs.items() if v is not None})
-        return model_inputs
