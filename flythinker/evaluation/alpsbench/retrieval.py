@@ -187,6 +187,22 @@ class EmbeddingRetriever(Retriever):
         return (vecs[1:] @ vecs[0]).tolist()
 
 
+def answer_with_picks(
+    lm, views: Sequence[dict[str, Any]], picks: Sequence[int], answer_tokens: int
+) -> list[str]:
+    """The T3 answer for every view whose picked candidate index is ≥ 0, generated from that memory
+    (``""`` for the others, and for all when ``answer_tokens`` is 0)."""
+    answers = [""] * len(views)
+    todo = [i for i, c in enumerate(picks) if c >= 0]
+    if answer_tokens > 0 and todo:
+        prompts = [
+            lm.render(task3_answer_messages(views[i], views[i]["candidate_memories"][picks[i]])) for i in todo
+        ]
+        for i, text in zip(todo, lm.generate(prompts, answer_tokens, desc="t3 answer")):
+            answers[i] = text.strip()
+    return answers
+
+
 class LMReranker(Retriever):
     """A local LM picks among the first stage's top ``k`` (see the module docstring)."""
 
@@ -219,21 +235,7 @@ class LMReranker(Retriever):
     def predict_many(self, views: Sequence[dict[str, Any]]) -> list[dict[str, str]]:
 
         picks = self.select(views)
-        answers = [""] * len(views)
-        if self.answer_tokens > 0:
-            todo = [i for i, (c, _, _) in enumerate(picks) if c >= 0]
-            texts = self.lm.generate(
-                [
-                    self.lm.render(
-                        task3_answer_messages(views[i], views[i]["candidate_memories"][picks[i][0]])
-                    )
-                    for i in todo
-                ],
-                self.answer_tokens,
-                desc="t3 answer",
-            )
-            for i, t in zip(todo, texts):
-                answers[i] = t.strip()
+        answers = answer_with_picks(self.lm, views, [p[0] for p in picks], self.answer_tokens)
         out = []
         for v, (c, top, lp), ans in zip(views, picks, answers):
             if c < 0:

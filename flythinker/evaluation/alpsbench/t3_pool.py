@@ -122,24 +122,10 @@ class WholePoolSelector:
         return -1, record
 
     def predict_many(self, views: Sequence[dict[str, Any]]) -> list[dict[str, str]]:
-        from flythinker.evaluation.alpsbench.prompts import task3_answer_messages
+        from flythinker.evaluation.alpsbench.retrieval import answer_with_picks
 
         picks = [self.select(v) for v in views]
-        answers = [""] * len(views)
-        todo = [i for i, (c, _) in enumerate(picks) if c >= 0]
-        if self.answer_tokens > 0 and todo:
-            texts = self.lm.generate(
-                [
-                    self.lm.render(
-                        task3_answer_messages(views[i], views[i]["candidate_memories"][picks[i][0]])
-                    )
-                    for i in todo
-                ],
-                self.answer_tokens,
-                desc="t3 answer",
-            )
-            for i, t in zip(todo, texts):
-                answers[i] = t.strip()
+        answers = answer_with_picks(self.lm, views, [c for c, _ in picks], self.answer_tokens)
         out = []
         for v, (c, rec), ans in zip(views, picks, answers):
             rounds = rec["chunks_per_round"]
