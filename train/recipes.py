@@ -94,8 +94,15 @@ RECIPE_RULE = (
     "difference to tuned SFT has an interval not above zero"
 )
 DEFAULT_RECIPE = "zero_linear"
-"""Chosen by :data:`RECIPE_RULE` from ``bench/results/quality_cpu.md``: EVIDENCE_PLACEHOLDER"""
-EVIDENCE = "EVIDENCE_PLACEHOLDER"
+"""Chosen by :data:`RECIPE_RULE` from ``bench/results/quality_cpu.md`` through its fallback: no arm beat both its
+controls, and ``zero_linear`` is the exact-start arm whose user_val difference to tuned SFT (+0.0030, 95 % interval
+−0.0076 to +0.0136, 3 seeds × 36 records) does not lie above zero."""
+EVIDENCE = (
+    "with SmolLM2-135M, a frozen 4-layer reasoner and 48 steps, the default recipe did not beat tuned SFT"
+    " on user_val (+0.003 nats/token, 95 % interval -0.008 to +0.014, 3 seeds x 36 records) and was not s"
+    "eparated from a reasoner reading unrelated text (-0.005, -0.012 to +0.002): the reasoner's informati"
+    "on was not shown to help (bench/results/quality_cpu.md)"
+)
 """What the quality experiment showed, in one line (printed by ``make demo``, quoted by README)."""
 
 

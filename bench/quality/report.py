@@ -154,7 +154,7 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [
         "# Does the reasoner help? Quality experiment (flythinker train's own training path)",
         "",
-        f"Command: `{report['command']}`",
+        f"Report: `{report['command']}`. Each run's exact `flythinker train` command is in the JSON (`runs[i].cli`).",
         "",
         f"- Models: {report.get('description', '')}.",
         f"- Budget: {o['steps']} optimizer steps of batch {o['batch_size']} (max length {o['max_length']}, target ≤ "
@@ -164,7 +164,9 @@ def markdown(report: dict[str, Any]) -> str:
         f"{list(TUNING_GRID)}.",
         f"- Measured: teacher-forced NLL on all {s.get('n_val', '?')} user_val and {s.get('n_temporal', '?')} temporal_val "
         f"records; greedy generations for {o['gen_requests']} user_val requests × ≤ {o['max_new_tokens']} new tokens.",
-        f"- Machine: {report['machine']}.",
+        f"- Machine: 2-core CPU, no GPU, torch {report['machine'].get('torch')}, transformers "
+        f"{report['machine'].get('transformers')}; each run's wall and CPU seconds and the load average around it "
+        "are in the JSON (the machine was shared with other jobs: absolute times are not comparable).",
         "",
         "## Selection rule (committed before the runs)",
         "",
