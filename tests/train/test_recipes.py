@@ -76,3 +76,45 @@ def test_warm_start_group_gets_the_multiplied_lr_without_decay():
     assert group["params"] == [model.fusion.gate_logit] and group["lr"] == pytest.approx(0.1)
     assert group["weight_decay"] == 0.0
     assert all(model.fusion.gate_logit is not p for g in optimizer.param_groups[:-1] for p in g["params"])
+
+
+def _gated_step(workspace, init_std: float):
+    """One backward of a zero_linear + scalar-gate FlyThinker whose W starts at N(0, std²) (0: W = 0)."""
+    from flythinker.train.warm_start import init_projection
+
+    root = workspace["root"]
+    torch.manual_seed(0)
+    model = FlyThinkerForCausalLM.from_components(
+        generator=str(root / "generator"), reasoner=str(root / "reasoner"),
+        projection="zero_linear", fusion_gate="scalar",
+    )  # fmt: skip
+    if init_std:
+        init_projection(model, init_std)
+    ids = torch.tensor([[5, 9, 13, 17, 21, 25]])
+    out = model(input_ids=ids, labels=ids, return_logits=True)
+    out.loss.backward()
+    return model, out.logits
+
+
+def test_gated_recipe_starts_at_the_generator_and_opens_where_w_zero_cannot(workspace):
+    model, logits = _gated_step(workspace, 0.02)
+    base = model.generator(input_ids=torch.tensor([[5, 9, 13, 17, 21, 25]])).logits
+    assert torch.equal(logits, base)  # the closed gate: step 0 is the generator bit for bit
+    assert float(model.fusion.gate_logit.grad.abs()) > 0  # α moves at step 1, and W and R follow
+    closed, _ = _gated_step(workspace, 0.0)
+    assert float(closed.fusion.gate_logit.grad.abs()) == 0.0  # W = 0 behind a closed gate: nothing moves
+    assert float(closed.fusion.projection.weight.grad.abs().max()) == 0.0
+    assert RECIPES["gated"].projection_init_std > 0
+
+
+def test_projection_init_needs_a_gate(workspace, tmp_path):
+    from flythinker.train.warm_start import init_projection
+
+    root = workspace["root"]
+    model = FlyThinkerForCausalLM.from_components(
+        generator=str(root / "generator"), reasoner=str(root / "reasoner"), projection="zero_linear"
+    )
+    with pytest.raises(ValueError, match="fusion_gate"):
+        init_projection(model, 0.02)
+    with pytest.raises(ValueError, match="--projection-init-std"):
+        _config(workspace, tmp_path / "x", projection_init_std=0.02, projection="zero_linear").validate()
