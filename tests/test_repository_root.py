@@ -103,3 +103,18 @@ def test_nothing_imports_a_name_from_the_namespace_packages():
                                 f"{path.relative_to(ROOT)}:{node.lineno}: from {node.module} import {alias.name}"
                             )
     assert not bad, "names imported from a namespace package:\n" + "\n".join(bad)
+
+
+def test_every_subpackage_is_in_the_wheel():
+    """pyproject.toml lists packages by name: a new ``flythinker/<pkg>/__init__.py`` left out of the list
+    is missing from the wheel (``flythinker --help`` died on ``flythinker.commands`` in the release smoke)."""
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {
+        ".".join(init.parent.relative_to(root).parts)
+        for init in (root / "flythinker").rglob("__init__.py")
+        if not {"kernels", "modeling", "train"} & set(init.parent.relative_to(root).parts[1:2])
+    }
+    assert found <= listed, f"add {sorted(found - listed)} to [tool.setuptools] packages in pyproject.toml"
