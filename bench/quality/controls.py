@@ -125,7 +125,8 @@ def mean_reasoner_state(reasoner, batches) -> torch.Tensor:
 
 
 class ControlCallback(TrainerCallback):
-    """Installs a control on the model when training begins (before step 0's forward) and keeps it."""
+    """Installs a control on the model when training begins (before step 0's forward) and keeps it until
+    :meth:`off`'s callback removes it."""
 
     def __init__(self, control: Donor | ConstantState | OwnEmbedding):
         self.control = control
@@ -134,3 +135,19 @@ class ControlCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         if self.handle is None:
             self.handle = self.control.install(model)
+
+    def off(self) -> TrainerCallback:
+        """A callback that removes the control when training ends. Pass it *after* the measuring callback:
+        the final evaluation and generations still see the control, and the final save (which reloads
+        the model and compares its logits with the trained model's) sees the model that is saved."""
+        return _ControlOff(self)
+
+
+class _ControlOff(TrainerCallback):
+    def __init__(self, owner: ControlCallback):
+        self.owner = owner
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        if self.owner.handle is not None:
+            self.owner.handle.remove()
+            self.owner.handle = None

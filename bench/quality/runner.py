@@ -110,10 +110,11 @@ def run_arm(
     shutil.rmtree(output_dir, ignore_errors=True)
     config = finetune_config(arm, spec, seed, learning_rate, str(output_dir))
     argv = cli_argv(config)
-    callbacks = [ControlCallback(control)] if control is not None else []
+    installer = ControlCallback(control) if control is not None else None
     load_before = os.getloadavg()
     begin, cpu_begin = time.perf_counter(), time.process_time()
-    metrics = run_finetune(config, callbacks=[*callbacks, measure])
+    callbacks = [measure] if installer is None else [installer, measure, installer.off()]
+    metrics = run_finetune(config, callbacks=callbacks)
     wall, cpu = time.perf_counter() - begin, time.process_time() - cpu_begin
     history = json.loads((output_dir / "log_history.json").read_text())
     if not keep_output:

@@ -245,3 +245,23 @@ def test_missing_data_names_the_option_and_the_files(tmp_path):
         bq.check_data(None)
     with pytest.raises(SystemExit, match="user_val.jsonl"):
         bq.check_data(str(tmp_path))
+
+
+def test_a_control_arm_is_measured_with_its_control_and_saved_without_it(setup, tmp_path):
+    """The final save reloads the model and compares logits; the control's hooks must be off by then
+    (before: SavedModelMismatchError on every control arm), but the final measurements still see it."""
+    view = _view(setup)
+    window = 224 + 3 + 8
+    measure = _measure(setup)
+    record = run_arm(
+        ARMS["donor"], _spec(setup, tmp_path), 0, 1e-2, measure,
+        control=Donor(donor_pool(view.train), window=window), keep_output=True,
+    )  # fmt: skip
+    saved = FlyThinkerForCausalLM.from_pretrained(tmp_path / "donor-seed0-lr0.01" / "model").eval()
+    assert not saved.reasoner._forward_pre_hooks  # the saved model carries no control
+    final = [e for e in record["evals"] if e["set"] == "temporal_val"][-1]["records"]
+    plain = record_nll(saved, view.temporal, view.collate, measure.eval_batch_size)
+    Donor(donor_pool(view.train), window=window).install(saved)
+    with_donor = record_nll(saved, view.temporal, view.collate, measure.eval_batch_size)
+    assert [n for n, _ in with_donor] == pytest.approx([n for n, _ in final], rel=1e-5, abs=1e-4)
+    assert max(abs(a[0] - b[0]) for a, b in zip(plain, with_donor)) > 1e-3  # the control mattered
