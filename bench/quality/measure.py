@@ -136,6 +136,14 @@ class MeasureCallback(TrainerCallback):
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
         self._evaluate(model, state.global_step, "temporal_val", self.view.temporal)
+        fusion = getattr(model, "fusion", None)
+        if fusion is not None:  # how far the injection opened: tanh(α) and ‖W‖_F at the end
+            gate = fusion.gate_logit
+            weight = fusion.projection.weight if fusion.projection is not None else None
+            self.record["injection"] = {
+                "tanh_gate": None if gate is None else torch.tanh(gate.detach()).abs().mean().item(),
+                "projection_frobenius": None if weight is None else weight.detach().norm().item(),
+            }
         if self.generate:
             begin = time.perf_counter()
             predictions = generate(

@@ -82,6 +82,8 @@ def test_measurements_are_taken_every_k_steps_and_at_the_end(setup, tmp_path):
     assert len(record["evals"][0]["records"]) == len(_view(setup).val)
     assert len(record["generation"]["predictions"]) == len(_view(setup).requests)
     assert set(record["generation"]) == {"predictions", "rougeL", "meteor"}
+    assert record["injection"]["tanh_gate"] is None  # zero_linear has no gate
+    assert record["injection"]["projection_frobenius"] > 0  # W started at 0 and was trained
 
 
 @pytest.mark.parametrize("context", [False, True])
