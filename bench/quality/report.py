@@ -82,6 +82,12 @@ def summarise(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
                 if a and b and set(a) & set(b):
                     pair[metric] = paired_scores(a, b)
             entry["pairs"][label] = {"vs": other, **pair}
+        opened = [r["injection"] for r in mine if r.get("injection")]
+        if opened:
+            entry["injection"] = {
+                key: statistics.fmean(o[key] for o in opened) if opened[0][key] is not None else None
+                for key in ("tanh_gate", "projection_frobenius")
+            } | {"runs": len(opened)}
         gens = [r["generation"] for r in mine if "generation" in r]
         if gens:
             entry["generation"] = {
@@ -226,6 +232,14 @@ def markdown(report: dict[str, Any]) -> str:
             f"{_fmt(p.get('sft', {}).get('rougeL'))} | {_fmt(p.get('sft', {}).get('meteor'))} | "
             f"{_fmt(p.get('donor', {}).get('rougeL'))} | {_fmt(p.get('donor', {}).get('meteor'))} |"
         )
+    opened = {a: e["injection"] for a, e in s["arms"].items() if "injection" in e}
+    if opened:
+        lines += ["", "## How far the injection opened by the end (mean over the runs that recorded it)", "",
+                  "| arm | runs | |tanh α| (gate; — = no gate) | ‖W‖_F |", "|---|---|---|---|"]  # fmt: skip
+        for arm, o in opened.items():
+            gate = "—" if o["tanh_gate"] is None else f"{o['tanh_gate']:.2e}"
+            norm = "—" if o["projection_frobenius"] is None else f"{o['projection_frobenius']:.3f}"
+            lines.append(f"| {arm} | {o['runs']} | {gate} | {norm} |")
     lines += ["", "## user_val NLL by step (mean over seeds)", ""]
     steps = sorted({int(k) for e in s["arms"].values() for k in e["curve"]})
     lines += ["| arm | " + " | ".join(str(k) for k in steps) + " |", "|---|" + "---|" * len(steps)]
