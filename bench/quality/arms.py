@@ -148,6 +148,37 @@ ARMS: dict[str, Arm] = {
             controls_arm="ctx",
             description="ctx with the reasoner state replaced by its training mean",
         ),
+        # Added after lora_gated seed 0 (the arms above were fixed before any run): with α's rate at 10×
+        # the gate stayed almost shut for 48 steps (that run equals SFT within 1e-4 nats per record), so
+        # the trained reasoner never had a say. These open it at 100× (α and W), the rate of the
+        # gate_scalar recipes; they are judged by the same committed rule.
+        Arm(
+            "lora_gated_open",
+            "flythinker",
+            "gated",
+            {**LORA, "warm_start_lr_multiplier": 100.0},
+            lr_from="zero_linear",
+            description="lora_gated with α and W at 100× lr, so the gate opens within 48 steps",
+        ),
+        Arm(
+            "lora_gated_open_donor",
+            "flythinker",
+            "gated",
+            {**LORA, "warm_start_lr_multiplier": 100.0},
+            control="donor",
+            controls_arm="lora_gated_open",
+            lr_from="zero_linear",
+            description="lora_gated_open whose reasoner reads other training text",
+        ),
+        Arm(
+            "full30_lora_gated_open",
+            "flythinker",
+            "gated",
+            {**LORA, "warm_start_lr_multiplier": 100.0},
+            lr_from="zero_linear",
+            reasoner_layers=0,
+            description="lora_gated_open with the full 30-layer SmolLM2 reasoner",
+        ),
         Arm(
             "full30_lora_gated",
             "flythinker",
