@@ -385,16 +385,17 @@ def main(argv=None) -> dict:
     threads = (max(1, cores - cores // 2), max(1, cores // 2))
     configs = list(args.configs)
 
-    warm_ids, warm_mask = prompt_ids(tokenizer, 16, 1, data)
+    def warm_up(pair, batches) -> None:
+        """A 2-token call of every config per batch size, its prompt as long as the longest call: starts
+        the worker, hands it this pair's reasoner and sizes its exchange buffers, so that no timed
+        call pays for any of them."""
+        print("warm-up (the reasoner worker process, this pair's weights, buffer sizes)", flush=True)
+        for batch in batches:
+            ids, mask = prompt_ids(tokenizer, args.short_prompt + max(args.new_tokens), batch, data)
+            for name in configs:
+                run_config(name, pair, ids, mask, 2, threads)
 
-    def warm_up(pair) -> None:
-        """One short call of every config: starts the worker and hands it this pair's reasoner, so no
-        timed call pays for either."""
-        print("warm-up (the reasoner worker process, this pair's weights)", flush=True)
-        for name in configs:
-            run_config(name, pair, warm_ids, warm_mask, 4, threads)
-
-    warm_up(model)
+    warm_up(model, args.batches)
     results, section_load = {}, {}
     if args.ttft_repeats > 0:
         ids, mask = prompt_ids(tokenizer, args.long_prompt, 1, data)
@@ -411,7 +412,7 @@ def main(argv=None) -> dict:
         sections += [(truncated, 1, new, suffix) for new in args.new_tokens]
     for pair, batch, new, suffix in sections:
         if pair is truncated and new == args.new_tokens[0]:
-            warm_up(pair)
+            warm_up(pair, [1])
         ids, mask = prompt_ids(tokenizer, args.short_prompt, batch, data)
         label = f"decode, {args.short_prompt}-token prompt, {new} new tokens, batch {batch}{suffix}"
         print(label, flush=True)

@@ -7,15 +7,20 @@ user_val.jsonl, cut to lengths spread up to ``--max-prompt`` tokens), the same t
 config; greedy, EOS off. Configs, each a fresh engine in its own process (``--worker``):
 
 * ``generator`` — the generator alone in plain vLLM with every core;
-* ``generator_1core`` — the same held to one core (the process's CPU affinity and
-  ``VLLM_CPU_OMP_THREADS_BIND`` set to CPU 0): on 2 cores, the resources each model of the pair gets;
+* ``generator_1core`` — the same held to one core (the process's CPU affinity set to CPU 0 and one
+  torch thread): on 2 cores, the resources each model of the pair gets;
 * ``pair_sequential`` — the pair, plugin default (R, then G, in each engine step);
 * ``pair_overlap`` — the pair with ``FLYTHINKER_VLLM_OVERLAP=1`` (R beside G in decode-only steps).
 
 Batch 1 runs ``--batch1-prompts`` prompts one after the other; batch N submits N prompts at once.
 Tokens/s per batch size, both ratios of each pair config (against ``generator`` and
 ``generator_1core``), the greedy tokens of both pair configs compared, CPU time / wall time of each
-engine (it shows the one-core config used one core). Run it inside the plugin's environment::
+engine (it shows the one-core config used one core). Threads: each engine runs in its process
+(``VLLM_ENABLE_V1_MULTIPROCESSING=0``: vLLM's single-process ``uni`` executor), where vLLM binds no
+OpenMP threads (``VLLM_CPU_OMP_THREADS_BIND`` and ``VLLM_CPU_NUM_OF_RESERVED_CPU`` act only in its
+multiprocess executor, which would also reserve a core for the scheduler); the worker sets
+``OMP_NUM_THREADS`` and torch's threads to its allowed CPUs before vLLM starts (vLLM's CPU worker
+then disables ``torch.set_num_threads``). Run it inside the plugin's environment::
 
     /work/vllm-venv/bin/python bench/bench_serving.py --data DIR      # ≈ 7-8 min on 2 quiet cores
     ... bench/bench_serving.py --quick --data tests/fixtures/peps     # smoke run (tiny sizes)
@@ -214,9 +219,13 @@ def worker(spec: dict) -> dict:
 
     if spec.get("one_core"):  # before torch / vLLM start any thread: every thread inherits it
         os.sched_setaffinity(0, {ONE_CORE})
+    cores = len(os.sched_getaffinity(0))
+    os.environ["OMP_NUM_THREADS"] = str(cores)  # OpenMP's default for every thread, a caller's export aside
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
     import torch
     from vllm import LLM
+
+    torch.set_num_threads(cores)  # before vLLM's CPU worker turns set_num_threads into a no-op
 
     start = time.perf_counter()
     llm = LLM(
@@ -276,8 +285,6 @@ def config_spec(name: str, generator_dir: Path, pair_dir: Path) -> tuple[dict, d
         )
     model = str(generator_dir if name.startswith("generator") else pair_dir)
     env = {"FLYTHINKER_VLLM_OVERLAP": "1" if name == "pair_overlap" else "0"}
-    if name == "generator_1core":
-        env["VLLM_CPU_OMP_THREADS_BIND"] = str(ONE_CORE)
     return {"model": model, "one_core": name == "generator_1core"}, env
 
 
