@@ -3,12 +3,15 @@
 SmolLM2-135M-Instruct as both models (fp32). Measures, in paired, interleaved repeats (medians):
 
 * time to first token with a long prompt (default 1536 tokens, batch 1);
-* after a short prompt (default 128 tokens, greedy, EOS off) at batch 1 and 8: end-to-end tokens/s
-  (new tokens / wall time of the whole call, prefill included), decode-only tokens/s and the median
-  per-token latency.
+* after a short prompt (default 128 tokens, greedy, EOS off) at batch 1 and 8, for each
+  ``--new-tokens`` count: end-to-end tokens/s (new tokens / wall time of the whole call, prefill
+  included), decode-only tokens/s, the median per-token latency and every decode step's time
+  (``step_ms`` per run, ``step_ms_median_by_index`` per config: the md tables its growth by window);
+* with ``--reasoner-layers K``, the same at batch 1 with the reasoner cut to the generator's first K
+  layers (``truncated_pair``).
 
 Baselines: ``hf_generate`` is transformers' ``model.generator.generate`` (greedy, ``min_new_tokens`` =
-``max_new_tokens``; its first token is timed with a streamer) — what a user of the generator alone
+``max_new_tokens``; its steps are timed by a logits processor) — what a user of the generator alone
 runs, with every core; ``generator`` is this library's loop on ``model.generator`` (no reasoner, no fusion,
 the engine's CPU cache); ``generator_core_share`` is that loop with only the generator's share of the
 threads under ``processes`` (1 of 2 cores here): the bound a split of the cores puts on FlyThinker.
@@ -19,6 +22,12 @@ Writes ``bench/results/decode_cpu.json`` and ``bench/results/decode_cpu.md``.
 
     python bench/bench_decode.py --data DIR     # ~8-10 minutes on 2 cores; DIR: the PEP splits
     python bench/bench_decode.py --quick --data tests/fixtures/peps   # a smoke run
+
+Issue 25's table (≈ 7-8 minutes on 2 quiet cores; bench/results/README.md)::
+
+    python bench/bench_decode.py --data DIR --batches 1 --new-tokens 64 256 \
+        --configs hf_generate generator_core_share sequential processes --reasoner-layers 4 \
+        --ttft-repeats 0 --repeats 3 --baseline-threads 2
 
 Prompts are real text: PEP profiles from ``--data`` (its ``user_val.jsonl``), see bench/pep_data.py.
 """
