@@ -392,7 +392,8 @@ def main(argv: list[str] | None = None) -> None:
     for name in configs:
         extra, env = config_spec(name, generator_dir, pair_dir)
         print(f"{name}: engine start, batches {spec['batches']} x {args.repeats}", flush=True)
-        runs[name] = run_worker({**spec, **extra}, scratch / f"{name}.json", env)
+        out = scratch / f"{name}-{os.getpid()}.json"  # runs of other sessions share the scratch folder
+        runs[name] = run_worker({**spec, **extra}, out, env)
     result = {
         "models": "random-weight SmolLM2-135M-shaped (--synthetic)" if args.synthetic else "SmolLM2-135M-Instruct",
         "device": device_name(),
