@@ -3,12 +3,15 @@
 SmolLM2-135M-Instruct as both models (fp32). Measures, in paired, interleaved repeats (medians):
 
 * time to first token with a long prompt (default 1536 tokens, batch 1);
-* after a short prompt (default 128 tokens, greedy, EOS off) at batch 1 and 8: end-to-end tokens/s
-  (new tokens / wall time of the whole call, prefill included), decode-only tokens/s and the median
-  per-token latency.
+* after a short prompt (default 128 tokens, greedy, EOS off) at batch 1 and 8, for each
+  ``--new-tokens`` count: end-to-end tokens/s (new tokens / wall time of the whole call, prefill
+  included), decode-only tokens/s, the median per-token latency and every decode step's time
+  (``step_ms`` per run, ``step_ms_median_by_index`` per config: the md tables its growth by window);
+* with ``--reasoner-layers K``, the same at batch 1 with the reasoner cut to the generator's first K
+  layers (``truncated_pair``).
 
 Baselines: ``hf_generate`` is transformers' ``model.generator.generate`` (greedy, ``min_new_tokens`` =
-``max_new_tokens``; its first token is timed with a streamer) — what a user of the generator alone
+``max_new_tokens``; its steps are timed by a logits processor) — what a user of the generator alone
 runs, with every core; ``generator`` is this library's loop on ``model.generator`` (no reasoner, no fusion,
 the engine's CPU cache); ``generator_core_share`` is that loop with only the generator's share of the
 threads under ``processes`` (1 of 2 cores here): the bound a split of the cores puts on FlyThinker.
@@ -19,6 +22,12 @@ Writes ``bench/results/decode_cpu.json`` and ``bench/results/decode_cpu.md``.
 
     python bench/bench_decode.py --data DIR     # ~8-10 minutes on 2 cores; DIR: the PEP splits
     python bench/bench_decode.py --quick --data tests/fixtures/peps   # a smoke run
+
+Issue 25's table (≈ 7-8 minutes on 2 quiet cores; bench/results/README.md)::
+
+    python bench/bench_decode.py --data DIR --batches 1 --new-tokens 64 256 \
+        --configs hf_generate generator_core_share sequential processes --reasoner-layers 4 \
+        --ttft-repeats 0 --repeats 3 --baseline-threads 2
 
 Prompts are real text: PEP profiles from ``--data`` (its ``user_val.jsonl``), see bench/pep_data.py.
 """
@@ -53,6 +62,28 @@ CONFIGS = (
 VARIANTS = {"processes_whole_head": ("processes", {"share_head": False})}
 BASELINES = ("hf_generate", "generator", "generator_core_share", "sequential")
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def truncated_pair(generator_path: Path, layers: int):
+    """FlyThinker(generator, reasoner = the generator's first ``layers`` decoder layers), fp32: the
+    reasoner is cut by bench/quality/models.py's ``truncate_layers`` and saved once beside the
+    checkpoint (as the quality bench reads it), the generator is the full checkpoint."""
+    from quality.models import truncate_layers
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from flythinker import FlyThinkerForCausalLM
+
+    folder = Path(generator_path).parent / f"{Path(generator_path).name}-first-{layers}-layers"
+    if not (folder / "config.json").exists():
+        lm = AutoModelForCausalLM.from_pretrained(generator_path, dtype=torch.float32)
+        truncate_layers(lm, layers)
+        partial = folder.with_name(folder.name + ".partial")
+        lm.save_pretrained(partial)
+        AutoTokenizer.from_pretrained(generator_path).save_pretrained(partial)
+        partial.replace(folder)  # atomic: a crash leaves no half-written checkpoint under the name
+    return FlyThinkerForCausalLM.from_components(
+        generator=str(generator_path), reasoner=str(folder), dtype=torch.float32
+    ).eval()
 
 
 def prompt_ids(
@@ -108,14 +139,18 @@ def generator_alone(model, input_ids, attention_mask, max_new_tokens: int) -> di
 
 
 class _FirstTokenClock:
-    """A logits processor that notes when ``generate``'s first forward (the prefill) has finished."""
+    """A logits processor that notes when each of ``generate``'s forwards has finished: the first is
+    the prefill, the gaps between the next ones are its decode steps."""
 
     def __init__(self):
-        self.first = None
+        self.stamps: list[float] = []
+
+    @property
+    def first(self) -> float:
+        return self.stamps[0]
 
     def __call__(self, input_ids, scores):
-        if self.first is None:
-            self.first = time.perf_counter()
+        self.stamps.append(time.perf_counter())
         return scores
 
 
@@ -136,8 +171,7 @@ def hf_generate(model, input_ids, attention_mask, max_new_tokens: int) -> dict:
         logits_processor=LogitsProcessorList([clock]),
     )
     end = time.perf_counter()
-    n = max_new_tokens - 1
-    steps = [(end - clock.first) / n] * n if n else []  # generate exposes no per-step times: the mean
+    steps = [b - a for a, b in zip(clock.stamps, clock.stamps[1:])]  # one per decode step
     return _timing(begin, clock.first, end, steps, max_new_tokens, out[:, input_ids.shape[1] :])
 
 
@@ -148,6 +182,7 @@ def _timing(begin, first, end, steps, new_tokens, tokens) -> dict:
         "tokens_per_s": len(steps) / (end - first) if steps else 0.0,
         "end_to_end_tokens_per_s": new_tokens / (end - begin),
         "total_s": end - begin,
+        "step_ms": [round(step * 1e3, 3) for step in steps],
         "tokens": tokens,
     }
 
@@ -176,6 +211,7 @@ def flythinker_run(model, config, input_ids, attention_mask, max_new_tokens, thr
         "total_s": t.total_s,
         "prefill_chunk": out.settings.prefill_chunk,
         "reasoner_head_share": t.reasoner_head_share,
+        "step_ms": [round(step * 1e3, 3) for step in t.step_s],
         "tokens": out.new_tokens,
     }
 
@@ -233,6 +269,7 @@ def paired(model, input_ids, attention_mask, max_new_tokens, repeats, threads, c
                 torch.equal(run["tokens"], reference) for run in runs[name]
             )
         summary[name]["runs"] = [{k: v for k, v in run.items() if k != "tokens"} for run in runs[name]]
+        summary[name]["step_ms_median_by_index"] = step_trace([run["step_ms"] for run in runs[name]])
     if {"hf_generate", "sequential", "processes"} <= set(runs):
         bounds = two_prefill_bounds(runs["hf_generate"], runs["sequential"])
         summary["processes"]["two_prefill_bound_vs_hf_generate"] = statistics.median(bounds)
@@ -250,6 +287,13 @@ def paired(model, input_ids, attention_mask, max_new_tokens, repeats, threads, c
                 summary[name][f"{field_name}_{base}"] = statistics.median(values)
                 summary[name][f"{field_name}_{base}_range"] = [min(values), max(values)]
     return summary
+
+
+def step_trace(traces: list[list[float]]) -> list[float]:
+    """Per decode-step index, the median over repeats of that step's time (ms): the growth shape of a
+    config's step cost and any step at which it jumps (a cache regrowing, a threshold)."""
+    length = min((len(trace) for trace in traces), default=0)
+    return [round(statistics.median(trace[i] for trace in traces), 3) for i in range(length)]
 
 
 def two_prefill_bounds(hf_runs: list[dict], sequential_runs: list[dict]) -> list[float]:
@@ -273,10 +317,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--long-prompt", type=int, default=1536)
     parser.add_argument("--short-prompt", type=int, default=128)
-    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument(
+        "--new-tokens", type=int, nargs="+", default=[64], help="one decode section per count and batch"
+    )
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--ttft-repeats", type=int, default=2)
+    parser.add_argument("--ttft-repeats", type=int, default=2, help="0: no long-prompt TTFT section")
+    parser.add_argument(
+        "--reasoner-layers",
+        type=int,
+        default=0,
+        help="K > 0: also decode (batch 1, every --new-tokens count) with the reasoner cut to the "
+        "generator's first K layers, as bench/quality/models.py builds it (default: 0, none)",
+    )
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=CONFIGS)
     parser.add_argument(
         "--baseline-threads",
@@ -308,9 +361,14 @@ def main(argv=None) -> dict:
     data = pep_split(args.data, "user_val", "bench/bench_decode.py")
     if args.out.is_dir():  # a results folder: use the default file name inside it
         args.out = args.out / "decode_cpu.json"
-    if args.quick:
-        args.long_prompt, args.short_prompt, args.new_tokens, args.batches = 256, 32, 8, [1, 2]
-        args.repeats, args.ttft_repeats = 1, 1
+    if args.quick:  # the same sections, tiny: prompts of 32 tokens, 8 (16, ...) new tokens, 1 repeat
+        args.long_prompt, args.short_prompt, args.repeats = 256, 32, 1
+        args.new_tokens = [8 * (i + 1) for i in range(len(args.new_tokens))]
+        args.ttft_repeats = min(args.ttft_repeats, 1)
+        if "--batches" not in argv:
+            args.batches = [1, 2]
+        if args.out == RESULTS / "decode_cpu.json":
+            args.out = RESULTS / "decode_cpu_quick.json"
 
     import transformers
     from transformers import AutoTokenizer
@@ -336,23 +394,40 @@ def main(argv=None) -> dict:
     threads = (max(1, cores - cores // 2), max(1, cores // 2))
     configs = list(args.configs)
 
-    print("warm-up (starts the reasoner worker process)", flush=True)
-    ids, mask = prompt_ids(tokenizer, 16, 1, data)
-    for name in configs:
-        run_config(name, model, ids, mask, 4, threads)
+    def warm_up(pair, batches) -> None:
+        """A 2-token call of every config per batch size, its prompt as long as the longest call: starts
+        the worker, hands it this pair's reasoner and sizes its exchange buffers, so that no timed
+        call pays for any of them."""
+        print("warm-up (the reasoner worker process, this pair's weights, buffer sizes)", flush=True)
+        for batch in batches:
+            ids, mask = prompt_ids(tokenizer, args.short_prompt + max(args.new_tokens), batch, data)
+            for name in configs:
+                run_config(name, pair, ids, mask, 2, threads)
 
-    results = {}
-    ids, mask = prompt_ids(tokenizer, args.long_prompt, 1, data)
-    print(f"time to first token, {args.long_prompt}-token prompt, batch 1", flush=True)
-    results[f"TTFT, {args.long_prompt}-token prompt, batch 1"] = paired(
-        model, ids, mask, 2, args.ttft_repeats, threads, configs, "ttft"
-    )
-    for batch in args.batches:
-        ids, mask = prompt_ids(tokenizer, args.short_prompt, batch, data)
-        label = f"decode, {args.short_prompt}-token prompt, {args.new_tokens} new tokens, batch {batch}"
+    warm_up(model, args.batches)
+    results, section_load = {}, {}
+    if args.ttft_repeats > 0:
+        ids, mask = prompt_ids(tokenizer, args.long_prompt, 1, data)
+        label = f"TTFT, {args.long_prompt}-token prompt, batch 1"
         print(label, flush=True)
+        section_load[label] = list(os.getloadavg())
+        results[label] = paired(model, ids, mask, 2, args.ttft_repeats, threads, configs, "ttft")
+    sections = [(model, batch, new, "") for batch in args.batches for new in args.new_tokens]
+    truncated = None
+    if args.reasoner_layers:
+        truncated = truncated_pair(path, args.reasoner_layers)
+        layers = model.config.reasoner_config.num_hidden_layers
+        suffix = f", reasoner = first {args.reasoner_layers} of {layers} layers"
+        sections += [(truncated, 1, new, suffix) for new in args.new_tokens]
+    for pair, batch, new, suffix in sections:
+        if pair is truncated and new == args.new_tokens[0]:
+            warm_up(pair, [1])
+        ids, mask = prompt_ids(tokenizer, args.short_prompt, batch, data)
+        label = f"decode, {args.short_prompt}-token prompt, {new} new tokens, batch {batch}{suffix}"
+        print(label, flush=True)
+        section_load[label] = list(os.getloadavg())
         results[label] = paired(
-            model, ids, mask, args.new_tokens, args.repeats, threads, configs, f"b{batch}"
+            pair, ids, mask, new, args.repeats, threads, configs, f"b{batch}/{new}{suffix}"
         )
     shutdown_workers()
 
@@ -375,6 +450,8 @@ def main(argv=None) -> dict:
             "host_allocator": host_memory_settings() or "default",
             "load_average_at_start": load_at_start,
             "load_average_at_end": list(os.getloadavg()),
+            "load_average_before_each_section": section_load,
+            "reasoner_truncated_to_layers": args.reasoner_layers or None,
         },
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "results": results,

@@ -2,19 +2,32 @@
 
 SmolLM2-135M-Instruct as generator and reasoner (fp32); the pair is a ``save_pretrained``
 directory served through the ``flythinker-vllm`` plugin, the baseline is the SmolLM2 checkpoint
-itself under plain vLLM. Same token prompts (PEP profiles from ``--data``, its user_val.jsonl), greedy, EOS off.
+itself under plain vLLM. Real-text prompts of mixed lengths (PEP profiles from ``--data``, its
+user_val.jsonl, cut to lengths spread up to ``--max-prompt`` tokens), the same token ids for every
+config; greedy, EOS off. Configs, each a fresh engine in its own process (``--worker``):
 
-* batch: B requests submitted at once (B = 1, 4, 16): output tokens/s and wall time per batch;
-* request rate: Poisson arrivals at R requests/s driven through ``LLMEngine.step``: TTFT and
-  end-to-end latency (medians, p90) and output tokens/s.
+* ``generator`` — the generator alone in plain vLLM with every core;
+* ``generator_1core`` — the same held to one core (the process's CPU affinity set to CPU 0 and one
+  torch thread): on 2 cores, the resources each model of the pair gets;
+* ``pair_sequential`` — the pair, plugin default (R, then G, in each engine step);
+* ``pair_overlap`` — the pair with ``FLYTHINKER_VLLM_OVERLAP=1`` (R beside G in decode-only steps).
 
-Each engine runs in its own process (``--worker``). Run it inside the plugin's environment::
+Batch 1 runs ``--batch1-prompts`` prompts one after the other; batch N submits N prompts at once.
+Tokens/s per batch size, both ratios of each pair config (against ``generator`` and
+``generator_1core``), the greedy tokens of both pair configs compared, CPU time / wall time of each
+engine (it shows the one-core config used one core). Threads: each engine runs in its process
+(``VLLM_ENABLE_V1_MULTIPROCESSING=0``: vLLM's single-process ``uni`` executor), where vLLM binds no
+OpenMP threads (``VLLM_CPU_OMP_THREADS_BIND`` and ``VLLM_CPU_NUM_OF_RESERVED_CPU`` act only in its
+multiprocess executor, which would also reserve a core for the scheduler); the worker sets
+``OMP_NUM_THREADS`` and torch's threads to its allowed CPUs before vLLM starts (vLLM's CPU worker
+then disables ``torch.set_num_threads``). Run it inside the plugin's environment::
 
-    nice -n 15 serving/vllm/.venv/bin/python bench/bench_serving.py --data DIR   # ~2-3 min on 2 CPU cores
-    ... bench/bench_serving.py --quick --data tests/fixtures/peps              # smoke run
+    /work/vllm-venv/bin/python bench/bench_serving.py --data DIR      # ≈ 7-8 min on 2 quiet cores
+    ... bench/bench_serving.py --quick --data tests/fixtures/peps     # smoke run (tiny sizes)
 
-Writes ``bench/results/serving_<device>.json`` and ``.md`` (CPU: ratios are the point; on a GPU
-the absolute numbers, with the device name).
+Writes ``bench/results/serving_<device>.json`` and ``.md`` (serving_report.py); ``--quick`` adds
+``_quick`` to the name. ``--rates`` adds Poisson-arrival runs (off by default: they do not fit the
+time budget of a quiet window on 2 cores).
 """
 
 from __future__ import annotations
@@ -31,25 +44,40 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pep_data import pep_split  # noqa: E402
+from serving_report import markdown, ratios  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
+CONFIGS = ("generator", "generator_1core", "pair_sequential", "pair_overlap")
+ONE_CORE = 0  # the CPU generator_1core is held to
 
 
-def prompts(tokenizer, count: int, length: int, data: Path) -> list[list[int]]:
-    """``count`` real-text prompts of exactly ``length`` tokens from the PEP profiles of the JSONL file
-    ``data`` (repeated when a profile is short)."""
-    rows: list[list[int]] = []
+def spread_lengths(count: int, low: int, high: int) -> list[int]:
+    """``count`` prompt lengths evenly spread over [low, high], in an order that mixes short and long
+    (so neither end of a batch is all long prompts)."""
+    if count == 1:
+        return [high]
+    even = [round(low + (high - low) * i / (count - 1)) for i in range(count)]
+    return even[0::2] + even[1::2][::-1]
+
+
+def mixed_prompts(tokenizer, lengths: list[int], data: Path) -> list[list[int]]:
+    """Real-text prompts: record i of the JSONL file ``data`` (its PEP profile), tokenized and cut to
+    ``lengths[i]`` tokens (repeated when shorter; records reused when the file has fewer)."""
+    texts = []
     with open(data) as handle:
         for line in handle:
-            if len(rows) == count:
+            if len(texts) == len(lengths):
                 break
             record = json.loads(line)
-            ids = tokenizer(json.dumps(record.get("profile", record))[: length * 8]).input_ids
-            while len(ids) < length:
-                ids = ids + ids
-            rows.append(ids[:length])
-    while len(rows) < count:
-        rows.append(rows[len(rows) % max(len(rows), 1)])
+            texts.append(json.dumps(record.get("profile", record)))
+    if not texts:
+        raise SystemExit(f"bench/bench_serving.py: --data {data} has no records")
+    rows = []
+    for i, length in enumerate(lengths):
+        ids = tokenizer(texts[i % len(texts)][: length * 8]).input_ids
+        while len(ids) < length:
+            ids = ids + ids
+        rows.append(ids[:length])
     return rows
 
 
@@ -109,12 +137,14 @@ def run_batch(llm, batch_prompts: list[list[int]], new_tokens: int) -> dict:
     start = time.perf_counter()
     outputs = llm.generate([{"prompt_token_ids": p} for p in batch_prompts], params, use_tqdm=False)
     wall = time.perf_counter() - start
-    tokens = sum(len(o.outputs[0].token_ids) for o in outputs)
+    token_ids = [list(o.outputs[0].token_ids) for o in outputs]
+    tokens = sum(len(ids) for ids in token_ids)
     return {
         "batch": len(batch_prompts),
         "wall_s": wall,
         "output_tokens": tokens,
         "tokens_per_s": tokens / wall,
+        "token_ids": token_ids,
     }
 
 
@@ -168,9 +198,34 @@ def run_rate(llm, rate_prompts: list[list[int]], new_tokens: int, rate: float, s
     }
 
 
+def thread_affinities() -> dict[str, int]:
+    """How many of this process's threads may run on each set of CPUs (``/proc/self/task``)."""
+    counts: dict[str, int] = {}
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            status = (task / "status").read_text()
+        except OSError:
+            continue
+        for line in status.splitlines():
+            if line.startswith("Cpus_allowed_list:"):
+                cpus = line.split(":", 1)[1].strip()
+                counts[cpus] = counts.get(cpus, 0) + 1
+    return counts
+
+
 def worker(spec: dict) -> dict:
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    """One engine: batch 1 (the prompts one after the other) and batch N, ``repeats`` times each."""
+    import resource
+
+    if spec.get("one_core"):  # before torch / vLLM start any thread: every thread inherits it
+        os.sched_setaffinity(0, {ONE_CORE})
+    cores = len(os.sched_getaffinity(0))
+    os.environ["OMP_NUM_THREADS"] = str(cores)  # OpenMP's default for every thread, a caller's export aside
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+    import torch
     from vllm import LLM
+
+    torch.set_num_threads(cores)  # before vLLM's CPU worker turns set_num_threads into a no-op
 
     start = time.perf_counter()
     llm = LLM(
@@ -178,22 +233,80 @@ def worker(spec: dict) -> dict:
         max_model_len=spec["max_model_len"], max_num_seqs=max(spec["batches"]),
     )  # fmt: skip
     startup = time.perf_counter() - start
-    all_prompts = spec["prompts"]
-    run_batch(llm, all_prompts[:2], 4)  # warm-up
-    batches = [run_batch(llm, all_prompts[:b], spec["new_tokens"]) for b in spec["batches"]]
+    run_batch(llm, spec["prompts_n"][:2], 4)  # warm-up
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    cpu_before, wall = usage.ru_utime + usage.ru_stime, 0.0
+    batches, tokens = [], {}
+    for _ in range(spec["repeats"]):
+        for batch in spec["batches"]:
+            if batch == 1:
+                runs = [run_batch(llm, [p], spec["new_tokens"]) for p in spec["prompts_1"]]
+                row = {
+                    "batch": 1,
+                    "requests": len(runs),
+                    "wall_s": sum(r["wall_s"] for r in runs),
+                    "output_tokens": sum(r["output_tokens"] for r in runs),
+                }
+                row["tokens_per_s"] = row["output_tokens"] / row["wall_s"]
+                tokens.setdefault("batch_1", [r["token_ids"][0] for r in runs])
+            else:
+                row = run_batch(llm, spec["prompts_n"][:batch], spec["new_tokens"])
+                tokens.setdefault(f"batch_{batch}", row["token_ids"])
+            row.pop("token_ids", None)
+            batches.append(row)
+            wall += row["wall_s"]
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = usage.ru_utime + usage.ru_stime - cpu_before
     rates = [
-        run_rate(llm, all_prompts[: spec["rate_requests"]], spec["new_tokens"], r) for r in spec["rates"]
+        run_rate(llm, spec["prompts_n"][: spec["rate_requests"]], spec["new_tokens"], r)
+        for r in spec["rates"]
     ]
-    return {"startup_s": startup, "batches": batches, "rates": rates}
+    return {
+        "startup_s": startup,
+        "batches": batches,
+        "rates": rates,
+        "tokens": tokens,
+        "cpu_s": cpu,
+        "timed_wall_s": wall,
+        "cpu_per_wall": cpu / wall if wall else None,
+        "torch_threads": torch.get_num_threads(),
+        "cpus_allowed": ",".join(str(c) for c in sorted(os.sched_getaffinity(0))),
+        "threads_by_cpus_allowed": thread_affinities(),
+        "env": {k: v for k, v in os.environ.items() if k.startswith(("VLLM_CPU", "FLYTHINKER_VLLM", "OMP_"))},
+    }
 
 
 # ------------------------------------------------------------------------------------------ driver
-def run_worker(spec: dict, out: Path) -> dict:
+def config_spec(name: str, generator_dir: Path, pair_dir: Path) -> tuple[dict, dict[str, str]]:
+    """(spec additions, environment) of one config."""
+    if name not in CONFIGS:
+        raise SystemExit(
+            f"bench/bench_serving.py: --configs: unknown config {name!r} (use {', '.join(CONFIGS)})"
+        )
+    model = str(generator_dir if name.startswith("generator") else pair_dir)
+    env = {"FLYTHINKER_VLLM_OVERLAP": "1" if name == "pair_overlap" else "0"}
+    return {"model": model, "one_core": name == "generator_1core"}, env
+
+
+def run_worker(spec: dict, out: Path, env_extra: dict[str, str]) -> dict:
+    """The engine of ``spec`` in a fresh process (in-process engine core, so one process holds it)."""
     spec_path = out.with_suffix(".spec.json")
     spec_path.write_text(json.dumps(spec))
-    env = dict(os.environ, VLLM_ENABLE_V1_MULTIPROCESSING="0")
+    env = dict(os.environ, VLLM_ENABLE_V1_MULTIPROCESSING="0", **env_extra)
     subprocess.run([sys.executable, __file__, "--worker", str(spec_path), str(out)], check=True, env=env)
     return json.loads(out.read_text())
+
+
+def token_checks(configs: dict) -> list[str]:
+    """Greedy tokens compared: the two pair configs (must be equal), and the generator on every core
+    against one core (thread counts may change float reductions, so reported only)."""
+    lines = []
+    for a, b, must in (("pair_sequential", "pair_overlap", True), ("generator", "generator_1core", False)):
+        if a in configs and b in configs:
+            same = configs[a]["tokens"] == configs[b]["tokens"]
+            kind = "required" if must else "reported only"
+            lines.append(f"tokens {a} == {b}: {'yes' if same else 'NO'} ({kind})")
+    return lines
 
 
 def device_name() -> str:
@@ -204,55 +317,11 @@ def device_name() -> str:
     return f"CPU ({platform.machine()}), {os.cpu_count()} cores"
 
 
-def markdown(result: dict) -> str:
-    pair, gen = result["flythinker"], result["generator"]
-    lines = [
-        f"# Serving benchmark ({result['device']})",
-        "",
-        f"vLLM {result['vllm']} (`{result['vllm_dist']}`), torch {result['torch']}; "
-        f"{result.get('models', 'SmolLM2-135M-Instruct')} as generator and reasoner, fp32, enforce_eager; "
-        f"prompts {result['prompt_tokens']} tokens ({'random ids' if 'synthetic' in result.get('models', '') else 'PEP profiles'}), "
-        f"{result['new_tokens']} new tokens, greedy, EOS off. Load average at start {result['load_start']}, "
-        f"at end {result['load_end']} (the machine was shared). Engine start-up: pair "
-        f"{pair['startup_s']:.1f} s, generator {gen['startup_s']:.1f} s. Total run {result['total_s']:.0f} s.",
-        "",
-        "## Batches submitted at once",
-        "",
-        "| batch | generator tok/s | FlyThinker tok/s | FlyThinker / generator |",
-        "|---|---|---|---|",
-    ]
-    for g, p in zip(gen["batches"], pair["batches"]):
-        lines.append(
-            f"| {g['batch']} | {g['tokens_per_s']:.1f} | {p['tokens_per_s']:.1f} | {p['tokens_per_s'] / g['tokens_per_s']:.2f} |"
-        )
-    lines += [
-        "",
-        f"## Poisson request rates ({result['rate_requests']} requests each)",
-        "",
-        "| rate req/s | generator tok/s | FlyThinker tok/s | ratio | TTFT med gen / FT s | e2e med gen / FT s | e2e p90 gen / FT s |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for g, p in zip(gen["rates"], pair["rates"]):
-        lines.append(
-            f"| {g['rate_req_s']:g} | {g['tokens_per_s']:.1f} | {p['tokens_per_s']:.1f} | "
-            f"{p['tokens_per_s'] / g['tokens_per_s']:.2f} | {g['ttft_median_s']:.3f} / {p['ttft_median_s']:.3f} | "
-            f"{g['e2e_median_s']:.2f} / {p['e2e_median_s']:.2f} | {g['e2e_p90_s']:.2f} / {p['e2e_p90_s']:.2f} |"
-        )
-    lines += [
-        "",
-        "The pair runs two 135M stacks per token (the reasoner, then the generator, in one engine step) plus "
-        "the slot's indexing and the fusion, so one request alone costs more than twice the generator's "
-        "step; with larger batches the fixed per-step costs (scheduler, sampler, Python) are shared and "
-        "the ratio rises. The rate rows time the engine under continuous batching (arrivals at random).",
-        "",
-    ]
-    return "\n".join(lines)
-
-
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--worker", nargs=2, metavar=("SPEC", "OUT"), help=argparse.SUPPRESS)
-    parser.add_argument("--quick", action="store_true", help="tiny smoke run")
+    parser.add_argument("--quick", action="store_true", help="tiny smoke run (short prompts, 8 tokens)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument(
         "--synthetic",
@@ -260,23 +329,48 @@ def main() -> None:
         help="random-weight SmolLM2-135M-shaped models and random prompts (no SmolLM2 package, no ../shared)",
     )
     parser.add_argument("--data", help="the PEP splits' folder (user_val.jsonl is read) or one JSONL file")
-    args = parser.parse_args()
+    parser.add_argument("--configs", nargs="+", default=None, help=f"default: {' '.join(CONFIGS)} (CPU)")
+    parser.add_argument("--batch", type=int, default=16, help="the large batch size (default 16)")
+    parser.add_argument("--batch1-prompts", type=int, default=4, help="prompts run one by one at batch 1")
+    parser.add_argument("--min-prompt", type=int, default=40)
+    parser.add_argument("--max-prompt", type=int, default=600)
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=2, help="repeats of each batch in each engine")
+    parser.add_argument(
+        "--rates", type=float, nargs="*", default=[], help="Poisson rates, req/s (default none)"
+    )
+    parser.add_argument("--rate-requests", type=int, default=12)
+    args = parser.parse_args(argv)
     if args.worker:
         spec = json.loads(Path(args.worker[0]).read_text())
         Path(args.worker[1]).write_text(json.dumps(worker(spec)))
         return
 
-    data = pep_split(args.data, "user_val", "bench/bench_serving.py")
     import importlib.metadata as metadata
 
     import torch
 
+    cuda = torch.cuda.is_available()
+    configs = args.configs or [c for c in CONFIGS if not (cuda and c == "generator_1core")]
+    if args.quick:
+        args.min_prompt, args.max_prompt, args.new_tokens = 16, 48, 8
+        args.batch, args.batch1_prompts, args.repeats = 4, 2, 1
+        args.rates = args.rates[:1]
+        args.rate_requests = 4
+    data = None if args.synthetic else pep_split(args.data, "user_val", "bench/bench_serving.py")
     started = time.perf_counter()
     load_start = [round(x, 2) for x in os.getloadavg()]
     scratch = Path(os.environ.get("TMPDIR", "/tmp")) / "flythinker-bench-serving"
     scratch.mkdir(exist_ok=True)
+    lengths_n = spread_lengths(args.batch, args.min_prompt, args.max_prompt)
+    step = max(1, len(lengths_n) // args.batch1_prompts)
+    picks = sorted(range(len(lengths_n)), key=lambda i: lengths_n[i])[step // 2 :: step][
+        : args.batch1_prompts
+    ]
     if args.synthetic:
         generator_dir, pair_dir = synthetic_directories(scratch)
+        prompts_n = [p[:n] for p, n in zip(random_prompts(len(lengths_n), max(lengths_n)), lengths_n)]
+        source = "random ids"
     else:
         from transformers import AutoTokenizer
 
@@ -285,43 +379,58 @@ def main() -> None:
         generator_dir, pair_dir = smollm2_path(), pair_directory()
         tokenizer = AutoTokenizer.from_pretrained(generator_dir)
         fix_end_of_turn(tokenizer)
-    prompt_tokens, new_tokens = (32, 8) if args.quick else (64, 32)
-    batches = [1, 4] if args.quick else [1, 4, 16]
-    rates = [4.0] if args.quick else [2.0, 8.0]
-    rate_requests = 4 if args.quick else 12
-    count = max(max(batches), rate_requests)
+        prompts_n = mixed_prompts(tokenizer, lengths_n, data)
+        source = f"PEP profiles, {data}"
+    prompts_1 = [prompts_n[i] for i in picks]
     spec = {
-        "prompts": random_prompts(count, prompt_tokens) if args.synthetic else prompts(tokenizer, count, prompt_tokens, data),
-        "new_tokens": new_tokens, "batches": batches, "rates": rates, "rate_requests": rate_requests,
-        "max_model_len": 512,
+        "prompts_1": prompts_1, "prompts_n": prompts_n, "new_tokens": args.new_tokens,
+        "batches": [1, args.batch], "repeats": args.repeats, "rates": args.rates,
+        "rate_requests": args.rate_requests, "max_model_len": 64 * ((max(lengths_n) + args.new_tokens) // 64 + 1),
     }  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
+    runs = {}
+    for name in configs:
+        extra, env = config_spec(name, generator_dir, pair_dir)
+        print(f"{name}: engine start, batches {spec['batches']} x {args.repeats}", flush=True)
+        out = scratch / f"{name}-{os.getpid()}.json"  # runs of other sessions share the scratch folder
+        runs[name] = run_worker({**spec, **extra}, out, env)
     result = {
-        "models": "random-weight SmolLM2-135M-shaped (--synthetic)"
-        if args.synthetic
-        else "SmolLM2-135M-Instruct",
+        "models": "random-weight SmolLM2-135M-shaped (--synthetic)" if args.synthetic else "SmolLM2-135M-Instruct",
         "device": device_name(),
         "vllm": __import__("vllm").__version__,
-        "vllm_dist": "vllm-cpu" if not torch.cuda.is_available() else "vllm",
+        "vllm_dist": "vllm-cpu" if not cuda else "vllm",
         "torch": torch.__version__,
         "flythinker_vllm": metadata.version("flythinker-vllm"),
-        "prompt_tokens": prompt_tokens,
-        "new_tokens": new_tokens,
-        "rate_requests": rate_requests,
+        "dtype": "float32",
+        "enforce_eager": True,
+        "prompt_source": source,
+        "prompt_lengths": {"batch_1": [len(p) for p in prompts_1], "batch_n": [len(p) for p in prompts_n]},
+        "new_tokens": args.new_tokens,
+        "batch_sizes": spec["batches"],
+        "repeats": args.repeats,
+        "rate_requests": args.rate_requests,
+        "command": "python bench/bench_serving.py " + " ".join(argv),
         "load_start": load_start,
-        "generator": run_worker({**spec, "model": str(generator_dir)}, scratch / "generator.json"),
-        "flythinker": run_worker({**spec, "model": str(pair_dir)}, scratch / "flythinker.json"),
-    }
+        "configs": runs,
+    }  # fmt: skip
     result["load_end"] = [round(x, 2) for x in os.getloadavg()]
     result["total_s"] = time.perf_counter() - started
-    stem = "serving_cpu" if not torch.cuda.is_available() else "serving_gpu"
+    result["ratios"] = {f"batch_{b}": ratios(runs, b) for b in spec["batches"]}
+    result["tokens_equal"] = token_checks(runs)
+    stem = "serving_cpu" if not cuda else "serving_gpu"
     if args.synthetic:
         stem += "_synthetic"
     if args.quick:
         stem += "_quick"
-    (args.out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / f"{stem}.md").write_text(markdown(result))
-    print(markdown(result))
+    text = markdown(result)
+    for suffix, body in ((".json", json.dumps(result, indent=2) + "\n"), (".md", text)):
+        target = args.out / f"{stem}{suffix}"
+        partial = target.with_name(target.name + ".tmp")
+        partial.write_text(body)
+        partial.replace(target)
+    print(text)
+    if any(": NO (required)" in line for line in result["tokens_equal"]):
+        raise SystemExit("bench/bench_serving.py: the pair's tokens differ between configs (see the report)")
 
 
 if __name__ == "__main__":

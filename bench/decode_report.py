@@ -36,6 +36,21 @@ def markdown(report: dict) -> str:
         f"Command: `{settings.get('command', 'python bench/bench_decode.py')}`.",
         "",
     ]
+    if settings.get("reasoner_truncated_to_layers"):
+        lines += [
+            f"Sections marked *reasoner = first {settings['reasoner_truncated_to_layers']} … layers* decode "
+            "with the reasoner cut to the generator's first layers (bench/quality/models.py's "
+            "`truncate_layers`, as the quality bench builds it); the generator is the full model.",
+            "",
+        ]
+    loads = settings.get("load_average_before_each_section") or {}
+    if loads:
+        lines += [
+            "Load average (1 min) before each section: "
+            + "; ".join(f"{name}: {load[0]:.2f}" for name, load in loads.items())
+            + ".",
+            "",
+        ]
     for section, rows in report["results"].items():
         if section.startswith("TTFT"):
             lines += [
@@ -51,30 +66,17 @@ def markdown(report: dict) -> str:
                 )
             lines.append("")
             continue
-        lines += [
-            f"## {section}",
-            "",
-            "| config | TTFT s | ms/token | decode tok/s | end-to-end tok/s | end-to-end × hf_generate | "
-            "decode × hf_generate | × generator loop (e2e) | decode × generator on its core share | "
-            "× sequential (e2e) | × processes, whole head (e2e) | tokens = sequential |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|",
-        ]
-        for name, row in rows.items():
-            same = row.get("tokens_equal_sequential")
-            lines.append(
-                f"| {name} | {row['ttft_s']:.2f} | {row['per_token_s'] * 1e3:.1f} | {row['tokens_per_s']:.2f} | "
-                f"{row['end_to_end_tokens_per_s']:.2f} | {_ratio_cell(row, 'end_to_end_vs_hf_generate')} | "
-                f"{_ratio_cell(row, 'speed_vs_hf_generate')} | {_ratio_cell(row, 'end_to_end_vs_generator')} | "
-                f"{_ratio_cell(row, 'speed_vs_generator_core_share')} | "
-                f"{_ratio_cell(row, 'end_to_end_vs_sequential')} | "
-                f"{_ratio_cell(row, 'end_to_end_vs_processes_whole_head')} | "
-                f"{'–' if same is None else ('yes' if same else '**no**')} |"
-            )
-        lines.append("")
+        lines += [f"## {section}", ""] + decode_table(rows) + [""] + step_windows(rows)
+    lines += same_positions(report["results"])
     lines.append(
         "Tokens/s ratios: higher is faster; TTFT ratios are time ratios: lower is faster. Every ratio is "
-        "the median of same-repeat pairs. ms/token is the median decode step (hf_generate: the mean). "
-        "End-to-end = new tokens / the whole call's wall time (prefill included)."
+        "the median of same-repeat pairs. ms/token is the median decode step (hf_generate: the gaps "
+        "between its logits-processor calls). End-to-end = new tokens / the whole call's wall time "
+        "(prefill included). Which bound applies: with 2 cores the pair gives each model one core, so a "
+        "reasoner as large as the generator cannot be hidden behind `generate` on both cores; the bound "
+        "of the resources the generator keeps is `generator_core_share` (the generator alone on its "
+        "one core), and × it is the fair ratio for a same-size reasoner. A truncated reasoner needs less "
+        "than the generator's time per step, so × hf_generate is the one a user sees."
     )
     goals = report.get("goals")
     if goals:
@@ -82,6 +84,104 @@ def markdown(report: dict) -> str:
         for goal in goals:
             lines.append(f"| {goal['goal']} | {goal['measured']} | {'yes' if goal['met'] else 'no'} |")
     return "\n".join(lines) + "\n"
+
+
+# (column heading, ratio key): shown when the section measured its base
+RATIO_COLUMNS = (
+    ("end-to-end × hf_generate", "end_to_end_vs_hf_generate"),
+    ("decode × hf_generate", "speed_vs_hf_generate"),
+    ("end-to-end × G on its core share", "end_to_end_vs_generator_core_share"),
+    ("decode × G on its core share", "speed_vs_generator_core_share"),
+    ("× generator loop (e2e)", "end_to_end_vs_generator"),
+    ("× sequential (e2e)", "end_to_end_vs_sequential"),
+    ("× processes, whole head (e2e)", "end_to_end_vs_processes_whole_head"),
+)
+WINDOW = 32  # decode steps per column of the step-cost table
+
+
+def decode_table(rows: dict) -> list[str]:
+    """One decode section: speeds, every paired ratio whose base ran, the exact-token check."""
+    bases = set(rows)
+    columns = [(head, key) for head, key in RATIO_COLUMNS if key.rsplit("_vs_", 1)[1] in bases]
+    lines = [
+        "| config | TTFT s | ms/token | decode tok/s | end-to-end tok/s | "
+        + " | ".join(head for head, _ in columns)
+        + " | tokens = sequential |",
+        "|---" * (6 + len(columns)) + "|",
+    ]
+    for name, row in rows.items():
+        same = row.get("tokens_equal_sequential")
+        cells = [_ratio_cell(row, key) for _, key in columns]
+        lines.append(
+            f"| {name} | {row['ttft_s']:.2f} | {row['per_token_s'] * 1e3:.1f} | {row['tokens_per_s']:.2f} | "
+            f"{row['end_to_end_tokens_per_s']:.2f} | "
+            + " | ".join(cells)
+            + f" | {'–' if same is None else ('yes' if same else '**no**')} |"
+        )
+    return lines
+
+
+def _windows(trace: list[float]) -> list[float]:
+    return [sum(trace[i : i + WINDOW]) / len(trace[i : i + WINDOW]) for i in range(0, len(trace), WINDOW)]
+
+
+def step_windows(rows: dict) -> list[str]:
+    """Mean ms per decode step over windows of :data:`WINDOW` steps (per step index, the median over
+    repeats): how each config's step cost grows with the position, and where it jumps."""
+    traces = {name: row.get("step_ms_median_by_index") or [] for name, row in rows.items()}
+    width = max((len(t) for t in traces.values()), default=0)
+    if not width:
+        return []
+    heads = [f"steps {i + 1}–{min(i + WINDOW, width)}" for i in range(0, width, WINDOW)]
+    lines = [
+        "Step cost by position (mean ms per decode step in each window; per step, the median over repeats):",
+        "",
+        "| config | " + " | ".join(heads) + " | last / first window |",
+        "|---" * (len(heads) + 2) + "|",
+    ]
+    for name, trace in traces.items():
+        if not trace:
+            continue
+        values = _windows(trace)
+        growth = values[-1] / values[0] if values[0] else float("nan")
+        lines.append(f"| {name} | " + " | ".join(f"{v:.1f}" for v in values) + f" | {growth:.2f} |")
+    return lines + [""]
+
+
+def same_positions(results: dict) -> list[str]:
+    """For sections that differ only in the number of new tokens: each config's mean step over the
+    steps both ran (the same positions). Equal means the longer run is slower per token only because
+    its later steps attend to more positions; a higher value in the longer run means something else
+    (its cache kind, the run's length itself) made every step slower."""
+    groups: dict[str, list[tuple[int, dict]]] = {}
+    for section, rows in results.items():
+        if not section.startswith("decode") or " new tokens" not in section:
+            continue
+        head, tail = section.split(" new tokens", 1)
+        prefix, count = head.rsplit(", ", 1)
+        groups.setdefault(prefix + " … " + tail, []).append((int(count), rows))
+    lines = []
+    for key, runs in groups.items():
+        if len(runs) < 2:
+            continue
+        runs.sort(key=lambda item: item[0])
+        shortest = runs[0][0] - 1  # decode steps of the shortest run
+        lines += [
+            f"Same positions ({key.replace(' … ', ', N new tokens')}): mean ms per step over the first "
+            f"{shortest} decode steps, which every run of the group made:",
+            "",
+            "| config | " + " | ".join(f"{count} new tokens" for count, _ in runs) + " |",
+            "|---" * (len(runs) + 1) + "|",
+        ]
+        for name in runs[0][1]:
+            cells = []
+            for _, rows in runs:
+                trace = (rows.get(name) or {}).get("step_ms_median_by_index") or []
+                part = trace[:shortest]
+                cells.append(f"{sum(part) / len(part):.1f}" if part else "–")
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
 
 
 def goal_rows(results: dict) -> list[dict]:
