@@ -120,7 +120,9 @@ def test_vllm_engine_gets_local_prompts_and_gives_local_predictions(tmp_path, st
         assert read_jsonl(tmp_path / "v" / sub / "predictions.jsonl") == read_jsonl(
             tmp_path / "l" / sub / "predictions.jsonl"
         )
-        assert read_jsonl(tmp_path / "v" / sub / "log.jsonl") == read_jsonl(tmp_path / "l" / sub / "log.jsonl")
+        assert read_jsonl(tmp_path / "v" / sub / "log.jsonl") == read_jsonl(
+            tmp_path / "l" / sub / "log.jsonl"
+        )
     manifest = summary["manifest"]
     assert manifest["engine"] == "vllm" and manifest["dtype"] == "torch.float32"
     assert manifest["engine_settings"] == {
@@ -174,7 +176,16 @@ def test_the_cli_refuses_engine_vllm_when_vllm_is_missing(tmp_path, monkeypatch,
 )
 def test_the_cli_refuses_what_engine_vllm_cannot_do(tmp_path, monkeypatch, capsys, extra, message):
     monkeypatch.setitem(sys.modules, "vllm", None)
-    argv = [*BASE, "--model", str(tmp_path / "no-model"), "--track", "t1", *extra, "--out", str(tmp_path / "o")]
+    argv = [
+        *BASE,
+        "--model",
+        str(tmp_path / "no-model"),
+        "--track",
+        "t1",
+        *extra,
+        "--out",
+        str(tmp_path / "o"),
+    ]
     assert main(argv) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
