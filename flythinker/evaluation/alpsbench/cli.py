@@ -154,6 +154,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     )
     settings.validate()  # before any model loads
     paper_judge = _paper_judge(args)
+    tick = time.perf_counter()
     if args.model_endpoint:
         if args.engine != "hf":
             raise ValueError(
@@ -167,9 +168,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         lm = _endpoint_lm(args)
     else:
         _check_engine(args)
-        tick = time.perf_counter()
         lm = _lm(args.model, args)
-    load_seconds = None if lm is None or args.model_endpoint else time.perf_counter() - tick
+    load_seconds = None if lm is None else time.perf_counter() - tick
     try:
         judge = lm if args.judge == "same" else _lm(args.judge, args)
         baselines = [b for b in args.baselines.split(",") if b and b != "none"]
