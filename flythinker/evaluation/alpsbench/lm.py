@@ -17,6 +17,22 @@ import torch
 Messages = list[dict[str, str]]
 
 
+def render_chat(tokenizer, messages: Messages, prefill: str = "") -> list[int]:
+    """Token ids of ``messages`` + an open assistant turn + ``prefill``: the tokenizer's chat template,
+    or ``Role: text`` paragraphs when it has none (every local engine renders prompts with this)."""
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + prefill
+        return tokenizer.encode(text, add_special_tokens=False)
+    text = "".join(f"{m['role'].capitalize()}: {m['content']}\n\n" for m in messages)
+    return tokenizer.encode(text + "Assistant: " + prefill, add_special_tokens=True)
+
+
+def strip_at_eos(ids: Sequence[int], eos: int | None) -> list[int]:
+    """The generated ids before the first ``eos`` (all of them without one)."""
+    ids = list(ids)
+    return ids[: ids.index(eos)] if eos is not None and eos in ids else ids
+
+
 class LocalLM:
     """Args:
     model: a transformers causal LM (or ``FlyThinkerForCausalLM``), put in eval mode.
@@ -55,12 +71,7 @@ class LocalLM:
     # ------------------------------------------------------------------ rendering
     def render(self, messages: Messages, prefill: str = "") -> list[int]:
         """Token ids of ``messages`` + an open assistant turn + ``prefill``."""
-        tok = self.tokenizer
-        if getattr(tok, "chat_template", None):
-            text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + prefill
-            return tok.encode(text, add_special_tokens=False)
-        text = "".join(f"{m['role'].capitalize()}: {m['content']}\n\n" for m in messages)
-        return tok.encode(text + "Assistant: " + prefill, add_special_tokens=True)
+        return render_chat(self.tokenizer, messages, prefill)
 
     def count(self, messages: Messages, prefill: str = "") -> int:
         return len(self.render(messages, prefill))
@@ -100,9 +111,7 @@ class LocalLM:
             ids, mask = self._left_pad([prompts[i] for i in idx])
             new = self._decode(ids, mask, int(max_new_tokens))
             for i, seq in zip(idx, new.tolist()):
-                if eos is not None and eos in seq:
-                    seq = seq[: seq.index(eos)]
-                out[i] = self.tokenizer.decode(seq, skip_special_tokens=True)
+                out[i] = self.tokenizer.decode(strip_at_eos(seq, eos), skip_special_tokens=True)
         return out
 
     def _decode(self, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int) -> torch.Tensor:

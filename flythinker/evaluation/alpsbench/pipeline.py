@@ -12,6 +12,7 @@ Output folder::
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from flythinker.evaluation.alpsbench.contract import load_predictions
 from flythinker.evaluation.alpsbench.data import TrackData, load_split, model_view, resolve_split_dir
 from flythinker.evaluation.alpsbench.manifest import check_manifest, merge_reports, track_hashes
 from flythinker.evaluation.alpsbench.official_judges import T4_DIMENSIONS
-from flythinker.evaluation.alpsbench.report import score_track, summarize_track, write_reports
+from flythinker.evaluation.alpsbench.report import run_timing, score_track, summarize_track, write_reports
 from flythinker.evaluation.alpsbench.runners import (
     PredictionWriter,
     RunnerSettings,
@@ -52,14 +53,17 @@ def run_alpsbench(
     judge_lm=None,
     paper_judge=None,
     show_progress: bool = True,
+    load_seconds: float | None = None,
 ) -> dict[str, Any]:
     """Predict every selected track with ``lm`` (T3 also with the ``baselines``), then score.
 
     Without ``lm`` only the T3 baselines run (other tracks are skipped). Predictions already in
     ``out`` are kept (a killed run resumes) when ``out``'s manifest has the same settings
     (:mod:`.manifest`; otherwise :class:`~.manifest.RunSettingsError` before any row runs).
-    Returns the summary (merged into ``out``'s reports for the tracks not rerun).
+    Returns the summary (merged into ``out``'s reports for the tracks not rerun); its ``timing``
+    is this invocation's (:func:`~.report.run_timing`; ``load_seconds``: the caller's model loading).
     """
+    started = time.perf_counter()
     settings = settings or RunnerSettings()
     settings.validate()
     out = Path(out)
@@ -73,9 +77,9 @@ def run_alpsbench(
     if lm is not None:
         check_context(lm, settings)
         has_t3 = any(d.task == "task3" for d in loaded.values())
-        if getattr(lm, "engine", None) == "endpoint" and has_t3 and settings.t3_protocol != "pool":
+        if getattr(lm, "engine", None) in NO_NEXT_TOKEN_READS and has_t3 and settings.t3_protocol != "pool":
             raise ValueError(
-                "a model behind an endpoint runs T3 only with --t3-protocol pool (no next-token reads)"
+                f"a model run by --engine {lm.engine} runs T3 only with --t3-protocol pool (no next-token reads)"
             )
     manifest = check_manifest(out, run_manifest(lm, settings, judge_lm, paper_judge, loaded))
     has_t3 = any(d.task == "task3" for d in loaded.values())
@@ -83,14 +87,17 @@ def run_alpsbench(
     entries: list[tuple[str, str, Path]] = []
     run_counts: dict[str, dict[str, int]] = {}
     reranker = None
+    model_seconds: dict[str, float] = {}
     for track, td in loaded.items():
         if td.task == "task3":
             if lm is not None and settings.t3_protocol in ("pool", "both"):
                 pool = WholePoolSelector(lm, answer_tokens=settings.t3_answer_tokens)
                 writer = PredictionWriter(out / track / "whole_pool", track)
+                tick = time.perf_counter()
                 run_counts[f"{track}/{lm.name} + whole-pool"] = run_retrieval_track(
                     pool.predict_many, td, writer, 1, show_progress, f"{track} whole pool"
                 )
+                model_seconds[f"{track}/{lm.name} + whole-pool"] = time.perf_counter() - tick
                 entries.append((track, f"{lm.name} + whole-pool", writer.path))
             if lm is not None and settings.t3_protocol in ("rerank", "both"):
                 if reranker is None:
@@ -102,6 +109,7 @@ def run_alpsbench(
                     )
                     reranker = LMReranker(lm, first, k=settings.t3_k, answer_tokens=settings.t3_answer_tokens)
                 writer = PredictionWriter(out / track, track)
+                tick = time.perf_counter()
                 run_counts[f"{track}/{lm.name}"] = run_retrieval_track(
                     reranker.predict_many,
                     td,
@@ -110,6 +118,7 @@ def run_alpsbench(
                     show_progress,
                     f"{track} {reranker.name}",
                 )
+                model_seconds[f"{track}/{lm.name}"] = time.perf_counter() - tick
                 entries.append((track, f"{lm.name} + {reranker.name}", writer.path))
             for name, retriever in retrievers.items():
                 writer = PredictionWriter(out / track / "baselines" / name, track)
@@ -129,7 +138,9 @@ def run_alpsbench(
             entries.append((track, "copy (memory unchanged)", writer.path))
         if lm is not None:
             writer = PredictionWriter(out / track, track)
+            tick = time.perf_counter()
             run_counts[f"{track}/{lm.name}"] = run_generative_track(lm, td, writer, settings, show_progress)
+            model_seconds[f"{track}/{lm.name}"] = time.perf_counter() - tick
             entries.append((track, lm.name, writer.path))
     if not entries:
         raise ValueError("nothing to run: pass a model (--model) or select a T3 track for the baselines")
@@ -140,17 +151,27 @@ def run_alpsbench(
         judge_lm=judge_lm,
         paper_judge=paper_judge,
         split=resolve_split_dir(data, split).name,
-        extra={"run_counts": run_counts, "manifest": manifest},
+        extra={
+            "run_counts": run_counts,
+            "manifest": manifest,
+            "timing": run_timing(run_counts, model_seconds, load_seconds),
+        },
+        started=started,
     )
+
+
+NO_NEXT_TOKEN_READS = ("endpoint", "vllm")
+"""Engines whose model gives no next-token reads (no T3 re-ranking, no local judge)."""
 
 
 def run_manifest(lm, settings: RunnerSettings, judge_lm, paper_judge, loaded) -> dict[str, Any]:
     """The settings that make a run's predictions and scores what they are (see :mod:`.manifest`)."""
     model = getattr(lm, "model", None)
-    dtype = str(next(model.parameters()).dtype) if model is not None else None
+    dtype = str(next(model.parameters()).dtype) if model is not None else getattr(lm, "dtype", None)
     return {
         "model": None if lm is None else lm.name,
         "engine": getattr(lm, "engine", None),
+        "engine_settings": getattr(lm, "engine_settings", None),
         "model_endpoint": getattr(getattr(lm, "endpoint", None), "url", None),
         "dtype": dtype,
         "max_prompt_tokens": None if lm is None else lm.max_prompt_tokens,
@@ -163,8 +184,8 @@ def run_manifest(lm, settings: RunnerSettings, judge_lm, paper_judge, loaded) ->
 
 def check_context(lm, settings: RunnerSettings) -> None:
     """Refuse a prompt budget + answer budget beyond the model's context (before any row runs)."""
-    config = getattr(getattr(lm, "model", None), "config", None)
-    context = getattr(config, "max_position_embeddings", None)
+    config = getattr(lm, "config", None) or getattr(getattr(lm, "model", None), "config", None)
+    context = getattr(lm, "max_model_len", None) or getattr(config, "max_position_embeddings", None)
     if context is None and config is not None and hasattr(config, "get_text_config"):
         context = getattr(config.get_text_config(), "max_position_embeddings", None)
     if not isinstance(context, int):
@@ -272,8 +293,11 @@ def score_entries(
     paper_judge=None,
     split: str | None = None,
     extra: Mapping[str, Any] | None = None,
+    started: float | None = None,
 ) -> dict[str, Any]:
     """Score (track, method, predictions path) entries; writes scores.jsonl, summary.json, summary.md.
+
+    ``started`` (a ``time.perf_counter()`` reading): ``timing.elapsed_s`` is the time since then.
 
     ``judge_lm``: a local LM judge (``local_judge_*`` fields, a proxy); ``paper_judge``: an
     :class:`~.paper_judge.PaperJudge` (``paper_judge`` fields, the paper's definitions).
@@ -311,6 +335,11 @@ def score_entries(
     if unscored:
         summary["not_scored"] = unscored  # hidden references: submit these predictions
     summary.update(extra or {})
+    if started is not None:
+        summary["timing"] = {
+            "elapsed_s": round(time.perf_counter() - started, 3),
+            **summary.get("timing", {}),
+        }
     summary, all_rows = merge_reports(out, summary, all_rows)
     write_reports(out, summary, all_rows)
     return summary

@@ -127,3 +127,26 @@ def write_reports(
         handle.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in score_rows)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False), encoding="utf-8")
     (out / "summary.md").write_text(summary_markdown(summary), encoding="utf-8")
+
+
+def run_timing(
+    run_counts: Mapping[str, Mapping[str, int]],
+    model_seconds: Mapping[str, float],
+    load_seconds: float | None,
+) -> dict[str, Any]:
+    """This invocation's model loading (``model_load_s``, measured by the caller) and the model under
+    test's throughput: ``model_rows`` (rows it predicted now; resumed rows excluded) in ``model_s``
+    seconds, ``model_rows_per_s`` (``None`` without rows). :func:`~.pipeline.score_entries` adds ``elapsed_s``
+    (predicting and scoring, model loading excluded)."""
+    rows = sum(
+        sum(v for k, v in run_counts[key].items() if k != "skipped")
+        for key in model_seconds
+        if key in run_counts
+    )
+    seconds = sum(model_seconds.values())
+    return {
+        "model_load_s": None if load_seconds is None else round(load_seconds, 3),
+        "model_rows": rows,
+        "model_s": round(seconds, 3),
+        "model_rows_per_s": round(rows / seconds, 4) if rows and seconds > 0 else None,
+    }

@@ -154,6 +154,15 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
             lines.append(
                 f"| {method} | " + " | ".join(_fmt(accs.get(str(lv), accs.get(lv))) for lv in levels) + " |"
             )
+    timing = summary.get("timing") or {}
+    if timing.get("model_rows"):
+        engine = (summary.get("manifest") or {}).get("engine")
+        lines += [
+            "",
+            f"Model under test ({engine} engine), this invocation: {timing['model_rows']} rows in "
+            f"{_fmt(timing['model_s'], 1)} s = {_fmt(timing['model_rows_per_s'], 4)} rows/s "
+            f"(loading {_fmt(timing.get('model_load_s'), 1)} s not included).",
+        ]
     lines += ["", "## Comparable with the paper?", "", "| number | comparable |", "|---|---|"]
     lines += [f"| {what} | {yes} |" for what, yes in COMPARABLE]
     lines += ["", COMPARABLE_NOTE]
