@@ -19,7 +19,16 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-__all__ = ["Arm", "ARMS", "SELECTION_RULE", "TUNED_ARMS", "TUNING_GRID", "TUNING_SEED", "arm_names"]
+__all__ = [
+    "Arm",
+    "ARMS",
+    "CONFIRMATION_RULE",
+    "SELECTION_RULE",
+    "TUNED_ARMS",
+    "TUNING_GRID",
+    "TUNING_SEED",
+    "arm_names",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -217,6 +226,16 @@ Written before the runs it judges (bench/quality/arms.py).
    the lowest mean user_val NLL among those whose step 0 equals the base generator exactly and whose
    user_val difference to tuned SFT has a 95 % interval that does not lie above zero; README then
    says plainly that the reasoner's information was not shown to help.
+"""
+
+CONFIRMATION_RULE = """\
+Added after the rule was applied to the runs above and before the runs it asks for (2026-12-07).
+
+5. Confirmation. The rule's point 4 picked `full30_lora_gated_open`, an arm with one seed (its mean is
+   then one seed's NLL, set beside arms averaged over 3-5 seeds). An arm that the rule picks with fewer
+   than 3 seeds is run on seeds 1 and 2 before it ships as the default, and points 3 and 4 are applied
+   again, unchanged, to all runs; whatever they then pick ships, and the report states both outcomes.
+   Nothing else changes: no arm is dropped or added, no other seed is run.
 """
 
 

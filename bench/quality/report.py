@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .arms import ARMS, SELECTION_RULE, TUNING_GRID, TUNING_SEED
+from .arms import ARMS, CONFIRMATION_RULE, SELECTION_RULE, TUNING_GRID, TUNING_SEED
 from .stats import paired_nll, paired_scores
 
 __all__ = ["summarise", "select_default", "markdown", "write_report"]
@@ -155,6 +155,11 @@ def _fmt(pair: dict[str, float] | None, digits: int = 4) -> str:
     return f"{pair['delta']:+.{digits}f} [{pair['low']:+.{digits}f}, {pair['high']:+.{digits}f}]"
 
 
+def _full_reasoner_note(summary: dict[str, Any]) -> str:
+    full = [a for a in summary["arms"] if ARMS[a].reasoner_layers == 0]
+    return f" (except {', '.join(f'`{a}`' for a in full)}: the whole 30-layer model)" if full else ""
+
+
 def markdown(report: dict[str, Any]) -> str:
     s, o = report["summary"], report["options"]
     lines = [
@@ -162,7 +167,7 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         f"Report: `{report['command']}`. Each run's exact `flythinker train` command is in the JSON (`runs[i].cli`).",
         "",
-        f"- Models: {report.get('description', '')}.",
+        f"- Models: {report.get('description', '')}{_full_reasoner_note(s)}.",
         f"- Budget: {o['steps']} optimizer steps of batch {o['batch_size']} (max length {o['max_length']}, target ≤ "
         f"{o['max_target_tokens']} tokens), AdamW (weight decay 0.025), warm-up 1 %, linear decay, clip 1.0, λ 0.5; "
         f"user_val NLL every {o['eval_every']} steps.",
@@ -178,6 +183,10 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         "```",
         SELECTION_RULE.rstrip(),
+        "```",
+        "",
+        "```",
+        CONFIRMATION_RULE.rstrip(),
         "```",
         "",
         f"**Applied:** reasoner helps in {s['selection']['reasoner_helps'] or 'no arm'}; default recipe arm: "
