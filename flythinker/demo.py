@@ -28,7 +28,7 @@ class DemoOptions:
     max_target_tokens: int = 80
     max_new_tokens: int = 64
     n_users: int = 8
-    reasoner_mode: str = "full"
+    reasoner_mode: str | None = None  # None: the recipe's (the default recipe freezes the reasoner)
     recipe: str = "default"  # flythinker.train.recipes; "paper" for the paper's untrained injection
     fusion_lambda: float = 0.5
     seed: int = 0

@@ -43,6 +43,7 @@ RECIPE_FIELDS: tuple[str, ...] = (
     "center_reasoner_batches",
     "warm_start_lr_multiplier",
     "projection_init_std",
+    "reasoner_mode",
 )
 """FinetuneConfig fields a ``--recipe`` fills in when they are left unset (None)."""
 TRAINING_RECIPE_FIELDS = (
@@ -50,6 +51,7 @@ TRAINING_RECIPE_FIELDS = (
     "center_reasoner_batches",
     "warm_start_lr_multiplier",
     "projection_init_std",
+    "reasoner_mode",
 )
 FLYTHINKER_ONLY_FIELDS = tuple(dict.fromkeys((*MODEL_OPTION_FIELDS, *RECIPE_FIELDS, "reasoner")))
 """Fields that mean nothing for ``--method sft`` (the generator alone)."""
@@ -81,7 +83,7 @@ class FinetuneConfig:
     warm_start_lr_multiplier: float | None = None
     projection_init_std: float | None = None
     norm_eps: float | None = None
-    reasoner_mode: str = "full"
+    reasoner_mode: str | None = None  # None: the recipe's (full, or freeze for the default zero_linear)
     lora_generator: bool = False
     lora_rank: int = 16
     lora_alpha: int = 32
@@ -125,6 +127,7 @@ class FinetuneConfig:
             "center_reasoner_batches": recipe.center_reasoner_batches,
             "warm_start_lr_multiplier": recipe.gate_lr_multiplier,
             "projection_init_std": recipe.projection_init_std,
+            "reasoner_mode": recipe.reasoner_mode,
             **{k: v for k, v in MODEL_OPTION_DEFAULTS.items() if k not in recipe.config_overrides},
             **{k: v for k, v in recipe.config_overrides.items() if k in MODEL_OPTION_FIELDS},
         }
@@ -139,7 +142,6 @@ class FinetuneConfig:
         if self.method == "sft":
             given = [_flag(name) for name in FLYTHINKER_ONLY_FIELDS if self.explicit(name)]
             given += ["--recipe"] if self.recipe != "default" else []
-            given += ["--reasoner-mode"] if self.reasoner_mode != "full" else []
             if given:
                 raise ValueError(
                     f"--method sft trains the generator alone: {', '.join(given)} would not be used; drop "
@@ -186,6 +188,7 @@ class FinetuneConfig:
             "center_reasoner_batches": 0,  # μ comes with the saved weights
             "warm_start_lr_multiplier": recipe.gate_lr_multiplier if has_warm_start else 1.0,
             "projection_init_std": 0.0,  # W comes with the saved weights
+            "reasoner_mode": recipe.reasoner_mode,
         }
         for name in TRAINING_RECIPE_FIELDS:
             if getattr(self, name) is None:
@@ -202,7 +205,8 @@ class FinetuneConfig:
         self.resolve_options()
         if self.method == "flythinker":
             _check_model_fields(self)
-        _check_choice("reasoner_mode", self.reasoner_mode, REASONER_MODES)
+        if self.method == "flythinker":
+            _check_choice("reasoner_mode", self.reasoner_mode, REASONER_MODES)
         _check_choice("profile_drop", self.profile_drop, ("oldest", "least_relevant"))
         for name in ("packing", "lora_generator", "gradient_checkpointing", "bf16", "use_fused_loss",
                      "keep_freed_host_memory", "overwrite"):  # fmt: skip

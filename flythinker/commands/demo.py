@@ -16,7 +16,7 @@ DEMO_HELP = {
     "max_target_tokens": "target tokens kept per example",
     "max_new_tokens": "tokens generated per held-out request",
     "n_users": "number of synthetic users (each writes in one personal style)",
-    "reasoner_mode": "'full', 'freeze' or 'lora' (see `flythinker train --help`)",
+    "reasoner_mode": "'full', 'freeze' or 'lora' (default: the recipe's; see `flythinker train --help`)",
     "recipe": "FlyThinker's training recipe (see `flythinker train --help`); 'paper' = the untrained λ injection",
     "fusion_lambda": "λ (paper: 0.5); at λ=0.5 the untrained injection raises SmolLM2's loss from ~3 to ~9 nats",
     "seed": "random seed",

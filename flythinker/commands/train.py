@@ -43,7 +43,9 @@ FINETUNE_HELP = {
     "profile_tokens": "at most this many profile tokens in the generator's prompt (0: none; default: as many as fit)",
     "norm_eps": "lower bound on the reasoner-state norm ‖h‖ (unset: 0, which reproduces the paper's equations, or a "
     "saved FlyThinker's own)",
-    "reasoner_mode": "'full' (train the reasoner), 'freeze', or 'lora' (peft LoRA adapters on the reasoner)",
+    "reasoner_mode": "'full' (train the reasoner), 'freeze', or 'lora' (peft LoRA adapters on the reasoner); "
+    "default: from --recipe ('freeze' for the default zero_linear, as the quality experiment measured it; 'full' "
+    "for the others)",
     "lora_generator": "also train the generator through LoRA adapters instead of fully",
     "lora_rank": "LoRA rank r",
     "lora_alpha": "LoRA alpha",

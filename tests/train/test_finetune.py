@@ -73,7 +73,7 @@ def test_lora_reasoner_is_merged_into_a_plain_checkpoint(workspace, tmp_path):
     metrics = run_finetune(
         _config(workspace, tmp_path / "lora", reasoner_mode="lora", lora_rank=4, max_steps=2)
     )
-    full = run_finetune(_config(workspace, tmp_path / "full", max_steps=1))
+    full = run_finetune(_config(workspace, tmp_path / "full", reasoner_mode="full", max_steps=1))
     assert metrics["trainable_parameters"] < full["trainable_parameters"]
     weights = _weights(tmp_path / "lora" / "model")
     assert not any("lora" in key for key in weights)

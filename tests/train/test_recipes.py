@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from transformers import AutoModelForCausalLM
 
 from flythinker.modeling.modeling_flythinker import FlyThinkerForCausalLM
 from flythinker.train.finetune import run_finetune
@@ -27,6 +28,25 @@ def test_recipe_table_and_default():
     assert RECIPES["paper"].config_overrides == {} and RECIPES["sft"].method == "sft"
     with pytest.raises(ValueError, match="unknown recipe"):
         get_recipe("bogus")
+
+
+def test_the_default_recipe_trains_what_the_quality_experiment_measured(workspace, tmp_path):
+    """The default's arm (bench/quality, `zero_linear`) freezes the reasoner: so does `flythinker train`
+    with no --reasoner-mode, and the run records it; an explicit mode or another recipe still trains it."""
+    run_finetune(_config(workspace, tmp_path / "default", max_steps=2))
+    recorded = json.loads((tmp_path / "default" / "finetune_config.json").read_text())
+    assert recorded["recipe"] == "default" and recorded["reasoner_mode"] == "freeze"
+    assert recorded["projection"] == "zero_linear"
+    trained = FlyThinkerForCausalLM.from_pretrained(tmp_path / "default" / "model").reasoner.state_dict()
+    base = AutoModelForCausalLM.from_pretrained(workspace["root"] / "reasoner").model.state_dict()
+    assert all(torch.equal(trained[k], v) for k, v in base.items())
+    for options, mode in (({"reasoner_mode": "full"}, "full"), ({"recipe": "gated"}, "full")):
+        config = _config(workspace, tmp_path / mode, **options)
+        config.resolve_options()
+        assert config.reasoner_mode == mode
+    sft = _config(workspace, tmp_path / "sft", method="sft", reasoner=None, reasoner_mode="freeze")
+    with pytest.raises(ValueError, match="--reasoner-mode"):
+        sft.resolve_options()
 
 
 def test_explicit_options_override_the_recipe(workspace, tmp_path):
