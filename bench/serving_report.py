@@ -116,7 +116,8 @@ def markdown(result: dict) -> str:
         "",
         "The pair runs two stacks per token. `pair_sequential` runs the reasoner, then the generator, "
         "in each engine step; `pair_overlap` runs them side by side in decode-only steps (steps holding "
-        "a prefill chunk stay sequential). On 2 cores a reasoner as large as the generator cannot be "
+        "a prefill chunk stay sequential; CUDA only: the plugin refuses it on CPU, where vLLM's GEMMs are not "
+        "safe on two threads). On 2 cores a reasoner as large as the generator cannot be "
         "hidden behind the generator alone on both cores: the bound of the resources each model gets "
         "is the generator alone on one core, hence the second ratio.",
         "",

@@ -1,14 +1,30 @@
 """``FLYTHINKER_VLLM_OVERLAP=1``: the reasoner runs beside the generator in decode-only steps
-(flythinker_vllm/overlap.py); the tokens stay flythinker's own. No speed is claimed from this machine."""
+(flythinker_vllm/overlap.py); the tokens stay flythinker's own. No speed is claimed from this machine.
+
+On CPU the option is refused at start-up: vLLM's CPU GEMMs are not safe on two threads (the
+SmolLM2-135M pair crashed with SIGSEGV in bench/bench_serving.py). The exactness test needs CUDA
+(``make gpu-check`` runs it); the CPU refusal is tested here."""
 
 from __future__ import annotations
 
 import pytest
+import torch
 from conftest import assert_matches_reference, random_prompt, run_engine
 
 OVERLAP = {"FLYTHINKER_VLLM_OVERLAP": "1"}
 
 
+def test_overlap_on_cpu_is_refused_at_start_up(tiny_dir, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("the refusal is for vLLM's CPU build")
+    spec = {"model": str(tiny_dir), "engine": {}, "rounds": [[[1, 2, 3]]]}
+    with pytest.raises(AssertionError, match="FLYTHINKER_VLLM_OVERLAP=1 is refused on CPU"):
+        run_engine(tmp_path, spec, env=OVERLAP)
+
+
+@pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="the overlapped step is refused on CPU (needs CUDA)"
+)
 def test_overlapped_decode_steps_are_exact(tiny_dir, tiny_reference, tmp_path):
     """Uneven prompts in 64-token chunks (mixed steps stay sequential), then decode-only steps that
     overlap; a second round reuses the first round's slots (a new request must not read them)."""
