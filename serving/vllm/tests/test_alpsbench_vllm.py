@@ -150,7 +150,9 @@ def assert_same_rows(local: Path, served: Path) -> None:
 
 @pytest.mark.parametrize(("kind", "engine"), [("plain", "hf"), ("flythinker", "flythinker")])
 def test_alpsbench_rows_through_vllm_equal_the_local_engine(tmp_path, kind, engine):
-    model = (save_plain if kind == "plain" else save_pair)(tmp_path / kind)
+    # not tmp_path / "flythinker": the driver script runs from tmp_path, and a folder of that name next to it
+    # is a namespace package that shadows an editable install of flythinker (its finder comes after sys.path)
+    model = (save_plain if kind == "plain" else save_pair)(tmp_path / f"{kind}-model")
     rc = run_local(model, tmp_path / "local", engine)
     assert rc == 1  # every row of a random model fails (exit 1), after the run wrote its reports
     report = run_vllm(model, tmp_path / "vllm", multiprocess=False)
