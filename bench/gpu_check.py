@@ -149,7 +149,7 @@ def plan(python: str = sys.executable, vllm_python: str | None = None, results: 
                 "tests/test_exactness.py",
                 "tests/test_overlap.py",
                 "-k",
-                "decision or gpu or uneven or chunked or prefix or overlapped",
+                "decision or gpu or uneven or chunked or prefix or overlap",
             ),
             150,
             cwd=plugin,

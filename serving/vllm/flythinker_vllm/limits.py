@@ -10,6 +10,10 @@
   has never been captured and replayed on a GPU. Until a GPU test exists, an engine on a CUDA-like
   platform must run with ``enforce_eager=True`` (``--enforce-eager``) or
   ``compilation_config={"cudagraph_mode": "NONE"}`` (``-cc.cudagraph_mode=NONE``, keeps torch.compile).
+* **The overlapped step off a GPU** (``FLYTHINKER_VLLM_OVERLAP=1``, :mod:`flythinker_vllm.overlap`): on
+  CPU it ran the reasoner on a second thread, and vLLM's CPU GEMMs (oneDNN handlers sharing one scratchpad) are not safe
+  on two threads at once: the SmolLM2-135M pair's engine died with SIGSEGV at its first overlapped step
+  (bench/bench_serving.py; gdb: JIT-compiled GEMM code on the reasoner's thread).
 
 :func:`refusals` is the one decision (pure: it reads the config and a device type, so it is unit-tested
 without a GPU); :func:`check_engine_config` raises it as one ``ValueError``. It runs twice: in the
@@ -22,6 +26,9 @@ the refusal holds even where the hook is not reached.
 from __future__ import annotations
 
 from typing import Any
+
+from .overlap import ENV as OVERLAP_ENV
+from .overlap import overlap_requested
 
 PREFIX = "flythinker-vllm"
 
@@ -38,11 +45,12 @@ def _cudagraphs_disabled(vllm_config: Any) -> bool:
     return getattr(mode, "name", str(mode)).upper() == "NONE"
 
 
-def refusals(vllm_config: Any, device_type: str) -> list[str]:
+def refusals(vllm_config: Any, device_type: str, overlap: bool = False) -> list[str]:
     """One line per engine option the plugin cannot serve exactly (empty: the engine may start).
 
     ``device_type`` is the platform's (``"cuda"``, ``"rocm"``, ``"cpu"``, ...): CUDA graphs are refused on
-    CUDA-like platforms only (vLLM captures none elsewhere).
+    CUDA-like platforms only (vLLM captures none elsewhere), the overlapped step (``overlap``: the
+    ``FLYTHINKER_VLLM_OVERLAP`` setting) everywhere else.
     """
     problems = []
     speculative = getattr(vllm_config, "speculative_config", None)
@@ -64,6 +72,13 @@ def refusals(vllm_config: Any, device_type: str) -> list[str]:
             "replayed on a GPU); pass --enforce-eager (LLM(enforce_eager=True)) or "
             '-cc.cudagraph_mode=NONE (compilation_config={"cudagraph_mode": "NONE"}, keeps torch.compile)'
         )
+    if overlap and device_type not in ("cuda", "rocm"):
+        problems.append(
+            f"{PREFIX}: {OVERLAP_ENV}=1 needs a CUDA or ROCm GPU (the reasoner runs on a second stream) and is "
+            f"refused on {device_type}: on CPU its second thread crashed the engine (SIGSEGV with SmolLM2-135M "
+            "layers; vLLM's CPU matrix multiplies, oneDNN handlers sharing one scratchpad, are not safe on two "
+            "threads); leave it unset (the default sequential step, exact)"
+        )
     return problems
 
 
@@ -80,7 +95,8 @@ def current_device_type() -> str:
 
 def check_engine_config(vllm_config: Any, device_type: str | None = None) -> None:
     """Raise ``ValueError`` naming every refused option (see :func:`refusals`)."""
-    problems = refusals(vllm_config, device_type if device_type is not None else current_device_type())
+    device_type = device_type if device_type is not None else current_device_type()
+    problems = refusals(vllm_config, device_type, overlap=overlap_requested())
     if problems:
         raise ValueError("; ".join(problems))
 

@@ -101,18 +101,6 @@ def real_mean_embedding_norm(embedding: nn.Module) -> torch.Tensor:
     return total / count
 
 
-CPU_OVERLAP_REFUSAL = (
-    f"flythinker-vllm: {OVERLAP_ENV}=1 is refused on CPU: vLLM's CPU matrix multiplies (oneDNN handlers sharing "
-    "one scratchpad) are not safe on two threads at once, and the overlapped step crashed the engine (SIGSEGV "
-    "in JIT-compiled GEMM code on the reasoner's thread) with SmolLM2-135M layers. Leave it unset on CPU (the "
-    "default sequential step, exact); on CUDA the overlap runs the reasoner on a second stream"
-)
-
-
-def _on_cpu(vllm_config: VllmConfig) -> bool:
-    return getattr(vllm_config.device_config, "device_type", None) == "cpu"
-
-
 def _eager(vllm_config: VllmConfig) -> bool:
     """True when vLLM will not torch.compile the model (enforce_eager, or compilation mode NONE)."""
     if vllm_config.model_config.enforce_eager:
@@ -182,8 +170,6 @@ class FlyThinkerForCausalLM(nn.Module, HasInnerState, IsHybrid):
                 f"flythinker-vllm: {OVERLAP_ENV}=1 needs one GPU per model replica (tensor and pipeline "
                 "parallel size 1): the two stacks' collectives would interleave in different orders"
             )
-        if self.overlap_enabled and _on_cpu(vllm_config):
-            raise ValueError(CPU_OVERLAP_REFUSAL)
         self._overlap: ReasonerOverlap | None = None
         self.overlapped_steps = 0  # decode-only steps that ran R beside G (read by the tests)
 

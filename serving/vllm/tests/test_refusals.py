@@ -63,6 +63,17 @@ def test_refusal_decision(config, device, refused):
         assert "\n" not in problem
 
 
+def test_the_overlapped_step_is_refused_off_a_gpu():
+    (overlap,) = refusals(fake_config(), "cpu", overlap=True)
+    assert (
+        overlap.startswith("flythinker-vllm: FLYTHINKER_VLLM_OVERLAP=1 needs a CUDA or ROCm GPU")
+        and "\n" not in overlap
+    )
+    assert "refused on cpu" in overlap and "SIGSEGV" in overlap
+    assert refusals(fake_config(enforce_eager=True), "cuda", overlap=True) == []
+    assert refusals(fake_config(), "cpu", overlap=False) == []
+
+
 def test_refusals_say_what_to_do():
     (graphs,) = refusals(fake_config(), "cuda")
     assert "--enforce-eager" in graphs and "cudagraph_mode=NONE" in graphs
