@@ -205,7 +205,6 @@ class FinetuneConfig:
         self.resolve_options()
         if self.method == "flythinker":
             _check_model_fields(self)
-        if self.method == "flythinker":
             _check_choice("reasoner_mode", self.reasoner_mode, REASONER_MODES)
         _check_choice("profile_drop", self.profile_drop, ("oldest", "least_relevant"))
         for name in ("packing", "lora_generator", "gradient_checkpointing", "bf16", "use_fused_loss",

@@ -157,7 +157,7 @@ def _fmt(pair: dict[str, float] | None, digits: int = 4) -> str:
 
 def _full_reasoner_note(summary: dict[str, Any]) -> str:
     full = [a for a in summary["arms"] if ARMS[a].reasoner_layers == 0]
-    return f" (except {', '.join(f'`{a}`' for a in full)}: the whole 30-layer model)" if full else ""
+    return f" (except {', '.join(f'`{a}`' for a in full)}: every layer)" if full else ""
 
 
 def markdown(report: dict[str, Any]) -> str:
